@@ -1,0 +1,7 @@
+"""Code location ``near_assets``: the location-intelligence asset graph."""
+
+from resources.defs_builder import build_definitions
+
+MODULES: list[str] = []
+
+defs = build_definitions("near_assets", MODULES)

@@ -1,0 +1,7 @@
+"""Code location ``risk_assets``: per-applicant risk onboarding."""
+
+from resources.defs_builder import build_definitions
+
+MODULES: list[str] = []
+
+defs = build_definitions("risk_assets", MODULES)
