@@ -33,7 +33,9 @@ def _join(*parts: str) -> str:
 def validate_key(key: str) -> str:
     """Reject keys that could escape the lake root (``..``, absolute paths, control chars)."""
     if key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
-        raise ValueError(f"invalid lake key {key!r}: must be a relative path without control characters")
+        raise ValueError(
+            f"invalid lake key {key!r}: must be a relative path without control characters"
+        )
     if any(part in ("..", ".") for part in key.split("/")):
         raise ValueError(f"invalid lake key {key!r}: '.' and '..' segments are not allowed")
     return key.strip("/")
@@ -130,7 +132,9 @@ class LocalStore(LakeStore):
 
 
 class S3Store(LakeStore):
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client: Any = None):
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client: Any = None
+    ):
         import boto3
         from botocore.config import Config
 
@@ -251,7 +255,9 @@ class LakeResource(dg.ConfigurableResource):
         frames = [pq.read_table(io.BytesIO(self.read_bytes(f)), columns=columns) for f in files]
         if not frames:
             return pd.DataFrame(columns=columns) if columns else pd.DataFrame()
-        table = pa.concat_tables(frames, promote_options="permissive") if len(frames) > 1 else frames[0]
+        table = (
+            pa.concat_tables(frames, promote_options="permissive") if len(frames) > 1 else frames[0]
+        )
         return table.to_pandas()
 
     def write_parquet(self, df: pd.DataFrame, key: str) -> str:
@@ -270,7 +276,7 @@ class LakeResource(dg.ConfigurableResource):
         src, dst = validate_key(src), validate_key(dst)
         keys = self.store.list(src)
         for k in keys:
-            rel = k[len(src):].lstrip("/")
+            rel = k[len(src) :].lstrip("/")
             self.store.copy_object(k, _join(dst, rel) if rel else dst)
         return len(keys)
 
@@ -286,7 +292,9 @@ class LakeResource(dg.ConfigurableResource):
         Every key is a partition folder holding one ``part-0.parquet``. The production object is
         replaced with a single atomic write, so readers never see a partial partition.
         """
-        staged, prod, bak = (_join(validate_key(k), PART_FILE) for k in (staging, production, backup))
+        staged, prod, bak = (
+            _join(validate_key(k), PART_FILE) for k in (staging, production, backup)
+        )
         if not self.store.exists(staged):
             raise FileNotFoundError(f"nothing staged at {self.uri(staged)}")
         had_previous = self.store.exists(prod)

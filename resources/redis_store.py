@@ -61,13 +61,20 @@ def start_redis_server(
             return int(pidfile.read_text()) if pidfile.exists() else -1
         args = [
             redis_server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(data),
-            "--save", "",
-            "--appendonly", "yes" if persist else "no",
-            "--appendfsync", "everysec",
-            "--logfile", str(data / "redis.log"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if persist else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(data / "redis.log"),
         ]
         proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -78,7 +85,11 @@ def start_redis_server(
             if _ping("127.0.0.1", port):
                 return proc.pid
             if proc.poll() is not None:
-                log = (data / "redis.log").read_text()[-2000:] if (data / "redis.log").exists() else ""
+                log = (
+                    (data / "redis.log").read_text()[-2000:]
+                    if (data / "redis.log").exists()
+                    else ""
+                )
                 raise RuntimeError(f"embedded redis-server exited with {proc.returncode}: {log}")
             time.sleep(0.05)
         raise RuntimeError(f"embedded redis-server did not answer on port {port} in {timeout_s}s")

@@ -34,12 +34,16 @@ def test_json_copy_delete(lake: LakeResource) -> None:
     assert lake.list("tmp") == []
 
 
-def test_publish_keeps_previous_version_as_backup_and_restore_rolls_back(lake: LakeResource) -> None:
+def test_publish_keeps_previous_version_as_backup_and_restore_rolls_back(
+    lake: LakeResource,
+) -> None:
     old = pd.DataFrame({"x": [1, 2]})
     new = pd.DataFrame({"x": [3, 4, 5]})
     for df in (old, new):
         lake.write_parquet(df, "staging/t/date=2024-01-01")
-        lake.publish("staging/t/date=2024-01-01", "curated/t/date=2024-01-01", "backup/t/date=2024-01-01")
+        lake.publish(
+            "staging/t/date=2024-01-01", "curated/t/date=2024-01-01", "backup/t/date=2024-01-01"
+        )
     assert lake.read_parquet("curated/t/date=2024-01-01")["x"].tolist() == [3, 4, 5]
     assert lake.read_parquet("backup/t/date=2024-01-01")["x"].tolist() == [1, 2]
     assert not lake.exists("staging/t/date=2024-01-01")
@@ -50,7 +54,9 @@ def test_publish_keeps_previous_version_as_backup_and_restore_rolls_back(lake: L
 def test_publish_without_staged_data_fails_and_leaves_production(lake: LakeResource) -> None:
     lake.write_parquet(pd.DataFrame({"x": [1]}), "curated/t/date=2024-01-01")
     with pytest.raises(FileNotFoundError):
-        lake.publish("staging/t/date=2024-01-01", "curated/t/date=2024-01-01", "backup/t/date=2024-01-01")
+        lake.publish(
+            "staging/t/date=2024-01-01", "curated/t/date=2024-01-01", "backup/t/date=2024-01-01"
+        )
     assert lake.read_parquet("curated/t/date=2024-01-01")["x"].tolist() == [1]
 
 
