@@ -2,6 +2,6 @@
 
 from resources.defs_builder import build_definitions
 
-MODULES: list[str] = []
+MODULES: list[str] = ["campaigns"]
 
 defs = build_definitions("near_assets", MODULES)

@@ -1,0 +1,322 @@
+"""Campaign science: campaign file validation and matched-control lift with a confidence interval.
+
+Estimand. The generator (and, we assume, a real campaign) changes how likely an exposed device is
+to *choose* the brand's places when it goes out. The visit rate we measure is therefore the
+**brand share of place visits**: brand visits / all place visits of a group of devices during the
+window (a number in 0..1). Lift is ``exposed_rate / control_rate - 1``. The share of devices with at
+least one brand visit (``reach``) is reported beside it; it saturates over long windows, so it
+understates a lift in choice probability and is not the headline figure.
+
+Control. Devices never exposed, matched exactly on home area x pre-campaign brand visitor flag
+(visited the brand in the ``pre_days`` before the start). The control rate is standardised to the
+exposed group: per stratum control share, weighted by the exposed group's place visits in that
+stratum. Exposed devices in a stratum without control visits are left out (``unmatched_exposed``).
+
+Interval. Delta method on ``log(exposed_rate / control_rate)`` with device-level linearisation
+(a device's visits are correlated, devices are the independent units), then exponentiated:
+``lift_low, lift_high = exp(log_ratio -+ z * se) - 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REQUIRED_FIELDS = ("campaign_id", "brand", "start_date", "end_date")
+MIN_DAYS, MAX_DAYS = 15, 90
+
+
+class CampaignFileError(ValueError):
+    """A campaign file that cannot become a partition, with the reason."""
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A validated ``reference/campaigns/<id>.json``; dates are UTC days, both inclusive."""
+
+    campaign_id: str
+    brand: str
+    start_date: date
+    end_date: date
+
+    @property
+    def days(self) -> int:
+        return (self.end_date - self.start_date).days + 1
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "campaign_id": self.campaign_id,
+            "brand": self.brand,
+            "start_date": self.start_date.isoformat(),
+            "end_date": self.end_date.isoformat(),
+        }
+
+
+def is_safe_campaign_id(value: object) -> bool:
+    """Only ``[A-Za-z0-9_-]{1,64}``: the id becomes a partition key and a lake path segment."""
+    return isinstance(value, str) and CAMPAIGN_ID.fullmatch(value) is not None
+
+
+def parse_campaign(raw: bytes | str, file_stem: str | None = None) -> CampaignSpec:
+    """Validate one campaign file; raise ``CampaignFileError`` with a human reason otherwise.
+
+    Checks: valid JSON object, required fields present and strings, safe id equal to the file
+    name, ISO dates, end not before start, and 15 to 90 days inclusive.
+    """
+    if file_stem is not None and not is_safe_campaign_id(file_stem):
+        raise CampaignFileError(f"unsafe file name {file_stem!r}: ids are [A-Za-z0-9_-]{{1,64}}")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CampaignFileError(f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CampaignFileError("not a JSON object")
+    missing = [f for f in REQUIRED_FIELDS if f not in obj or obj[f] in (None, "")]
+    if missing:
+        raise CampaignFileError(f"missing field(s) {', '.join(missing)}")
+    wrong = [f for f in REQUIRED_FIELDS if not isinstance(obj[f], str)]
+    if wrong:
+        raise CampaignFileError(f"field(s) {', '.join(wrong)} must be strings")
+    cid = obj["campaign_id"]
+    if not is_safe_campaign_id(cid):
+        raise CampaignFileError(f"unsafe campaign_id {cid!r}: ids are [A-Za-z0-9_-]{{1,64}}")
+    if file_stem is not None and cid != file_stem:
+        raise CampaignFileError(f"campaign_id {cid!r} does not match the file name {file_stem!r}")
+    try:
+        start = date.fromisoformat(obj["start_date"])
+        end = date.fromisoformat(obj["end_date"])
+    except ValueError as exc:
+        raise CampaignFileError(f"bad date ({exc}); expected YYYY-MM-DD") from None
+    if end < start:
+        raise CampaignFileError(f"end_date {end} is before start_date {start}")
+    days = (end - start).days + 1
+    if not MIN_DAYS <= days <= MAX_DAYS:
+        raise CampaignFileError(f"runs {days} days; campaigns run {MIN_DAYS} to {MAX_DAYS} days")
+    return CampaignSpec(cid, obj["brand"], start, end)
+
+
+def day_range(first: date, last: date) -> list[str]:
+    """ISO days from ``first`` to ``last`` inclusive (empty when ``last < first``)."""
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+def campaign_phase(spec: CampaignSpec, today: date, grace_days: int = 2) -> str:
+    """``upcoming`` before the start, ``live`` from the start until ``grace_days`` after the end
+    (so the last day's visits can land and the final figure be computed), then ``ended``."""
+    if today < spec.start_date:
+        return "upcoming"
+    if today <= spec.end_date + timedelta(days=grace_days):
+        return "live"
+    return "ended"
+
+
+# ---- panel ------------------------------------------------------------------------------------
+
+
+def device_visit_counts(visits: pd.DataFrame, brand_pois: set[str] | pd.Index) -> pd.DataFrame:
+    """Per device: ``brand_visits`` and ``poi_visits`` (all place visits) in ``visits``."""
+    if visits.empty:
+        return pd.DataFrame(
+            {"brand_visits": pd.Series(dtype="int64"), "poi_visits": pd.Series(dtype="int64")},
+            index=pd.Index([], name="device_id", dtype="object"),
+        )
+    is_brand = visits["poi_id"].isin(list(brand_pois)).astype("int64")
+    out = (
+        pd.DataFrame({"device_id": visits["device_id"].to_numpy(), "b": is_brand.to_numpy()})
+        .groupby("device_id")["b"]
+        .agg(brand_visits="sum", poi_visits="size")
+    )
+    return out.astype("int64")
+
+
+def build_panel(
+    devices: pd.DataFrame,
+    exposed_ids: pd.Series | set[str] | list[str],
+    window_visits: pd.DataFrame,
+    pre_visits: pd.DataFrame,
+    brand_pois: set[str] | pd.Index,
+) -> pd.DataFrame:
+    """One row per panel device: ``device_id, home_area_id, exposed, pre_brand, brand_visits,
+    poi_visits`` (visits counted in the campaign window).
+
+    ``devices`` (``device_id``, ``home_area_id``) is the panel universe: devices whose home area is
+    known. Exposed devices outside it cannot be matched on area and are left out.
+    """
+    panel = devices[["device_id", "home_area_id"]].drop_duplicates("device_id").copy()
+    panel["device_id"] = panel["device_id"].astype(str)
+    exposed = pd.Index(pd.Series(list(exposed_ids), dtype="object").astype(str).unique())
+    panel["exposed"] = panel["device_id"].isin(exposed)
+    pre = device_visit_counts(pre_visits, brand_pois)
+    win = device_visit_counts(window_visits, brand_pois)
+    panel = panel.join(pre["brand_visits"].rename("pre_brand_visits"), on="device_id")
+    panel["pre_brand"] = panel["pre_brand_visits"].fillna(0).gt(0)
+    panel = panel.drop(columns="pre_brand_visits").join(win, on="device_id")
+    panel[["brand_visits", "poi_visits"]] = (
+        panel[["brand_visits", "poi_visits"]].fillna(0).astype("int64")
+    )
+    return panel.reset_index(drop=True)
+
+
+# ---- estimator --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiftEstimate:
+    """Matched-control lift of the brand visit share, with a ``confidence`` interval."""
+
+    exposed_devices: int
+    control_devices: int
+    exposed_visit_rate: float
+    control_visit_rate: float
+    lift: float
+    lift_low: float
+    lift_high: float
+    exposed_reach: float
+    control_reach: float
+    exposed_visits: int
+    control_visits: int
+    unmatched_exposed: int
+    strata: int
+    confidence: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes zero."""
+        return bool(self.lift_low > 0 or self.lift_high < 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ratio_var(b: np.ndarray, v: np.ndarray) -> float:
+    """Variance of ``sum(b) / sum(v)`` by linearisation over independent devices."""
+    n = len(b)
+    total = v.sum()
+    if n < 2 or total <= 0:
+        return math.nan
+    r = b.sum() / total
+    z = (b - r * v) / total
+    return float((z**2).sum() * n / (n - 1))
+
+
+def matched_lift(
+    panel: pd.DataFrame,
+    strata: tuple[str, ...] = ("home_area_id", "pre_brand"),
+    confidence: float = 0.95,
+) -> LiftEstimate:
+    """Lift of the brand visit share of exposed devices over their matched controls.
+
+    ``panel`` comes from ``build_panel``. Devices without a place visit in the window carry no
+    information on the share and only count for reach. See the module docstring for the method.
+    """
+    df = panel.copy()
+    df["stratum"] = df[list(strata)].astype(str).agg("|".join, axis=1)
+    active = df[df["poi_visits"] > 0]
+    ctl_visits = active[~active["exposed"]].groupby("stratum")["poi_visits"].sum()
+    matched_strata = ctl_visits[ctl_visits > 0].index
+    exp_all = df[df["exposed"]]
+    exp = exp_all[exp_all["stratum"].isin(matched_strata)]
+    ctl = df[~df["exposed"] & df["stratum"].isin(exp["stratum"].unique())]
+    exp_act = exp[exp["poi_visits"] > 0]
+    ctl_act = ctl[ctl["poi_visits"] > 0]
+
+    nan = math.nan
+    ve = float(exp_act["poi_visits"].sum())
+    if ve <= 0 or ctl_act.empty:
+        return LiftEstimate(
+            len(exp), len(ctl), nan, nan, nan, nan, nan, nan, nan,
+            int(ve), int(ctl_act["poi_visits"].sum()), len(exp_all) - len(exp), 0, confidence,
+        )  # fmt: skip
+
+    rate_e = exp_act["brand_visits"].sum() / ve
+    var_e = _ratio_var(
+        exp_act["brand_visits"].to_numpy(float), exp_act["poi_visits"].to_numpy(float)
+    )
+
+    w = exp_act.groupby("stratum")["poi_visits"].sum() / ve
+    g = ctl_act.groupby("stratum")
+    sums = g[["brand_visits", "poi_visits"]].sum()
+    r_s = sums["brand_visits"] / sums["poi_visits"]
+    var_s = g.apply(
+        lambda s: _ratio_var(s["brand_visits"].to_numpy(float), s["poi_visits"].to_numpy(float)),
+        include_groups=False,
+    )
+    # a one-device stratum has no within-stratum spread: borrow the pooled control variance
+    pooled = (
+        _ratio_var(ctl_act["brand_visits"].to_numpy(float), ctl_act["poi_visits"].to_numpy(float))
+        * ctl_act["poi_visits"].sum() ** 2
+    )
+    var_s = var_s.fillna(pd.Series(pooled / sums["poi_visits"] ** 2, index=sums.index))
+    w = w.reindex(r_s.index).fillna(0.0)
+    rate_c = float((w * r_s).sum())
+    var_c = float((w**2 * var_s).sum())
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    if rate_e > 0 and rate_c > 0:
+        log_ratio = math.log(rate_e / rate_c)
+        se = math.sqrt(var_e / rate_e**2 + var_c / rate_c**2)
+        lift, low, high = (
+            math.exp(log_ratio) - 1,
+            math.exp(log_ratio - z * se) - 1,
+            math.exp(log_ratio + z * se) - 1,
+        )
+    else:
+        lift = low = high = nan
+
+    n_e = exp.groupby("stratum").size()
+    reach_c_s = ctl.groupby("stratum")["brand_visits"].apply(lambda s: float((s > 0).mean()))
+    reach_e = float((exp["brand_visits"] > 0).mean()) if len(exp) else nan
+    reach_c = float((n_e / n_e.sum() * reach_c_s.reindex(n_e.index)).sum()) if len(exp) else nan
+
+    return LiftEstimate(
+        exposed_devices=len(exp),
+        control_devices=len(ctl),
+        exposed_visit_rate=float(rate_e),
+        control_visit_rate=rate_c,
+        lift=lift,
+        lift_low=low,
+        lift_high=high,
+        exposed_reach=reach_e,
+        control_reach=reach_c,
+        exposed_visits=int(ve),
+        control_visits=int(ctl_act["poi_visits"].sum()),
+        unmatched_exposed=len(exp_all) - len(exp),
+        strata=len(w),
+        confidence=confidence,
+    )
+
+
+def insight_row(spec: CampaignSpec, est: LiftEstimate, as_of: date, final: bool) -> pd.DataFrame:
+    """The published ``campaign_insights`` row (CONTRACTS columns first, then extras)."""
+    row = {
+        "campaign_id": spec.campaign_id,
+        "brand": spec.brand,
+        "exposed_devices": est.exposed_devices,
+        "control_devices": est.control_devices,
+        "exposed_visit_rate": est.exposed_visit_rate,
+        "control_visit_rate": est.control_visit_rate,
+        "lift": est.lift,
+        "lift_low": est.lift_low,
+        "lift_high": est.lift_high,
+        "as_of": pd.Timestamp(as_of),
+        "final": final,
+        "start_date": pd.Timestamp(spec.start_date),
+        "end_date": pd.Timestamp(spec.end_date),
+        "confidence": est.confidence,
+        "exposed_reach": est.exposed_reach,
+        "control_reach": est.control_reach,
+        "exposed_visits": est.exposed_visits,
+        "control_visits": est.control_visits,
+        "unmatched_exposed": est.unmatched_exposed,
+        "strata": est.strata,
+    }
+    return pd.DataFrame([row])
