@@ -1,0 +1,514 @@
+"""Write a synthetic lake: CONTRACTS inputs plus ground truth under ``truth/``.
+
+Deterministic given the seed: every random draw comes from a generator keyed by
+(seed, purpose, day, device block), so the output does not depend on progress bars, chunk
+scheduling or the storage back end.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from near_assets.synth import campaigns as camp
+from near_assets.synth.city import REGION_M, City, bbox, build_city, to_latlon
+from near_assets.synth.dirt import (
+    DEFAULT_DIRT_SHARE,
+    HD_MIN_DEVICES,
+    LEGIT_NULL_ACCURACY,
+    REASONS,
+    hd_points,
+    plant_dirt,
+    reason_shares,
+)
+from near_assets.synth.mobility import KIND_NAMES, MIN_STAY_S, sample_pings, schedule_day
+from near_assets.synth.panel import (
+    DECAY_M,
+    PROFILES,
+    VISITS_PER_DAY_P,
+    Panel,
+    Profile,
+    apply_brand_lift,
+    area_home_grid,
+    build_panel,
+    choice_probabilities,
+    visit_probability,
+)
+from resources.lake import LakeResource
+
+CHUNK_DEVICES = 4_000
+ROWS_PER_FILE = 3_000_000
+INT_MS_EVERY = 3  # days whose ordinal % INT_MS_EVERY == INT_MS_EVERY - 1 store ts as int64 ms
+
+PINGS_SCHEMA_TS = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("accuracy_m", pa.float64()),
+    ]
+)
+PINGS_SCHEMA_MS = PINGS_SCHEMA_TS.set(1, pa.field("ts", pa.int64()))
+
+
+@dataclass
+class World:
+    seed: int
+    start: date
+    days: int
+    profile: Profile
+    city: City
+    panel: Panel
+    observed: np.ndarray  # (devices, days) bool
+    campaigns: list[camp.Campaign]
+    towers: np.ndarray  # (k, 2) lat, lon
+    grid_area: np.ndarray
+    grid_q0: np.ndarray
+    grid_q1: dict[str, np.ndarray]
+    device_dict: pa.Array
+    poi_ids: np.ndarray
+
+    def dates(self) -> list[date]:
+        return [self.start + timedelta(days=i) for i in range(self.days)]
+
+
+def default_start(days: int) -> str:
+    """The first day of a sample that ends today (UTC)."""
+    return (datetime.now(UTC).date() - timedelta(days=days - 1)).isoformat()
+
+
+def _observation(seed: int, devices: int, days: int, profile: Profile) -> np.ndarray:
+    rng = np.random.default_rng([seed, 606])
+    if profile.observe == "daily":
+        obs = rng.random((devices, days)) < profile.observe_p
+        empty = ~obs.any(axis=1)
+        obs[empty, rng.integers(0, days, empty.sum())] = True
+        return obs
+    blocks = []
+    for b0 in range(0, days, 7):
+        width = min(7, days - b0)
+        k = rng.integers(1, width + 1, devices)
+        rank = np.argsort(np.argsort(rng.random((devices, width)), axis=1), axis=1)
+        blocks.append(rank < k[:, None])
+    return np.concatenate(blocks, axis=1)
+
+
+def build_world(
+    seed: int, devices: int, start: str, days: int, profile: str, campaigns: int
+) -> World:
+    """Everything that does not change from day to day: city, panel, observation, campaigns."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+    if days < 1 or devices < 1:
+        raise ValueError("days and devices must be positive")
+    prof = PROFILES[profile]
+    city = build_city(seed)
+    panel = build_panel(seed, city, devices, prof)
+    first = date.fromisoformat(start)
+    brands = sorted({b for b in city.poi_brand if b is not None})
+    plans = camp.plan_campaigns(seed, first, days, brands, devices, campaigns)
+    gxy, garea = area_home_grid(city)
+    p0 = choice_probabilities(gxy, city)
+    q0 = visit_probability(p0)
+    q1 = {}
+    for c in plans:
+        if c.planted_lift and c.brand not in q1:
+            p1 = p0.copy()
+            apply_brand_lift(p1, np.ones(len(p1), bool), city.poi_brand == c.brand, c.planted_lift)
+            q1[c.brand] = visit_probability(p1)
+    tlat, tlon = to_latlon(*hd_points(seed, REGION_M).T)
+    return World(
+        seed=seed,
+        start=first,
+        days=days,
+        profile=prof,
+        city=city,
+        panel=panel,
+        observed=_observation(seed, devices, days, prof),
+        campaigns=plans,
+        towers=np.column_stack([tlat, tlon]),
+        grid_area=garea,
+        grid_q0=q0,
+        grid_q1=q1,
+        device_dict=pa.array(panel.device_ids.astype(str), pa.string()),
+        poi_ids=city.pois["poi_id"].to_numpy(),
+    )
+
+
+@dataclass
+class DayResult:
+    pings: dict[str, np.ndarray]
+    dirt: dict[str, int]
+    stays: pd.DataFrame
+    visitors: pd.DataFrame
+
+
+def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
+    """Simulate one UTC day for the whole panel (in device blocks) and plant dirt."""
+    day = world.start + timedelta(days=day_index)
+    city, panel = world.city, world.panel
+    observed = world.observed[:, day_index]
+    active = [c for c in world.campaigns if c.active(day)]
+    parts_p, parts_s = [], []
+    for b0 in range(0, panel.n, CHUNK_DEVICES):
+        sl = slice(b0, min(b0 + CHUNK_DEVICES, panel.n))
+        rng = np.random.default_rng([world.seed, 505, day.toordinal(), b0])
+        p = choice_probabilities(panel.home_xy[sl], city)
+        for c in active:
+            apply_brand_lift(p, c.exposed[sl], city.poi_brand == c.brand, c.planted_lift)
+        stays = schedule_day(
+            rng,
+            home_xy=panel.home_xy[sl],
+            work_xy=panel.work_xy[sl],
+            night=panel.night_shift[sl],
+            speed=panel.speed_mps[sl],
+            choice_p=p,
+            poi_xy=city.poi_xy,
+            workday=day.weekday() < 5,
+            prev_workday=(day - timedelta(days=1)).weekday() < 5,
+        )
+        pings = sample_pings(
+            rng,
+            stays,
+            observed=observed[sl],
+            rate=panel.ping_rate[sl],
+            speed=panel.speed_mps[sl],
+            poi_half=city.poi_half,
+            profile=world.profile,
+        )
+        stays.dev = stays.dev + b0
+        pings.dev = pings.dev + b0
+        parts_s.append(stays)
+        parts_p.append(pings)
+
+    s_dev = np.concatenate([s.dev for s in parts_s])
+    s_start = np.concatenate([s.start for s in parts_s])
+    s_end = np.concatenate([s.end for s in parts_s])
+    s_x = np.concatenate([s.x for s in parts_s])
+    s_y = np.concatenate([s.y for s in parts_s])
+    s_kind = np.concatenate([s.kind for s in parts_s])
+    s_poi = np.concatenate([s.poi for s in parts_s])
+    real = s_end - s_start >= MIN_STAY_S
+
+    visitors = _visitors(
+        world, day, observed, s_dev[real & (s_poi >= 0)], s_poi[real & (s_poi >= 0)], active
+    )
+
+    keep = real & observed[s_dev]
+    day_start = pd.Timestamp(day, tz="UTC")
+    lat, lon = to_latlon(s_x[keep], s_y[keep])
+    stays_df = pd.DataFrame(
+        {
+            "device_id": panel.device_ids[s_dev[keep]].astype(str),
+            "start_ts": day_start + pd.to_timedelta(np.round(s_start[keep] * 1e6), unit="us"),
+            "end_ts": day_start + pd.to_timedelta(np.round(s_end[keep] * 1e6), unit="us"),
+            "lat": lat,
+            "lon": lon,
+            "kind": KIND_NAMES[s_kind[keep]].astype(str),
+            "poi_id": pd.array(
+                np.where(s_poi[keep] >= 0, world.poi_ids[np.maximum(s_poi[keep], 0)], None),
+                dtype="string",
+            ),
+        }
+    )
+
+    p_lat, p_lon = to_latlon(
+        np.concatenate([p.x for p in parts_p]), np.concatenate([p.y for p in parts_p])
+    )
+    day_start_ms = int(day_start.value // 1_000_000)
+    cols = {
+        "dev": np.concatenate([p.dev for p in parts_p]),
+        "t_ms": np.concatenate([p.t_ms for p in parts_p]) + day_start_ms,
+        "lat": p_lat,
+        "lon": p_lon,
+        "accuracy": np.concatenate([p.accuracy for p in parts_p]),
+    }
+    rng = np.random.default_rng([world.seed, 707, day.toordinal()])
+    cols, dirt = plant_dirt(
+        rng, cols, share=dirt_share, day_start_ms=day_start_ms, towers_latlon=world.towers
+    )
+    return DayResult(pings=cols, dirt=dirt, stays=stays_df, visitors=visitors)
+
+
+def _visitors(
+    world: World,
+    day: date,
+    observed: np.ndarray,
+    v_dev: np.ndarray,
+    v_poi: np.ndarray,
+    active: list[camp.Campaign],
+) -> pd.DataFrame:
+    """Distinct panel visitors per POI and the whole population's visitors (panel included)."""
+    n_poi = len(world.poi_ids)
+    pairs = np.unique(v_dev.astype(np.int64) * n_poi + v_poi)
+    p_dev, p_poi = pairs // n_poi, pairs % n_poi
+    panel_all = np.bincount(p_poi, minlength=n_poi)
+    panel_obs = np.bincount(p_poi[observed[p_dev]], minlength=n_poi)
+
+    q = world.grid_q0.copy()
+    for c in active:
+        if c.brand in world.grid_q1:
+            f = c.exposed.mean()
+            q *= (1.0 - f) + f * world.grid_q1[c.brand] / np.maximum(world.grid_q0, 1e-300)
+        brand_pois = world.city.poi_brand == c.brand
+        brand_visitors = np.zeros(world.panel.n, dtype=bool)
+        brand_visitors[p_dev[brand_pois[p_poi]]] = True
+        c.record_day(observed, brand_visitors)
+    n_areas = world.city.n_areas
+    q_area = q.reshape(n_areas, -1, n_poi).mean(axis=1)
+    others = world.city.population - world.panel.area_devices
+    rng = np.random.default_rng([world.seed, 808, day.toordinal()])
+    non_panel = rng.binomial(others[:, None], q_area).sum(axis=0)
+    return pd.DataFrame(
+        {
+            "poi_id": world.poi_ids.astype(str),
+            "panel_visitors": panel_obs.astype(np.int64),
+            "true_people": (panel_all + non_panel).astype(np.int64),
+        }
+    )
+
+
+def pings_tables(world: World, day: date, cols: dict[str, np.ndarray]) -> list[pa.Table]:
+    """The day's pings as Arrow tables (CONTRACTS schema), split into files by device block."""
+    n = len(cols["dev"])
+    n_files = max(2, -(-n // ROWS_PER_FILE)) if n else 1
+    as_ms = day.toordinal() % INT_MS_EVERY == INT_MS_EVERY - 1
+    bounds = np.linspace(0, n, n_files + 1).astype(np.int64)
+    dev = cols["dev"]
+    for i in range(1, n_files):
+        b = bounds[i]
+        while 0 < b < n and dev[b] == dev[b - 1]:
+            b += 1
+        bounds[i] = max(b, bounds[i - 1])
+    tables = []
+    for lo, hi in itertools.pairwise(bounds):
+        sl = slice(lo, hi)
+        order = np.argsort(cols["t_ms"][sl], kind="stable")
+        pick = {k: v[sl][order] for k, v in cols.items()}
+        ids = pa.DictionaryArray.from_arrays(
+            pa.array(pick["dev"].astype(np.int32), mask=pick["null_device_id"]), world.device_dict
+        ).cast(pa.string())
+        if as_ms:
+            ts = pa.array(pick["t_ms"], pa.int64(), mask=pick["null_ts"])
+        else:
+            ts = pa.array(pick["t_ms"] * 1000, pa.int64(), mask=pick["null_ts"]).cast(
+                pa.timestamp("us", tz="UTC")
+            )
+        acc = pick["accuracy"]
+        tables.append(
+            pa.Table.from_arrays(
+                [
+                    ids,
+                    ts,
+                    pa.array(pick["lat"], pa.float64(), mask=pick["null_lat"]),
+                    pa.array(pick["lon"], pa.float64(), mask=pick["null_lon"]),
+                    pa.array(acc, pa.float64(), mask=np.isnan(acc)),
+                ],
+                schema=PINGS_SCHEMA_MS if as_ms else PINGS_SCHEMA_TS,
+            )
+        )
+    return tables
+
+
+def _write_table(lake: LakeResource, table: pa.Table, key: str) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    lake.write_bytes(key, buf.getvalue())
+
+
+def write_day(world: World, lake: LakeResource, day_index: int, result: DayResult) -> int:
+    """Replace the day's raw pings folder and truth files; returns the rows written."""
+    day = world.start + timedelta(days=day_index)
+    d = day.isoformat()
+    folder = f"raw/pings/date={d}"
+    lake.delete(folder)
+    tables = pings_tables(world, day, result.pings)
+    for i, table in enumerate(tables):
+        _write_table(lake, table, f"{folder}/part-{i}.parquet")
+    stays = pa.Table.from_pandas(result.stays, preserve_index=False).cast(
+        pa.schema(
+            [
+                ("device_id", pa.string()),
+                ("start_ts", pa.timestamp("us", tz="UTC")),
+                ("end_ts", pa.timestamp("us", tz="UTC")),
+                ("lat", pa.float64()),
+                ("lon", pa.float64()),
+                ("kind", pa.string()),
+                ("poi_id", pa.string()),
+            ]
+        )
+    )
+    _write_table(lake, stays, f"truth/stays/date={d}/part-0.parquet")
+    lake.write_parquet(result.visitors, f"truth/poi_visitors/date={d}")
+    lake.write_json(f"truth/dirt/date={d}.json", result.dirt)
+    return int(sum(t.num_rows for t in tables))
+
+
+def write_reference(world: World, lake: LakeResource) -> None:
+    lake.write_parquet(world.city.areas, "reference/areas")
+    lake.write_parquet(world.city.pois, "reference/pois")
+
+
+def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> None:
+    panel = world.panel
+    hlat, hlon = to_latlon(panel.home_xy[:, 0], panel.home_xy[:, 1])
+    wlat, wlon = to_latlon(panel.work_xy[:, 0], panel.work_xy[:, 1])
+    homes = pd.DataFrame(
+        {
+            "device_id": panel.device_ids.astype(str),
+            "home_lat": hlat,
+            "home_lon": hlon,
+            "home_area_id": world.city.areas["area_id"].to_numpy()[panel.home_area],
+            "work_lat": wlat,
+            "work_lon": wlon,
+            "night_shift": panel.night_shift.astype(bool),
+            "observed_days": world.observed.sum(axis=1).astype(np.int64),
+        }
+    )
+    lake.write_parquet(homes, "truth/homes")
+    for key in lake.list("reference/campaigns") + lake.list("truth/campaigns"):
+        lake.store.delete_object(key)
+    for key in lake.list("raw/exposures"):
+        lake.store.delete_object(key)
+    for c in world.campaigns:
+        lake.write_json(f"reference/campaigns/{c.campaign_id}.json", c.reference())
+        lake.write_json(f"truth/campaigns/{c.campaign_id}.json", c.truth())
+        lake.write_parquet(
+            camp.exposures(world.seed, c, panel.device_ids),
+            f"raw/exposures/campaign_id={c.campaign_id}",
+        )
+    lake.write_json("truth/panel.json", params)
+
+
+def _params(world: World, devices: int, dirt_share: float, summary: dict[str, Any]) -> dict:
+    return {
+        "seed": world.seed,
+        "devices": devices,
+        "profile": world.profile.__dict__,
+        "start": world.start.isoformat(),
+        "days": world.days,
+        "region_bbox": bbox(),
+        "schedule_clock": "UTC (nights at home 22-07 UTC; night-shift workers sleep by day)",
+        "areas": len(world.city.areas),
+        "pois": len(world.city.pois),
+        "panel_per_area": dict(
+            zip(world.city.areas["area_id"], world.panel.area_devices.tolist(), strict=True)
+        ),
+        "choice_model": {
+            "visits_per_day_p": VISITS_PER_DAY_P.tolist(),
+            "distance_decay_m": DECAY_M,
+            "weight": "attractiveness * exp(-distance_from_home / decay)",
+        },
+        "observation": (
+            "truth/stays and panel_visitors cover devices observed that day; true_people "
+            "counts every person (all panel devices plus binomial draws for the rest of each "
+            "area's population)"
+        ),
+        "dirt_share": dirt_share,
+        "dirt_reason_shares": reason_shares(dirt_share) if dirt_share else {},
+        "dirt_precedence": [
+            "null_field",
+            "out_of_range",
+            "zero_zero",
+            "outside_day",
+            "low_accuracy",
+            "duplicate",
+            "high_density",
+        ],
+        "legit_null_accuracy_share": LEGIT_NULL_ACCURACY,
+        "high_density_points": [[float(a), float(b)] for a, b in world.towers],
+        "high_density_min_devices": HD_MIN_DEVICES,
+        "ts_int64_ms_days": "days whose date.toordinal() % 3 == 2 (all files of the day)",
+        "campaign_knobs": {
+            "min_days": camp.MIN_DAYS,
+            "max_days": camp.MAX_DAYS,
+            "exposed_share": list(camp.EXPOSED_SHARE),
+            "lifted_share": camp.LIFTED_SHARE,
+            "planted_lift": camp.PLANTED_LIFT,
+            "exposures_mean": camp.EXPOSURES_MEAN,
+        },
+        "campaigns": [c.campaign_id for c in world.campaigns],
+        "pings_written": summary["pings"],
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def generate(
+    lake: LakeResource,
+    *,
+    seed: int = 7,
+    devices: int = 2000,
+    start: str | None = None,
+    days: int = 7,
+    profile: str = "default",
+    campaigns: int = 4,
+    dirt: bool = True,
+    dirt_share: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate ``days`` days of pings for ``devices`` panel devices, references and truth.
+
+    ``dirt_share`` (share of dirty rows per day) defaults to 6.8 % when ``dirt`` is on.
+    Returns a summary: pings written, rows per day, seconds, campaigns.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    start = start or default_start(days)
+    share = (DEFAULT_DIRT_SHARE if dirt_share is None else dirt_share) if dirt else 0.0
+    world = build_world(seed, devices, start, days, profile, campaigns)
+    write_reference(world, lake)
+    per_day: dict[str, int] = {}
+    bar = tqdm(total=days, unit="day", desc="near-synth", disable=not progress)
+    for i, day in enumerate(world.dates()):
+        result = simulate_day(world, i, share)
+        per_day[day.isoformat()] = write_day(world, lake, i, result)
+        bar.set_postfix(day=day.isoformat(), pings=per_day[day.isoformat()])
+        bar.update(1)
+    bar.close()
+    summary: dict[str, Any] = {
+        "pings": int(sum(per_day.values())),
+        "per_day": per_day,
+        "devices": devices,
+        "days": days,
+        "start": world.start.isoformat(),
+        "profile": profile,
+        "campaigns": [c.campaign_id for c in world.campaigns],
+        "lake": lake.uri(""),
+    }
+    write_truth(world, lake, _params(world, devices, share, summary))
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def dirty_day(
+    lake: LakeResource,
+    day: str,
+    *,
+    share: float = 0.30,
+    seed: int = 7,
+    devices: int = 200,
+    profile: str = "default",
+) -> dict[str, int]:
+    """Write one day of pings with ``share`` dirty rows (plus its truth files); returns the counts.
+
+    Only ``raw/pings/date=<day>/`` and the day's ``truth/`` files are replaced, so this can
+    turn one day of an existing sample lake into a malformed one.
+    """
+    world = build_world(seed, devices, day, 1, profile, 0)
+    result = simulate_day(world, 0, share)
+    write_day(world, lake, 0, result)
+    return result.dirt
+
+
+__all__ = ["REASONS", "World", "build_world", "dirty_day", "generate", "simulate_day"]

@@ -1,0 +1,174 @@
+"""The device panel (a random sample of each area's population) and the POI choice model.
+
+Panel devices and the rest of the population share one behavioural model: every person makes
+K visits a day (K ~ ``VISITS_PER_DAY_P``), each to POI j with probability proportional to
+attractiveness_j * exp(-distance(home, j) / ``DECAY_M``). The whole population's daily
+visitors can therefore be simulated per (home area, POI) with binomial draws
+(:func:`area_visit_probability`), consistent with the panel's individual trajectories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from near_assets.synth.city import City
+
+VISITS_PER_DAY_P = np.array([0.35, 0.35, 0.20, 0.10])
+DECAY_M = 2_000.0
+COVERAGE_RANGE = (0.5, 3.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sampling and behaviour knobs of a panel profile."""
+
+    name: str
+    pings_per_day: float
+    burst_share: float
+    burst_mean: float
+    burst_gap_s: float
+    random_gaps_per_day: float
+    travel_gap_prob: float
+    night_shift_share: float
+    observe: str  # "daily": each day with probability observe_p; "weekly": 1-7 random days/week
+    observe_p: float = 0.97
+
+
+PROFILES = {
+    "default": Profile(
+        name="default",
+        pings_per_day=218.0,
+        burst_share=0.7,
+        burst_mean=8.0,
+        burst_gap_s=15.0,
+        random_gaps_per_day=1.0,
+        travel_gap_prob=0.35,
+        night_shift_share=0.10,
+        observe="daily",
+    ),
+    "sparse": Profile(
+        name="sparse",
+        pings_per_day=56.0,
+        burst_share=0.2,
+        burst_mean=2.0,
+        burst_gap_s=30.0,
+        random_gaps_per_day=1.5,
+        travel_gap_prob=0.5,
+        night_shift_share=0.25,
+        observe="weekly",
+    ),
+}
+
+
+@dataclass
+class Panel:
+    """Per-device arrays (index i is device ``d{i:06d}``)."""
+
+    device_ids: np.ndarray
+    home_xy: np.ndarray
+    home_area: np.ndarray
+    work_xy: np.ndarray
+    night_shift: np.ndarray
+    speed_mps: np.ndarray
+    ping_rate: np.ndarray
+    area_devices: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.device_ids)
+
+
+def _points_in_areas(
+    rng: np.random.Generator, city: City, area_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform points inside the given areas, kept out of POI cells (homes are not shops)."""
+    ox, oy = city.area_origin(area_idx)
+    x = ox + rng.uniform(0, city.area_size_m, len(area_idx))
+    y = oy + rng.uniform(0, city.area_size_m, len(area_idx))
+    for _ in range(20):
+        bad = city.in_poi_cell(x, y)
+        if not bad.any():
+            break
+        x[bad] = ox[bad] + rng.uniform(0, city.area_size_m, bad.sum())
+        y[bad] = oy[bad] + rng.uniform(0, city.area_size_m, bad.sum())
+    return x, y
+
+
+def build_panel(seed: int, city: City, devices: int, profile: Profile) -> Panel:
+    """Sample ``devices`` panel members: per-area coverage varies (relative 0.5 to 3)."""
+    rng = np.random.default_rng([seed, 202])
+    rel = rng.uniform(*COVERAGE_RANGE, city.n_areas)
+    weight = city.population * rel
+    area_devices = rng.multinomial(devices, weight / weight.sum())
+    if np.any(area_devices > city.population // 2):
+        raise ValueError(
+            f"{devices} devices is too many for a population of {city.population.sum()}"
+        )
+    home_area = np.repeat(np.arange(city.n_areas), area_devices)
+    perm = rng.permutation(devices)
+    home_area = home_area[perm]
+    hx, hy = _points_in_areas(rng, city, home_area)
+    work_area = rng.choice(city.n_areas, devices, p=city.job_weight / city.job_weight.sum())
+    wx, wy = _points_in_areas(rng, city, work_area)
+    night = rng.random(devices) < profile.night_shift_share
+    speed = np.where(
+        rng.random(devices) < 0.6, rng.uniform(7, 11, devices), rng.uniform(3.5, 6, devices)
+    )
+    ping_rate = profile.pings_per_day * rng.lognormal(-0.125, 0.5, devices)
+    return Panel(
+        device_ids=np.array([f"d{i:06d}" for i in range(devices)], dtype=object),
+        home_xy=np.column_stack([hx, hy]),
+        home_area=home_area,
+        work_xy=np.column_stack([wx, wy]),
+        night_shift=night,
+        speed_mps=speed,
+        ping_rate=ping_rate,
+        area_devices=area_devices,
+    )
+
+
+def choice_probabilities(home_xy: np.ndarray, city: City) -> np.ndarray:
+    """P(a visit goes to POI j) for people living at ``home_xy``: shape (n, n_pois), rows sum to 1."""
+    d = np.hypot(
+        home_xy[:, None, 0] - city.poi_xy[None, :, 0], home_xy[:, None, 1] - city.poi_xy[None, :, 1]
+    )
+    w = city.poi_attract[None, :] * np.exp(-d / DECAY_M)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def apply_brand_lift(p: np.ndarray, rows: np.ndarray, brand_mask: np.ndarray, lift: float) -> None:
+    """In place: multiply the brand's choice probability by (1 + lift) for ``rows``.
+
+    The brand's POIs are scaled by (1 + lift); the others shrink so each row still sums to 1.
+    """
+    if lift == 0.0 or not rows.any():
+        return
+    sub = p[rows]
+    b = sub[:, brand_mask].sum(axis=1, keepdims=True)
+    b_new = np.minimum(b * (1.0 + lift), 0.999)
+    sub[:, brand_mask] *= b_new / np.maximum(b, 1e-12)
+    sub[:, ~brand_mask] *= (1.0 - b_new) / np.maximum(1.0 - b, 1e-12)
+    p[rows] = sub
+
+
+def visit_probability(p: np.ndarray) -> np.ndarray:
+    """P(a person visits POI j at least once in a day) given per-visit choice probabilities."""
+    q = np.zeros_like(p)
+    for k, pk in enumerate(VISITS_PER_DAY_P):
+        if k:
+            q += pk * (1.0 - (1.0 - p) ** k)
+    return q
+
+
+def area_home_grid(city: City, per_side: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """A regular grid of home positions in every area (quadrature for area averages)."""
+    off = (np.arange(per_side) + 0.5) / per_side * city.area_size_m
+    gx, gy = np.meshgrid(off, off)
+    ax, ay = city.area_origin(np.arange(city.n_areas))
+    xy = np.stack(
+        [(ax[:, None] + gx.ravel()[None, :]).ravel(), (ay[:, None] + gy.ravel()[None, :]).ravel()],
+        axis=1,
+    )
+    return xy, np.repeat(np.arange(city.n_areas), per_side * per_side)
