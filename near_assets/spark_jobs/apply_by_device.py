@@ -1,0 +1,205 @@
+"""Run one per-device science function over Parquet inputs with Spark (a dagster-pipes script).
+
+    apply_by_device.py --function near_assets.spark_jobs.examples:count_pings \
+        --input s3a://bucket/lake/work/clean_pings/date=2024-01-01 [more inputs ...] \
+        --output s3a://bucket/lake/work/pings_per_device/date=2024-01-01 \
+        --params '{"max_accuracy_m": 100}' --group-by device_id
+
+The function (``fn(df, **params) -> DataFrame`` marked with ``per_device(schema)``) runs through
+``groupBy(group_by).applyInPandas``; it sees every row of each group at once, with timestamps as
+``datetime64[ns, UTC]`` just like the in-process engine. The output folder is replaced.
+
+Pipes parameters come from environment variables (local subprocess, EMR Serverless) or from
+``--dagster-pipes-context/--dagster-pipes-messages`` arguments (EMR steps); S3 locations are
+read and written with boto3. Run without Dagster, the script just prints its summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+BASE_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
+}
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--function", required=True, help="module:qualname of the function")
+    parser.add_argument("--input", nargs="+", required=True, help="Parquet files or folders")
+    parser.add_argument("--output", required=True, help="output folder (replaced)")
+    parser.add_argument("--params", default="{}", help="JSON keyword arguments for the function")
+    parser.add_argument("--group-by", default="device_id", help="comma-separated group columns")
+    parser.add_argument("--master", default=None, help="Spark master (spark-submit sets it)")
+    parser.add_argument("--spark-conf", default="{}", help="JSON Spark settings for the session")
+    args, _ = parser.parse_known_args(argv)  # the --dagster-pipes-* arguments are read by pipes
+    return args
+
+
+def load_function(path: str) -> Callable[..., pd.DataFrame]:
+    """Import ``module:qualname``; it must carry ``spark_schema`` (see ``per_device``)."""
+    module, _, qualname = path.partition(":")
+    if not module or not qualname:
+        raise ValueError(f"--function must look like 'package.module:function', got {path!r}")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not getattr(obj, "spark_schema", None):
+        raise ValueError(f"{path} has no spark_schema: decorate it with @per_device(schema)")
+    return obj
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def nanosecond_columns(uri: str) -> set[str]:
+    """Columns stored as ``TIMESTAMP(NANOS)``, which Spark reads as longs (``nanosAsLong``)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    if uri.startswith(S3_SCHEMES):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        fs: pafs.FileSystem = pafs.S3FileSystem(endpoint_override=endpoint or None)
+        path = uri.split("://", 1)[1]
+    else:
+        fs, path = pafs.LocalFileSystem(), uri.replace("file://", "", 1)
+    schema = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema
+    return {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
+
+
+def open_pipes():
+    """Open dagster-pipes with the right loaders for where the parameters came from."""
+    from dagster_pipes import (
+        PipesCliArgsParamsLoader,
+        PipesEnvVarParamsLoader,
+        PipesS3ContextLoader,
+        PipesS3MessageWriter,
+        open_dagster_pipes,
+    )
+
+    cli = PipesCliArgsParamsLoader()
+    loader = cli if cli.is_dagster_pipes_process() else PipesEnvVarParamsLoader()
+    if not loader.is_dagster_pipes_process():
+        return open_dagster_pipes()
+    on_s3_ctx = "bucket" in loader.load_context_params()
+    on_s3_msg = "bucket" in loader.load_messages_params()
+    client = None
+    if on_s3_ctx or on_s3_msg:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    return open_dagster_pipes(
+        params_loader=loader,
+        context_loader=PipesS3ContextLoader(client) if on_s3_ctx else None,
+        message_writer=PipesS3MessageWriter(client, interval=5) if on_s3_msg else None,
+    )
+
+
+def spark_session(master: str | None, conf: dict[str, str]):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("apply_by_device")
+    if master:
+        builder = builder.master(master)
+    for key, value in {**BASE_CONF, **conf}.items():
+        builder = builder.config(key, str(value))
+    return builder.getOrCreate()
+
+
+def to_utc(pdf: pd.DataFrame) -> pd.DataFrame:
+    """Spark hands timestamps over as naive session-time (UTC) values: make them UTC-aware."""
+    for col in pdf.columns:
+        if pd.api.types.is_datetime64_dtype(pdf[col]):  # naive only; tz-aware is a different dtype
+            pdf[col] = pdf[col].dt.tz_localize("UTC")
+    return pdf
+
+
+def clean_local_output(output: str) -> None:
+    """Drop Hadoop's ``_SUCCESS`` and ``.crc`` files so the folder holds only Parquet parts."""
+    root = Path(output.replace("file://", "", 1))
+    for path in root.rglob("*"):
+        if path.is_file() and (path.name.startswith(("_", ".")) or path.suffix == ".crc"):
+            path.unlink()
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
+    """Apply the function and write the output; uses (and leaves running) ``spark`` if given."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    started = time.perf_counter()
+    fn = load_function(args.function)
+    params = json.loads(args.params)
+    group_by = [c.strip() for c in args.group_by.split(",") if c.strip()]
+    own_session = spark is None
+    if own_session:
+        spark = spark_session(args.master, json.loads(args.spark_conf))
+    else:
+        for key, value in BASE_CONF.items():
+            spark.conf.set(key, value)
+    session_s = time.perf_counter() - started
+
+    df = spark.read.parquet(*args.input)
+    nanos = set().union(*(nanosecond_columns(uri) for uri in args.input))
+    for col in sorted(nanos & set(df.columns)):
+        df = df.withColumn(col, F.timestamp_micros(F.floor(F.col(col) / 1000)))
+    schema = StructType.fromDDL(fn.spark_schema)
+    names = schema.fieldNames()
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        return fn(to_utc(pdf), **params)[names]
+
+    input_rows = df.count()
+    df.groupBy(*group_by).applyInPandas(apply, schema=schema).write.mode("overwrite").parquet(
+        args.output
+    )
+    if is_local(args.output):
+        clean_local_output(args.output)
+    rows = spark.read.parquet(args.output).count()
+    seconds = time.perf_counter() - started
+    summary = {
+        "function": args.function,
+        "group_by": group_by,
+        "input_uris": list(args.input),
+        "output_uri": args.output,
+        "input_rows": input_rows,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "session_start_s": round(session_s, 3),
+        "rows_per_s": round(input_rows / max(seconds - session_s, 1e-9)),
+        "spark_version": spark.version,
+        "master": spark.sparkContext.master,
+    }
+    log(f"apply_by_device {args.function}: {input_rows} rows in, {rows} out, {seconds:.1f} s")
+    if own_session:
+        spark.stop()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with open_pipes() as pipes:
+        summary = run(args, pipes.log.info)
+        pipes.report_custom_message(summary)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
