@@ -7,8 +7,10 @@ window (a number in 0..1). Lift is ``exposed_rate / control_rate - 1``. The shar
 least one brand visit (``reach``) is reported beside it; it saturates over long windows, so it
 understates a lift in choice probability and is not the headline figure.
 
-Control. Devices never exposed, matched exactly on home area x pre-campaign brand visitor flag
-(visited the brand in the ``pre_days`` before the start). The control rate is standardised to the
+Control. Devices never exposed, matched exactly on home area x pre-campaign brand visits
+(bucketed count of brand visits in the ``pre_days`` before the start: 0, 1, 2, 3-4, 5-7, 8-12,
+13+; a finer version of the "pre-period brand visitor" flag, so targeting of brand fans does not
+pass for lift). The control rate is standardised to the
 exposed group: per stratum control share, weighted by the exposed group's place visits in that
 stratum. Exposed devices in a stratum without control visits are left out (``unmatched_exposed``).
 
@@ -33,6 +35,8 @@ import pandas as pd
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUIRED_FIELDS = ("campaign_id", "brand", "start_date", "end_date")
 MIN_DAYS, MAX_DAYS = 15, 90
+PRE_BINS = [0, 1, 2, 3, 5, 8, 13, np.inf]
+PRE_LABELS = ["0", "1", "2", "3-4", "5-7", "8-12", "13+"]
 
 
 class CampaignFileError(ValueError):
@@ -145,8 +149,9 @@ def build_panel(
     pre_visits: pd.DataFrame,
     brand_pois: set[str] | pd.Index,
 ) -> pd.DataFrame:
-    """One row per panel device: ``device_id, home_area_id, exposed, pre_brand, brand_visits,
-    poi_visits`` (visits counted in the campaign window).
+    """One row per panel device: ``device_id, home_area_id, exposed, pre_brand, pre_brand_bin,
+    brand_visits, poi_visits`` (window visits; ``pre_brand_bin`` buckets the brand visits of the
+    pre-period: 0, 1, 2, 3-4, 5-7, 8-12, 13+).
 
     ``devices`` (``device_id``, ``home_area_id``) is the panel universe: devices whose home area is
     known. Exposed devices outside it cannot be matched on area and are left out.
@@ -158,7 +163,9 @@ def build_panel(
     pre = device_visit_counts(pre_visits, brand_pois)
     win = device_visit_counts(window_visits, brand_pois)
     panel = panel.join(pre["brand_visits"].rename("pre_brand_visits"), on="device_id")
-    panel["pre_brand"] = panel["pre_brand_visits"].fillna(0).gt(0)
+    pre_n = panel["pre_brand_visits"].fillna(0).astype("int64")
+    panel["pre_brand"] = pre_n.gt(0)
+    panel["pre_brand_bin"] = pd.cut(pre_n, PRE_BINS, right=False, labels=PRE_LABELS).astype(str)
     panel = panel.drop(columns="pre_brand_visits").join(win, on="device_id")
     panel[["brand_visits", "poi_visits"]] = (
         panel[["brand_visits", "poi_visits"]].fillna(0).astype("int64")
@@ -210,7 +217,7 @@ def _ratio_var(b: np.ndarray, v: np.ndarray) -> float:
 
 def matched_lift(
     panel: pd.DataFrame,
-    strata: tuple[str, ...] = ("home_area_id", "pre_brand"),
+    strata: tuple[str, ...] = ("home_area_id", "pre_brand_bin"),
     confidence: float = 0.95,
 ) -> LiftEstimate:
     """Lift of the brand visit share of exposed devices over their matched controls.

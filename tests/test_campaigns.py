@@ -1,0 +1,268 @@
+"""Campaign insights: file validation, the campaign sensor, lift science, automation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from near_assets.campaigns import (
+    CampaignLive,
+    campaign_insights,
+    campaign_partitions,
+    campaign_sensor,
+    home_areas,
+)
+from near_assets.science.campaigns import (
+    CampaignFileError,
+    build_panel,
+    campaign_phase,
+    matched_lift,
+    parse_campaign,
+)
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
+
+TODAY = datetime.now(UTC).date()
+
+
+def campaign_json(cid: str, start: date, days: int = 30, brand: str = "Acme") -> bytes:
+    end = start + timedelta(days=days - 1)
+    return json.dumps(
+        {"campaign_id": cid, "brand": brand, "start_date": str(start), "end_date": str(end)}
+    ).encode()
+
+
+def put(lake: LakeResource, name: str, data: bytes) -> None:
+    lake.write_bytes(f"reference/campaigns/{name}", data)
+
+
+def tick(lake: LakeResource, alerts: AlertsResource, instance, cursor=None):
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"lake": lake, "alerts": alerts}
+    )
+    return campaign_sensor(ctx)
+
+
+@pytest.fixture
+def slack_alerts(slack_server) -> AlertsResource:
+    return AlertsResource(token="xoxb-test", channel="#alerts", api_url=slack_server.url)
+
+
+# ---- file validation ------------------------------------------------------------------------
+
+
+def test_valid_campaign_file_parses():
+    spec = parse_campaign(campaign_json("c_1", date(2024, 3, 1), 15), "c_1")
+    assert (spec.campaign_id, spec.brand, spec.days) == ("c_1", "Acme", 15)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stem", "reason"),
+    [
+        (b"{not json", "c1", "not valid JSON"),
+        (b'{"campaign_id": "c1", "brand": "A", "start_date": "2024-01-01"}', "c1", "end_date"),
+        (campaign_json("c1", date(2024, 1, 1), 14), "c1", "campaigns run 15 to 90"),
+        (campaign_json("c1", date(2024, 1, 1), 91), "c1", "campaigns run 15 to 90"),
+        (
+            b'{"campaign_id": "c1", "brand": "A", "start_date": "2024-02-01", '
+            b'"end_date": "2024-01-01"}',
+            "c1",
+            "before start_date",
+        ),
+        (campaign_json("../etc", date(2024, 1, 1)), None, "unsafe campaign_id"),
+        (campaign_json("a b", date(2024, 1, 1)), None, "unsafe campaign_id"),
+        (campaign_json("x" * 65, date(2024, 1, 1)), None, "unsafe campaign_id"),
+        (campaign_json("c2", date(2024, 1, 1)), "c1", "does not match the file name"),
+        (b"[1, 2]", "c1", "not a JSON object"),
+    ],
+)
+def test_malformed_campaign_files_are_rejected_with_a_reason(raw, stem, reason):
+    with pytest.raises(CampaignFileError, match=reason):
+        parse_campaign(raw, stem)
+
+
+def test_campaign_phase_is_live_until_two_days_after_the_end():
+    spec = parse_campaign(campaign_json("c", date(2024, 1, 1), 15))
+    assert campaign_phase(spec, date(2023, 12, 31)) == "upcoming"
+    assert campaign_phase(spec, date(2024, 1, 1)) == "live"
+    assert campaign_phase(spec, date(2024, 1, 17)) == "live"
+    assert campaign_phase(spec, date(2024, 1, 18)) == "ended"
+
+
+# ---- sensor ------------------------------------------------------------------------------------
+
+
+def test_three_good_files_give_three_partitions_and_run_requests(tmp_lake, slack_alerts):
+    start = TODAY - timedelta(days=20)
+    for cid in ("spring_a", "spring-b", "C3"):
+        put(tmp_lake, f"{cid}.json", campaign_json(cid, start))
+    with dg.instance_for_test() as instance:
+        result = tick(tmp_lake, slack_alerts, instance)
+        assert sorted(r.partition_key for r in result.run_requests) == [
+            "C3",
+            "spring-b",
+            "spring_a",
+        ]
+        (add,) = result.dynamic_partitions_requests
+        assert add.partitions_def_name == "campaigns"
+        assert sorted(add.partition_keys) == ["C3", "spring-b", "spring_a"]
+        instance.add_dynamic_partitions("campaigns", list(add.partition_keys))
+
+        again = tick(tmp_lake, slack_alerts, instance, result.cursor)
+        assert not again.run_requests
+        assert not again.dynamic_partitions_requests
+        assert "no new or changed" in again.skip_reason.skip_message
+
+
+def test_malformed_file_is_reported_once_per_version_and_never_blocks_others(
+    tmp_lake, slack_alerts, slack_server
+):
+    start = TODAY - timedelta(days=20)
+    put(tmp_lake, "good.json", campaign_json("good", start))
+    put(tmp_lake, "broken.json", b'{"campaign_id": "broken", "brand": ')
+    with dg.instance_for_test() as instance:
+        first = tick(tmp_lake, slack_alerts, instance)
+        assert [r.partition_key for r in first.run_requests] == ["good"]
+        assert len(slack_server.messages()) == 1
+        assert "broken.json" in slack_server.messages()[0]
+        assert "not valid JSON" in slack_server.messages()[0]
+
+        second = tick(tmp_lake, slack_alerts, instance, first.cursor)
+        assert len(slack_server.messages()) == 1  # same version: not reported again
+        assert not second.run_requests
+
+        put(tmp_lake, "broken.json", campaign_json("broken", start, days=120))
+        third = tick(tmp_lake, slack_alerts, instance, second.cursor)
+        assert "broken.json: runs 120 days" in third.skip_reason.skip_message
+        assert len(slack_server.messages()) == 2
+
+
+def test_unsafe_ids_are_rejected(tmp_lake, slack_alerts, slack_server):
+    start = TODAY - timedelta(days=20)
+    put(tmp_lake, "ok.json", campaign_json("ok", start))
+    put(tmp_lake, "has space.json", campaign_json("has space", start))
+    put(tmp_lake, "dots.json", campaign_json("../../x", start))
+    with dg.instance_for_test() as instance:
+        result = tick(tmp_lake, slack_alerts, instance)
+    assert [r.partition_key for r in result.run_requests] == ["ok"]
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == ["ok"]
+    assert len(slack_server.messages()) == 2
+    assert all("unsafe" in m for m in slack_server.messages())
+
+
+def test_sensor_reads_campaign_files_from_s3(s3_lake, slack_alerts):
+    put(s3_lake, "s3c.json", campaign_json("s3c", TODAY - timedelta(days=20)))
+    with dg.instance_for_test() as instance:
+        result = tick(s3_lake, slack_alerts, instance)
+    assert [r.partition_key for r in result.run_requests] == ["s3c"]
+
+
+def test_upcoming_campaign_gets_a_partition_but_no_run_yet(tmp_lake, slack_alerts):
+    put(tmp_lake, "future.json", campaign_json("future", TODAY + timedelta(days=5)))
+    with dg.instance_for_test() as instance:
+        result = tick(tmp_lake, slack_alerts, instance)
+    assert not result.run_requests
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == ["future"]
+
+
+# ---- science -------------------------------------------------------------------------------------
+
+
+def simulate(seed: int, lift: float, n: int = 4000, areas: int = 12) -> pd.DataFrame:
+    """A panel where the brand's share of visits differs by home area and the campaign targets the
+    areas where the brand is strong (a naive exposed/unexposed comparison is biased), and exposure
+    multiplies the chance that a place visit goes to the brand by ``1 + lift`` (the generator's
+    mechanism)."""
+    rng = np.random.default_rng(seed)
+    area = rng.integers(0, areas, n)
+    taste = rng.beta(2, 30, n) * (1 + 2 * area / areas)
+    exposed = rng.random(n) < 0.1 + 0.6 * area / areas
+    rows = []
+    for period, mult in (("pre", np.ones(n)), ("win", np.where(exposed, 1 + lift, 1.0))):
+        k = rng.poisson(25, n)
+        b = rng.binomial(k, np.minimum(taste * mult, 1))
+        dev = np.repeat(np.arange(n), k)
+        rank = np.arange(len(dev)) - np.repeat(np.cumsum(k) - k, k)
+        is_brand = rank < np.repeat(b, k)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "device_id": [f"d{i}" for i in dev],
+                    "poi_id": np.where(is_brand, "brand_poi", "other_poi"),
+                    "period": period,
+                }
+            )
+        )
+    visits = pd.concat(rows)
+    devices = pd.DataFrame({"device_id": [f"d{i}" for i in range(n)], "home_area_id": area})
+    return build_panel(
+        devices,
+        devices["device_id"][exposed],
+        visits[visits["period"] == "win"],
+        visits[visits["period"] == "pre"],
+        {"brand_poi"},
+    )
+
+
+def test_matched_lift_recovers_a_planted_effect_despite_targeting():
+    panel = simulate(7, 0.30)
+    est = matched_lift(panel)
+    assert est.lift_low < 0.30 < est.lift_high
+    assert est.significant and abs(est.lift - 0.30) < 0.08
+    naive = matched_lift(panel, strata=("pre_brand",))
+    assert naive.lift > est.lift + 0.1  # targeting biases a comparison that ignores home area
+    assert est.lift_low <= est.lift <= est.lift_high
+    assert 0 <= est.control_visit_rate <= 1 and 0 <= est.exposed_visit_rate <= 1
+
+
+def test_matched_lift_without_effect_has_an_interval_around_zero():
+    est = matched_lift(simulate(11, 0.0))
+    assert est.lift_low < 0 < est.lift_high
+    assert abs(est.lift) < 0.1
+
+
+def test_home_areas_puts_each_home_in_its_polygon():
+    areas = pd.DataFrame(
+        {
+            "area_id": ["west", "east"],
+            "geometry_wkt": [
+                "POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))",
+                "POLYGON((1 0, 2 0, 2 1, 1 1, 1 0))",
+            ],
+        }
+    )
+    homes = pd.DataFrame({"device_id": ["a", "b", "c"], "lat": [0.5, 0.5, 5], "lon": [0.5, 1.5, 5]})
+    out = home_areas(homes, areas).set_index("device_id")["home_area_id"].to_dict()
+    assert out == {"a": "west", "b": "east"}
+
+
+# ---- automation --------------------------------------------------------------------------------
+
+
+def test_campaign_live_condition_selects_only_live_campaigns(tmp_lake, monkeypatch):
+    monkeypatch.setenv("LAKE_ROOT", tmp_lake.root)
+    monkeypatch.delenv("LAKE_BUCKET", raising=False)
+    put(tmp_lake, "live.json", campaign_json("live", TODAY - timedelta(days=10)))
+    put(tmp_lake, "done.json", campaign_json("done", TODAY - timedelta(days=60), days=20))
+    put(tmp_lake, "soon.json", campaign_json("soon", TODAY + timedelta(days=3)))
+
+    @dg.asset(partitions_def=campaign_partitions, automation_condition=CampaignLive())
+    def probe() -> None: ...
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("campaigns", ["live", "done", "soon"])
+        result = dg.evaluate_automation_conditions(defs=[probe], instance=instance)
+        requested = result.get_requested_partitions(probe.key)
+    assert requested == {"live"}
+
+
+def test_campaign_insights_condition_has_the_live_filter_and_a_daily_cron():
+    condition = campaign_insights.automation_condition
+    labels = str(condition.get_snapshot())
+    assert "campaign_live" in labels
+    assert "on_cron" in labels
