@@ -262,7 +262,7 @@ def test_campaign_live_condition_selects_only_live_campaigns(tmp_lake, monkeypat
 
 
 def test_campaign_insights_condition_has_the_live_filter_and_a_daily_cron():
-    condition = campaign_insights.automation_condition
+    condition = campaign_insights.automation_conditions_by_key[campaign_insights.key]
     labels = str(condition.get_snapshot())
     assert "campaign_live" in labels
     assert "on_cron" in labels
