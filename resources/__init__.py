@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from resources.alerts import AlertsResource
+from resources.bank import BankDataResource
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 
@@ -23,6 +24,7 @@ def platform_resources() -> dict[str, Any]:
         "lake": LakeResource.from_env(),
         "redis": RedisResource.from_env(),
         "alerts": AlertsResource.from_env(),
+        "bank": BankDataResource.from_env(),
     }
     try:
         from resources.spark import SparkResource

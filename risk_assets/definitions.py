@@ -2,6 +2,6 @@
 
 from resources.defs_builder import build_definitions
 
-MODULES: list[str] = []
+MODULES: list[str] = ["periodic", "onboarding"]
 
 defs = build_definitions("risk_assets", MODULES)

@@ -1,0 +1,249 @@
+"""Signup sensor and onboarding failure sensor.
+
+``signup_sensor`` (running by default, every 5 s) reads the ``signups`` stream through the Redis
+consumer group ``onboarding``, so its position lives in Redis, not in the Dagster cursor: a lost
+or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each tick:
+
+1. re-reads this consumer's pending entries (delivered before, not yet decided), then new ones;
+2. acknowledges entries already decided or dead-lettered; dead-letters malformed ones
+   (atomically with their ``XACK``);
+3. for pending entries already in a batch: asks again for the batch's run (same run key, so
+   Dagster skips it when the run exists) when this instance has no such run; when the run has
+   stalled (started or finished ``ONBOARDING_STALL_SECONDS`` ago without a decision, e.g. its
+   process was killed) asks for a retry under a new run key, and after
+   ``ONBOARDING_MAX_ATTEMPTS`` publishes ``review``;
+4. groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN`` applicants), records
+   them in Redis, adds one ``applicants`` partition each and requests one run per batch.
+
+An entry is acknowledged only when its decision (or dead letter) is written, in the same Lua
+script, so a crash at any point leaves it pending and it is picked up again; decisions are
+guarded per signup id, so a repeated run never publishes twice.
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from resources.alerts import AlertsResource, run_url
+from resources.redis_store import RedisResource
+from risk_assets import streams
+from risk_assets.validation import signup_id_of, validate_signup
+
+ONBOARDING_JOB = "onboarding"
+APPLICANTS = "applicants"
+RUN_TAGS = {"platform/lane": "onboarding", "dagster/priority": "10"}
+RUN_KEY_TAG = "dagster/run_key"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
+FAILURE_SCORE = 0.5
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class TickPlan:
+    """What one sensor tick decided."""
+
+    batches: list[streams.Batch] = field(default_factory=list)
+    dead: int = 0
+    acked: int = 0
+    reviewed: int = 0
+    pending: int = 0
+    new: int = 0
+
+
+def batch_run_request(batch: streams.Batch) -> dg.RunRequest:
+    """One run for a batch: a single partition, or a contiguous range of partitions."""
+    tags = {
+        **RUN_TAGS,
+        "onboarding/batch": batch.batch_id,
+        "onboarding/size": str(len(batch.partitions)),
+    }
+    if len(batch.partitions) == 1:
+        return dg.RunRequest(run_key=batch.run_key, partition_key=batch.partitions[0], tags=tags)
+    tags[RANGE_START_TAG], tags[RANGE_END_TAG] = batch.partitions[0], batch.partitions[-1]
+    return dg.RunRequest(run_key=batch.run_key, tags=tags)
+
+
+def _run_record(instance: dg.DagsterInstance, run_key: str):
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return records[0] if records else None
+
+
+def _publish_review(client, signup_id: str, reason: str) -> bool:
+    fields = streams.signup_fields(client, [signup_id])[signup_id] or {}
+    created, _ = streams.publish_decision(
+        client,
+        {
+            "user_id": fields.get("user_id", ""),
+            "signup_id": signup_id,
+            "decision": "review",
+            "score": FAILURE_SCORE,
+            "reason": reason,
+        },
+    )
+    return created
+
+
+def plan_tick(
+    client,
+    instance: dg.DagsterInstance,
+    *,
+    max_new: int = 500,
+    max_per_run: int = 25,
+    stall_s: float = 60.0,
+    max_attempts: int = 3,
+    now: float | None = None,
+) -> TickPlan:
+    """Read owed signups and decide which batch runs to (re)request (see module docstring)."""
+    now = time.time() if now is None else now
+    plan = TickPlan()
+    read = streams.read_owed(client, max_new=max_new)
+    plan.pending, plan.new = read.n_pending, read.n_new
+    if not read.entries:
+        return plan
+    states = streams.guards(client, [sid for sid, _ in read.entries])
+    fresh: list[tuple[str, str]] = []
+    batch_ids: dict[str, None] = {}
+    for (sid, fields), (decided, dead, batch_id) in zip(read.entries, states, strict=True):
+        if decided or dead:
+            client.xack(streams.SIGNUPS, streams.GROUP, sid)
+            plan.acked += 1
+        elif batch_id:
+            batch_ids[batch_id] = None
+        else:
+            verdict = validate_signup(sid, fields)
+            if verdict.ok:
+                fresh.append((sid, verdict.application["partition_key"]))
+            else:
+                streams.dead_letter(client, sid, verdict.reason or "invalid", fields)
+                plan.dead += 1
+    for batch_id in batch_ids:
+        batch = streams.load_batch(client, batch_id)
+        if batch is None:
+            continue
+        record = _run_record(instance, batch.run_key)
+        if record is None:
+            plan.batches.append(batch)
+            continue
+        status = record.dagster_run.status
+        since = record.start_time or record.create_timestamp.timestamp()
+        if status in WAITING or now - since < stall_s:
+            continue
+        undecided = [s for s in batch.signups if not streams.is_decided(client, s)]
+        if batch.attempt + 1 >= max_attempts:
+            reason = f"onboarding run {status.value.lower()} after {batch.attempt + 1} attempts"
+            plan.reviewed += sum(_publish_review(client, s, reason) for s in undecided)
+            continue
+        batch.attempt += 1
+        batch.run_key = f"onboarding:{batch.batch_id}~{batch.attempt}"
+        batch.created_at = now
+        streams.save_batches(client, [batch])
+        plan.batches.append(batch)
+    new_batches = [
+        streams.Batch(
+            batch_id=chunk[0][0],
+            signups=[s for s, _ in chunk],
+            partitions=[p for _, p in chunk],
+            run_key=f"onboarding:{chunk[0][0]}",
+            created_at=now,
+        )
+        for chunk in (fresh[i : i + max_per_run] for i in range(0, len(fresh), max_per_run))
+    ]
+    streams.save_batches(client, new_batches)
+    plan.batches.extend(new_batches)
+    return plan
+
+
+def build_signup_sensor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name="signup_sensor",
+        job_name=ONBOARDING_JOB,
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Signups from Redis to per-applicant onboarding runs (consumer group).",
+    )
+    def signup_sensor(context: dg.SensorEvaluationContext, redis: RedisResource):
+        """Turn new ``signups`` entries into applicant partitions and onboarding runs."""
+        plan = plan_tick(
+            redis.get_client(),
+            context.instance,
+            max_per_run=_env_int("ONBOARDING_MAX_PER_RUN", 25),
+            stall_s=float(os.environ.get("ONBOARDING_STALL_SECONDS", 60)),
+            max_attempts=_env_int("ONBOARDING_MAX_ATTEMPTS", 3),
+        )
+        summary = (
+            f"pending={plan.pending} new={plan.new} dead={plan.dead} acked={plan.acked} "
+            f"reviewed={plan.reviewed} runs={len(plan.batches)}"
+        )
+        if not plan.batches:
+            return dg.SkipReason(summary)
+        context.log.info(summary)
+        return dg.SensorResult(
+            run_requests=[batch_run_request(b) for b in plan.batches],
+            dynamic_partitions_requests=[
+                dg.AddDynamicPartitionsRequest(APPLICANTS, b.partitions) for b in plan.batches
+            ],
+        )
+
+    return signup_sensor
+
+
+def run_partitions(instance: dg.DagsterInstance, tags: dict[str, str]) -> list[str]:
+    """The applicants partitions a run covered, from its partition or range tags."""
+    if PARTITION_TAG in tags:
+        return [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if not start or not end:
+        return []
+    keys = instance.get_dynamic_partitions(APPLICANTS)
+    if start not in keys or end not in keys:
+        return [start, end]
+    return keys[keys.index(start) : keys.index(end) + 1]
+
+
+def review_failed_run(client, partitions: list[str], reason: str) -> int:
+    """Publish ``review`` for every applicant of a failed run that has no decision yet."""
+    published = 0
+    for p in partitions:
+        published += _publish_review(client, signup_id_of(p), reason)
+    return published
+
+
+def failure_reason(context: dg.RunFailureSensorContext) -> str:
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error
+        message = (error.message if error else "").strip().splitlines()
+        return f"onboarding failed at {event.step_key}: {message[0][:150] if message else 'error'}"
+    return f"onboarding run failed: {(context.failure_event.message or 'unknown')[:150]}"
+
+
+def build_onboarding_failure_sensor(job: Any) -> dg.SensorDefinition:
+    @dg.run_failure_sensor(
+        name="onboarding_failure_sensor",
+        monitored_jobs=[job],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+    )
+    def onboarding_failure_sensor(
+        context: dg.RunFailureSensorContext, redis: RedisResource, alerts: AlertsResource
+    ):
+        """A failed onboarding run still decides its applicants: ``review`` with the reason."""
+        run = context.dagster_run
+        partitions = run_partitions(context.instance, dict(run.tags))
+        reason = failure_reason(context)
+        n = review_failed_run(redis.get_client(), partitions, reason)
+        alerts.send(
+            f":warning: onboarding run failed for {len(partitions)} applicant(s) "
+            f"({n} sent to review): {reason}\nRun: {run_url(run.run_id)}",
+            context.log,
+        )
+
+    return onboarding_failure_sensor
