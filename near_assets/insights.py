@@ -1,0 +1,256 @@
+"""On-demand aggregate insights: an analyst launches ``aggregate_insights_job`` with run config.
+
+From the UI (Jobs -> aggregate_insights_job -> Launchpad) or the CLI::
+
+    dagster job execute -m near_assets.definitions -j aggregate_insights_job -c request.yaml
+
+with ``request.yaml``::
+
+    ops:
+      aggregate_insights:
+        config:
+          brand: FreshMart            # or category: grocery, or poi_ids: [p1, p2]
+          start_date: "2024-01-01"
+          end_date: "2024-01-30"
+          home_areas: [A012, A013]    # optional segment
+          affinity_brand: FreshMart   # optional segment: devices with affinity >= min_affinity
+          min_affinity: 0.5
+
+Results go to ``insights/<request-hash>/`` in the lake (Parquet tables, ``summary.md``,
+``summary.json``, ``chart.png``); the same request always lands under the same key.
+"""
+
+import base64
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field, model_validator
+
+from near_assets.campaigns import home_areas
+from near_assets.partitions import daily_partitions
+from near_assets.science.campaigns import day_range
+from near_assets.science.insights import (
+    aggregate_insights as compute_insights,
+)
+from near_assets.science.insights import (
+    chart_png,
+    request_hash,
+    segment_devices,
+    select_pois,
+    summary_markdown,
+)
+from resources.lake import LakeResource
+
+MAX_RANGE_DAYS = 366
+INLINE_CHART_MAX_BYTES = 120_000
+
+
+class AggregateInsightsConfig(dg.Config):
+    """One insights request. Exactly one of ``brand``, ``category``, ``poi_ids``."""
+
+    brand: str | None = Field(None, description="Brand of the places (reference/pois.brand).")
+    category: str | None = Field(None, description="Category of the places, e.g. grocery.")
+    poi_ids: list[str] | None = Field(None, description="Explicit place ids.")
+    start_date: str = Field(description="First day, YYYY-MM-DD (UTC).")
+    end_date: str = Field(description="Last day, YYYY-MM-DD (UTC), inclusive.")
+    home_areas: list[str] | None = Field(None, description="Segment: visitors living in these.")
+    affinity_brand: str | None = Field(
+        None, description="Segment: brand for min_affinity (default: the requested brand)."
+    )
+    min_affinity: float | None = Field(
+        None, ge=-5, le=5, description="Segment: visitors with brand affinity >= this (-5..5)."
+    )
+
+    @model_validator(mode="after")
+    def check_request(self) -> "AggregateInsightsConfig":
+        chosen = [n for n in ("brand", "category", "poi_ids") if getattr(self, n)]
+        if len(chosen) != 1:
+            raise ValueError(
+                "set exactly one of brand, category or poi_ids"
+                + (f" (got {', '.join(chosen)})" if chosen else " (got none)")
+            )
+        try:
+            start, end = date.fromisoformat(self.start_date), date.fromisoformat(self.end_date)
+        except ValueError as exc:
+            raise ValueError(f"start_date/end_date must be YYYY-MM-DD ({exc})") from None
+        if end < start:
+            raise ValueError(f"end_date {end} is before start_date {start}")
+        if (end - start).days + 1 > MAX_RANGE_DAYS:
+            raise ValueError(f"date range longer than {MAX_RANGE_DAYS} days")
+        if end > datetime.now(UTC).date():
+            raise ValueError(f"end_date {end} is in the future")
+        if self.min_affinity is not None and not (self.affinity_brand or self.brand):
+            raise ValueError("min_affinity needs affinity_brand (or a brand request)")
+        if self.home_areas is not None and not self.home_areas:
+            raise ValueError("home_areas, when given, must list at least one area")
+        return self
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "brand": self.brand,
+            "category": self.category,
+            "poi_ids": sorted(self.poi_ids) if self.poi_ids else None,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+            "home_areas": sorted(self.home_areas) if self.home_areas else None,
+            "affinity_brand": (self.affinity_brand or self.brand)
+            if self.min_affinity is not None
+            else None,
+            "min_affinity": self.min_affinity,
+        }
+
+
+def latest_day(lake: LakeResource, prefix: str, days: list[str]) -> str | None:
+    """The last of ``days`` whose ``<prefix>/date=D`` partition exists."""
+    for day in reversed(days):
+        if lake.parquet_files(f"{prefix}/date={day}"):
+            return day
+    return None
+
+
+def load_homes_and_coverage(
+    lake: LakeResource, days: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Home areas and area coverage from ``demographics`` (work/demographics, work/area_coverage);
+    without them, from ``home_location`` and the reference areas' population."""
+    day = latest_day(lake, "work/area_coverage", days)
+    if day:
+        devices = lake.read_parquet(
+            f"work/demographics/date={day}", columns=["device_id", "area_id"]
+        )
+        cover = lake.read_parquet(
+            f"work/area_coverage/date={day}", columns=["area_id", "population", "panel_devices"]
+        )
+        return devices, cover, f"demographics {day}"
+    areas = lake.read_parquet("reference/areas", columns=["area_id", "geometry_wkt", "population"])
+    day = latest_day(lake, "curated/home_location", days)
+    homes = (
+        lake.read_parquet(f"curated/home_location/date={day}", columns=["device_id", "lat", "lon"])
+        if day
+        else pd.DataFrame(columns=["device_id", "lat", "lon"])
+    )
+    devices = home_areas(homes, areas).rename(columns={"home_area_id": "area_id"})
+    counts = devices.groupby("area_id").size()
+    cover = areas[["area_id", "population"]].assign(
+        area_id=areas["area_id"].astype(str),
+        panel_devices=lambda d: d["area_id"].map(counts).fillna(0).astype("int64"),
+    )
+    return devices, cover, f"home_location {day}" if day else "none"
+
+
+@dg.asset(
+    deps=["visits", "demographics", "brand_affinity"],
+    group_name="insights",
+    kinds={"pandas", "matplotlib"},
+    op_tags={"platform/lane": "batch"},
+)
+def aggregate_insights(
+    context: dg.AssetExecutionContext, config: AggregateInsightsConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Visitors, estimated people, dwell distribution, home-area mix and brand affinity of the
+    visitors of a brand, a category or a list of places over a date range, optionally for a
+    segment (home areas, minimum brand affinity). On demand: launched with run config from the
+    launchpad or the CLI; each request is written to ``insights/<request-hash>/``.
+
+    The config is validated (pydantic) before any data is read: exactly one place selector,
+    ISO dates, start <= end <= today, at most 366 days. Days come from the daily partitions
+    (``LAKE_START_DATE`` onwards); missing days are reported, not fatal.
+    """
+    request = config.request()
+    key = f"insights/{request_hash(request)}"
+    first_day = date.fromisoformat(daily_partitions.get_first_partition_key())
+    days = day_range(
+        max(date.fromisoformat(config.start_date), first_day), date.fromisoformat(config.end_date)
+    )
+    pois = select_pois(
+        lake.read_parquet("reference/pois"), config.brand, config.category, config.poi_ids
+    )
+    if pois.empty:
+        raise dg.Failure(f"no places match {request}", allow_retries=False)
+    poi_ids = set(pois["poi_id"].astype(str))
+
+    frames, missing = [], []
+    for day in days:
+        df = lake.read_parquet(
+            f"curated/visits/date={day}", columns=["device_id", "poi_id", "dwell_s"]
+        )
+        if df.empty:
+            missing.append(day)
+        else:
+            frames.append(df[df["poi_id"].astype(str).isin(poi_ids)])
+    visits = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["device_id", "poi_id", "dwell_s"])
+    )
+    devices, coverage, home_source = load_homes_and_coverage(lake, days)
+    aff_day = latest_day(lake, "curated/brand_affinity", days)
+    affinity = (
+        lake.read_parquet(
+            f"curated/brand_affinity/date={aff_day}", columns=["device_id", "brand", "affinity"]
+        )
+        if aff_day
+        else pd.DataFrame(columns=["device_id", "brand", "affinity"])
+    )
+    segment = segment_devices(
+        devices, affinity, config.home_areas, request["affinity_brand"], config.min_affinity
+    )
+    ins = compute_insights(visits, devices, coverage, affinity, segment)
+
+    title = (
+        f"{config.brand or config.category or f'{len(poi_ids)} places'} "
+        f"{config.start_date}..{config.end_date}"
+    )
+    png = chart_png(ins, title)
+    inline = base64.b64encode(png).decode() if len(png) <= INLINE_CHART_MAX_BYTES else None
+    md = summary_markdown(request, ins, None)
+    lake.write_json(f"{key}/request.json", request)
+    lake.write_parquet(ins.visitors, f"{key}/visitors.parquet")
+    lake.write_parquet(ins.dwell, f"{key}/dwell.parquet")
+    lake.write_parquet(ins.home_mix, f"{key}/home_area_mix.parquet")
+    lake.write_parquet(ins.affinity, f"{key}/brand_affinity.parquet")
+    lake.write_bytes(f"{key}/chart.png", png)
+    lake.write_bytes(f"{key}/summary.md", (md + "\n![chart](chart.png)\n").encode())
+    summary = {
+        **ins.summary,
+        "request": request,
+        "places": len(poi_ids),
+        "days": len(days),
+        "missing_days": missing,
+        "home_source": home_source,
+        "affinity_day": aff_day,
+        "generated_at": datetime.now(UTC).isoformat(),
+    }
+    lake.write_json(f"{key}/summary.json", summary)
+    context.log.info(f"insights for {request} written to {lake.uri(key)}")
+    return dg.MaterializeResult(
+        metadata={
+            "request_hash": key.rsplit("/", 1)[-1],
+            "request": dg.MetadataValue.json(request),
+            "visitors": ins.summary["visitors"],
+            "visits": ins.summary["visits"],
+            "estimated_people": ins.summary["estimated_people"],
+            "median_dwell_s": ins.summary["dwell_s_quantiles"].get("p50"),
+            "places": len(poi_ids),
+            "days_read": len(days) - len(missing),
+            "days_missing": len(missing),
+            "home_source": home_source,
+            "summary": dg.MetadataValue.md(summary_markdown(request, ins, inline)),
+            "chart": dg.MetadataValue.path(lake.uri(f"{key}/chart.png")),
+            "output": dg.MetadataValue.path(lake.uri(key)),
+            "summary_json": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
+        }
+    )
+
+
+aggregate_insights_job = dg.define_asset_job(
+    "aggregate_insights_job",
+    selection=[aggregate_insights],
+    tags={"platform/lane": "batch"},
+    description="On-demand aggregate insights; launch with run config (see near_assets/insights.py).",
+)
+
+defs = dg.Definitions(assets=[aggregate_insights], jobs=[aggregate_insights_job])
