@@ -96,6 +96,11 @@ return redis.call('HLEN', live)
 Encoder = Callable[[pd.DataFrame, str | None], Iterable[tuple[str, str]]]
 
 
+def partition_day(partition: str | None) -> str | None:
+    """``date=2024-01-05`` (a lake partition folder) or ``2024-01-05`` -> ``2024-01-05``."""
+    return partition.split("=", 1)[-1] if partition else None
+
+
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -104,8 +109,8 @@ def utc_now_iso() -> str:
 class RedisHashTarget:
     """A write-audit-publish target that serves a table as one Redis hash (see module doc).
 
-    ``encode(df, partition)`` yields ``(field, value)`` pairs, one per row of the audited
-    frame. ``partition`` is the day (``YYYY-MM-DD``) recorded as the hash's ``date``.
+    ``encode(df, day)`` yields ``(field, value)`` pairs, one per row of the audited frame.
+    The partition (``date=YYYY-MM-DD`` or ``YYYY-MM-DD``) is recorded as the hash's ``date``.
     """
 
     client: redis.Redis
@@ -144,6 +149,7 @@ class RedisHashTarget:
 
     def stage(self, df: pd.DataFrame, partition: str | None) -> dict[str, Any]:
         """Write every row to the staging key (pipelined batches); live is untouched."""
+        partition = partition_day(partition)
         self.client.unlink(self.staging_key)
         rows = 0
         batch: dict[str, str] = {}
@@ -190,6 +196,7 @@ class RedisHashTarget:
 
     def publish(self, partition: str | None) -> dict[str, Any]:
         """Swap staging -> live and live -> backup atomically, and rewrite the meta hash."""
+        partition = partition_day(partition)
         rows = self._staged_rows or 0
         meta = {
             "date": partition or "",

@@ -1,0 +1,213 @@
+"""Audience estimates: people per POI per day, published to the lake and the serving Redis hash.
+
+One write-audit-publish (``resources/wap.py``) covers both copies: the lake partition
+``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (a
+``RedisHashTarget``). Both are staged, audited by the same blocking checks, and published only
+when every check passes; a failing day leaves both production copies untouched and alerts.
+Restore: ``uv run python scripts/restore.py audience_estimates --date D``.
+"""
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from near_assets.partitions import daily_partitions
+from near_assets.science.audience import audience_estimates as project_audience
+from near_assets.science.audience import score_against_truth
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
+from resources.redis_publish import RedisHashTarget, json_rows
+from resources.redis_store import RedisResource
+from resources.wap import (
+    AuditFn,
+    audit_specs,
+    covers_known,
+    has_columns,
+    no_nulls,
+    row_count_band,
+    rows_satisfy,
+    table_keys,
+    trailing_days,
+    trailing_published,
+    trailing_published_rows,
+    unique_keys,
+    value_band,
+    write_audit_publish,
+)
+
+TABLE = "audience_estimates"
+REDIS_KEY = "audience:estimates"
+CONTRACT_COLUMNS = ("poi_id", "visitors", "estimate", "estimate_low", "estimate_high")
+REDIS_CHECK = ("redis_staged_complete", f"The staged Redis hash {REDIS_KEY} holds every row.")
+ROW_BAND = (0.9, 1.1)
+VISITED_BAND = (0.6, 1.6)
+MIN_PANEL_VISITORS = 30
+
+encode_for_redis = json_rows(
+    "poi_id",
+    {
+        "visitors": "visitors",
+        "estimate": "estimate",
+        "estimate_low": "estimate_low",
+        "estimate_high": "estimate_high",
+    },
+)
+
+
+def _visited(df: pd.DataFrame) -> float:
+    return float((df["visitors"] > 0).sum())
+
+
+def _total_visitors(df: pd.DataFrame) -> float:
+    return float(df["visitors"].sum())
+
+
+def audience_audits(
+    rows_history: Sequence[int] = (),
+    visited_history: Sequence[float] = (),
+    visitors_history: Sequence[float] = (),
+    known_pois: Sequence[str] | None = None,
+) -> list[AuditFn]:
+    """The blocking audits of ``audience_estimates`` (declared with empty history)."""
+    return [
+        has_columns(*CONTRACT_COLUMNS),
+        no_nulls(*CONTRACT_COLUMNS),
+        unique_keys("poi_id"),
+        row_count_band(rows_history, *ROW_BAND),
+        covers_known("poi_id", known_pois, min_share=0.99),
+        rows_satisfy(
+            "estimate_at_least_visitors",
+            "Every estimate is at least the panel visitors (each panel visitor is a person).",
+            lambda df: df["estimate"] >= df["visitors"],
+        ),
+        rows_satisfy(
+            "interval_contains_estimate",
+            "visitors <= estimate_low <= estimate <= estimate_high.",
+            lambda df: (
+                (df["estimate_low"] <= df["estimate"])
+                & (df["estimate"] <= df["estimate_high"])
+                & (df["estimate_low"] >= df["visitors"])
+            ),
+        ),
+        value_band(
+            "visited_pois_band",
+            "POIs with at least one panel visitor: within {:g}-{:g}x the trailing median.".format(
+                *VISITED_BAND
+            ),
+            _visited,
+            visited_history,
+            *VISITED_BAND,
+        ),
+        value_band(
+            "total_visitors_band",
+            "Panel visitors summed over POIs: within {:g}-{:g}x the trailing median.".format(
+                *VISITED_BAND
+            ),
+            _total_visitors,
+            visitors_history,
+            *VISITED_BAND,
+        ),
+    ]
+
+
+def known_pois(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[str]:
+    """Reference POIs plus those of the latest published day (a POI does not vanish overnight)."""
+    known = set(reference["poi_id"].astype(str)) if "poi_id" in reference else set()
+    for d in trailing_days(day, 7):
+        _, production, _ = table_keys(TABLE, f"date={d}")
+        if lake.exists(production):
+            known |= set(lake.read_parquet(production, columns=["poi_id"])["poi_id"].astype(str))
+            break
+    return sorted(known)
+
+
+def active_devices(lake: LakeResource, day: str) -> pd.Series | None:
+    """Devices that sent at least one (clean, else raw) ping that day."""
+    for prefix in ("work/clean_pings", "raw/pings"):
+        key = f"{prefix}/date={day}"
+        if lake.parquet_files(key):
+            return lake.read_parquet(key, columns=["device_id"])["device_id"].dropna().unique()
+    return None
+
+
+def redis_target(redis: RedisResource) -> RedisHashTarget:
+    return RedisHashTarget(
+        redis.get_client(), REDIS_KEY, encode_for_redis, meta_extra={"table": TABLE}
+    )
+
+
+@dg.asset(
+    name=TABLE,
+    group_name="audience",
+    partitions_def=daily_partitions,
+    deps=[dg.AssetDep("visits"), dg.AssetDep("demographics")],
+    check_specs=audit_specs(TABLE, audience_audits(), [REDIS_CHECK]),
+    automation_condition=dg.AutomationCondition.eager(),
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30)),
+    op_tags={"platform/lane": "batch"},
+    kinds={"pandas", "parquet", "redis"},
+)
+def audience_estimates(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    redis: RedisResource,
+    alerts: AlertsResource,
+) -> Any:
+    """People per POI for the day, projected from the panel by home-area coverage.
+
+    Horvitz-Thompson: each panel visitor stands for population / active panel devices of
+    their home area; 90% interval from the gamma (scaled Poisson) method on the HT variance
+    (``near_assets/science/audience.py`` documents the method). Every reference POI gets a
+    row (zeros when unvisited). Published through one write-audit-publish to
+    ``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (+ ``:meta``,
+    ``:backup``): blocking checks (row count and visited-POI bands vs the trailing published
+    days, no null keys, estimate >= visitors, interval contains estimate, coverage of known
+    POIs, the staged Redis hash complete) gate both; a failure alerts and changes nothing.
+    Metadata compares with the generator's ``truth/poi_visitors`` when present.
+    """
+    day = context.partition_key
+    visits = lake.read_parquet(f"curated/visits/date={day}", columns=["device_id", "poi_id"])
+    if visits.empty:
+        visits = pd.DataFrame({"device_id": pd.Series(dtype=str), "poi_id": pd.Series(dtype=str)})
+    homes = lake.read_parquet(f"work/demographics/date={day}", columns=["device_id", "area_id"])
+    areas = lake.read_parquet("reference/areas", columns=["area_id", "population"])
+    reference = lake.read_parquet("reference/pois", columns=["poi_id"])
+    active = active_devices(lake, day)
+    df = project_audience(
+        visits, homes, areas, pois=reference["poi_id"].astype(str), active_devices=active
+    )
+    metadata: dict[str, Any] = {
+        "pois": len(df),
+        "visited_pois": int((df["visitors"] > 0).sum()),
+        "panel_visitors": int(df["visitors"].sum()),
+        "projected_people": int(df["estimate"].sum()),
+        "devices_with_home_area": len(homes),
+        "active_devices": None if active is None else len(active),
+    }
+    truth_key = f"truth/poi_visitors/date={day}"
+    if lake.parquet_files(truth_key):
+        score = score_against_truth(df, lake.read_parquet(truth_key), MIN_PANEL_VISITORS)
+        metadata |= {f"truth_{k}": round(v, 4) for k, v in score.items() if v == v}
+    audits = audience_audits(
+        trailing_published_rows(lake, TABLE, day),
+        trailing_published(lake, TABLE, day, _visited, columns=["visitors"]),
+        trailing_published(lake, TABLE, day, _total_visitors, columns=["visitors"]),
+        known_pois(lake, reference, day),
+    )
+    yield from write_audit_publish(
+        context,
+        lake,
+        alerts,
+        TABLE,
+        f"date={day}",
+        df,
+        audits,
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        targets=[redis_target(redis)],
+    )
+
+
+defs = dg.Definitions(assets=[audience_estimates])

@@ -1,0 +1,61 @@
+"""Roll a published table back to its backup: the lake partition and its serving copies.
+
+    uv run python scripts/restore.py audience_estimates --date 2024-03-05
+    uv run python scripts/restore.py audience_estimates --redis-only
+    uv run python scripts/restore.py stay_points --date 2024-03-05
+
+Each copy is swapped with its backup atomically (lake: ``backup/<table>/date=D`` <->
+``curated/<table>/date=D``; Redis: ``audience:estimates`` <-> ``audience:estimates:backup``,
+with their ``:meta``), so running the same command again undoes the restore. The lake and
+Redis are found like the platform finds them (``LAKE_ROOT`` / ``LAKE_BUCKET``, ``REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis
+
+from resources.lake import LakeResource
+from resources.redis_publish import restore_hash
+from resources.redis_store import RedisResource
+from resources.wap import restore_table
+
+REDIS_HASHES = {"audience_estimates": "audience:estimates"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="restore", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", help="published table, e.g. audience_estimates")
+    parser.add_argument("--date", help="the lake partition day (YYYY-MM-DD)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--lake-only", action="store_true")
+    where.add_argument("--redis-only", action="store_true")
+    args = parser.parse_args(argv)
+    lake_too = not args.redis_only
+    redis_key = None if args.lake_only else REDIS_HASHES.get(args.table)
+    if lake_too and not args.date:
+        parser.error("--date is required to restore a lake partition (or use --redis-only)")
+    out: dict[str, object] = {"table": args.table}
+    try:
+        if lake_too:
+            lake = LakeResource.from_env()
+            out |= restore_table(lake, args.table, f"date={args.date}")
+        if redis_key:
+            client = RedisResource.from_env().get_client()
+            out["redis_rows"] = restore_hash(client, redis_key)
+            out["redis_date"] = client.hget(f"{redis_key}:meta", "date")
+    except (FileNotFoundError, redis.ResponseError) as exc:
+        print(f"restore: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

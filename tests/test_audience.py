@@ -1,0 +1,195 @@
+"""Audience estimates: the projection science and the write-audit-publish gate end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from near_assets.audience import REDIS_KEY, TABLE, audience_estimates
+from near_assets.science.audience import audience_estimates as project
+from near_assets.science.audience import score_against_truth
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
+from resources.redis_store import RedisResource
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---- science ---------------------------------------------------------------------------------
+
+
+def test_each_visitor_stands_for_population_over_active_panel_of_home_area() -> None:
+    areas = pd.DataFrame({"area_id": ["a", "b"], "population": [100, 1000]})
+    homes = pd.DataFrame({"device_id": ["d1", "d2", "d3", "d4"], "area_id": ["a", "a", "b", "b"]})
+    visits = pd.DataFrame({"device_id": ["d1", "d1", "d3"], "poi_id": ["p", "p", "p"]})
+    out = project(visits, homes, areas, active_devices=["d1", "d2", "d3"]).set_index("poi_id")
+    assert out.loc["p", "visitors"] == 2  # repeats count once
+    assert out.loc["p", "estimate"] == 100 / 2 + 1000 / 1  # d4 was not active: b's weight is 1000
+
+
+def test_unknown_home_visitors_count_as_visitors_and_estimate_is_at_least_visitors() -> None:
+    areas = pd.DataFrame({"area_id": ["a"], "population": [10]})
+    homes = pd.DataFrame({"device_id": ["d1", "d2"], "area_id": ["a", "a"]})
+    visits = pd.DataFrame({"device_id": [f"x{i}" for i in range(8)], "poi_id": "p"})
+    out = project(visits, homes, areas).iloc[0]
+    assert out["visitors"] == 8 and out["estimate"] >= 8
+    assert out["estimate_low"] >= 8
+
+
+def test_every_known_poi_gets_a_row_with_an_interval_around_the_estimate() -> None:
+    areas = pd.DataFrame({"area_id": ["a"], "population": [1000]})
+    homes = pd.DataFrame({"device_id": [f"d{i}" for i in range(10)], "area_id": "a"})
+    visits = pd.DataFrame({"device_id": ["d1", "d2"], "poi_id": ["p1", "p1"]})
+    out = project(visits, homes, areas, pois=["p1", "p2"]).set_index("poi_id")
+    assert list(out.index) == ["p1", "p2"]
+    assert out.loc["p2", ["visitors", "estimate", "estimate_low"]].tolist() == [0, 0, 0]
+    assert out.loc["p2", "estimate_high"] > 0
+    assert (out["estimate_low"] <= out["estimate"]).all()
+    assert (out["estimate"] <= out["estimate_high"]).all()
+
+
+def simulated_day(seed: int, n_pois: int = 600) -> tuple[pd.DataFrame, ...]:
+    """A panel sampled per area (rates 0.5-3 %) from a population visiting POIs independently."""
+    rng = np.random.default_rng(seed)
+    population = rng.integers(3000, 20000, 32)
+    panel = rng.binomial(population, rng.uniform(0.005, 0.03, 32))
+    q = rng.gamma(0.6, 0.012, n_pois)
+    areas = pd.DataFrame({"area_id": [f"a{i}" for i in range(32)], "population": population})
+    homes, visits, truth, panel_visitors = [], [], np.zeros(n_pois, int), np.zeros(n_pois, int)
+    for a in range(32):
+        ids = np.array([f"a{a}d{i}" for i in range(panel[a])])
+        homes.append(pd.DataFrame({"device_id": ids, "area_id": f"a{a}"}))
+        seen = rng.random((len(ids), n_pois)) < q
+        dev, poi = np.nonzero(seen)
+        visits.append(pd.DataFrame({"device_id": ids[dev], "poi_id": [f"p{j}" for j in poi]}))
+        panel_visitors += seen.sum(0)
+        truth += seen.sum(0) + rng.binomial(population[a] - panel[a], q)
+    pois = [f"p{j}" for j in range(n_pois)]
+    truth_df = pd.DataFrame(
+        {"poi_id": pois, "panel_visitors": panel_visitors, "true_people": truth}
+    )
+    return pd.concat(visits), pd.concat(homes), areas, pois, truth_df
+
+
+def test_projection_is_accurate_and_the_interval_calibrated_on_a_sampled_panel() -> None:
+    visits, homes, areas, pois, truth = simulated_day(3)
+    score = score_against_truth(project(visits, homes, areas, pois=pois), truth)
+    assert score["pois_scored"] > 50
+    assert score["median_abs_pct_error"] < 10
+    assert 0.85 <= score["interval_coverage"] <= 0.97
+    assert 0.85 <= score["interval_coverage_all"] <= 0.97
+    assert score["visitors_median_abs_pct_error"] == 0
+
+
+# ---- write-audit-publish end to end ---------------------------------------------------------
+
+POIS = [f"poi{i:03d}" for i in range(120)]
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04", "2024-03-05"]
+
+
+def write_inputs(lake: LakeResource, day: str, seed: int, drop_half_pois: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    devices = [f"d{i:04d}" for i in range(300)]
+    lake.write_parquet(
+        pd.DataFrame({"device_id": devices, "area_id": [f"a{i % 3}" for i in range(300)]}),
+        f"work/demographics/date={day}",
+    )
+    dev = rng.choice(devices, 1500)
+    poi = rng.choice(POIS, 1500)
+    visits = pd.DataFrame({"device_id": dev, "poi_id": poi})
+    if drop_half_pois:
+        visits = visits[~visits["poi_id"].isin(POIS[::2])]
+    lake.write_parquet(visits, f"curated/visits/date={day}")
+
+
+@pytest.fixture
+def world(tmp_lake: LakeResource) -> LakeResource:
+    tmp_lake.write_parquet(pd.DataFrame({"poi_id": POIS}), "reference/pois")
+    tmp_lake.write_parquet(
+        pd.DataFrame({"area_id": ["a0", "a1", "a2"], "population": [20000, 50000, 10000]}),
+        "reference/areas",
+    )
+    return tmp_lake
+
+
+def run_day(lake: LakeResource, redis_url: str, alerts: AlertsResource, day: str):
+    return dg.materialize(
+        [audience_estimates],
+        partition_key=day,
+        resources={"lake": lake, "redis": RedisResource(url=redis_url), "alerts": alerts},
+        raise_on_error=False,
+    )
+
+
+def lake_snapshot(lake: LakeResource) -> dict[str, bytes]:
+    keys = lake.list(f"curated/{TABLE}") + lake.list(f"backup/{TABLE}")
+    return {k: lake.read_bytes(k) for k in keys}
+
+
+def redis_snapshot(client: redis.Redis) -> dict[str, dict]:
+    names = [REDIS_KEY, f"{REDIS_KEY}:meta", f"{REDIS_KEY}:backup", f"{REDIS_KEY}:backup:meta"]
+    return {k: client.hgetall(k) for k in names}
+
+
+def test_a_faulty_day_alerts_and_leaves_production_untouched_then_the_next_day_publishes(
+    world: LakeResource, redis_url: str, redis_client: redis.Redis, slack_server
+) -> None:
+    alerts = AlertsResource(token="xoxb-test", api_url=slack_server.url)
+    for i, day in enumerate(DAYS[:3]):
+        write_inputs(world, day, seed=i)
+        assert run_day(world, redis_url, alerts, day).success
+    assert redis_client.hget(f"{REDIS_KEY}:meta", "date") == DAYS[2]
+    assert redis_client.hlen(REDIS_KEY) == len(POIS)
+    lake_before, redis_before = lake_snapshot(world), redis_snapshot(redis_client)
+
+    write_inputs(world, DAYS[3], seed=3, drop_half_pois=True)
+    result = run_day(world, redis_url, alerts, DAYS[3])
+
+    assert not result.success
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert {"visited_pois_band", "total_visitors_band"} <= failed
+    (message,) = slack_server.messages()
+    assert TABLE in message and f"date={DAYS[3]}" in message and "visited_pois_band" in message
+    assert "ratio=" in message and "/runs/" in message
+    assert lake_snapshot(world) == lake_before
+    assert redis_snapshot(redis_client) == redis_before
+    assert not redis_client.keys(f"{REDIS_KEY}:staging:*")
+    assert not world.list(f"staging/{TABLE}")
+
+    write_inputs(world, DAYS[4], seed=4)
+    assert run_day(world, redis_url, alerts, DAYS[4]).success
+    assert redis_client.hget(f"{REDIS_KEY}:meta", "date") == DAYS[4]
+    assert redis_client.hget(f"{REDIS_KEY}:backup:meta", "date") == DAYS[2]
+    published = world.read_parquet(f"curated/{TABLE}/date={DAYS[4]}")
+    assert len(published) == len(POIS)
+    assert set(published.columns) >= {"poi_id", "visitors", "estimate", "estimate_low"}
+    assert len(slack_server.messages()) == 1
+
+
+def test_restore_command_rolls_back_the_lake_partition_and_the_redis_hash(
+    world: LakeResource, redis_url: str, redis_client: redis.Redis, monkeypatch
+) -> None:
+    alerts = AlertsResource()
+    day = DAYS[0]
+    write_inputs(world, day, seed=10)
+    assert run_day(world, redis_url, alerts, day).success
+    first_lake = world.read_bytes(f"curated/{TABLE}/date={day}/part-0.parquet")
+    first_redis = redis_client.hgetall(REDIS_KEY)
+    write_inputs(world, day, seed=11)  # a rerun of the day with different inputs
+    assert run_day(world, redis_url, alerts, day).success
+    assert redis_client.hgetall(REDIS_KEY) != first_redis
+
+    monkeypatch.setenv("LAKE_ROOT", world.root)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("LAKE_BUCKET", raising=False)
+    spec = importlib.util.spec_from_file_location("restore_cli", REPO / "scripts" / "restore.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main([TABLE, "--date", day]) == 0
+    assert world.read_bytes(f"curated/{TABLE}/date={day}/part-0.parquet") == first_lake
+    assert redis_client.hgetall(REDIS_KEY) == first_redis
