@@ -72,9 +72,8 @@ class World:
     observed: np.ndarray  # (devices, days) bool
     campaigns: list[camp.Campaign]
     towers: np.ndarray  # (k, 2) lat, lon
-    grid_area: np.ndarray
-    grid_q0: np.ndarray
-    grid_q1: dict[str, np.ndarray]
+    area_q0: np.ndarray  # (areas, pois) P(a resident visits the POI on a day), baseline
+    area_q1: dict[str, np.ndarray]  # the same with the brand's planted lift applied
     device_dict: pa.Array
     poi_ids: np.ndarray
 
@@ -117,15 +116,19 @@ def build_world(
     first = date.fromisoformat(start)
     brands = sorted({b for b in city.poi_brand if b is not None})
     plans = camp.plan_campaigns(seed, first, days, brands, devices, campaigns)
-    gxy, garea = area_home_grid(city)
+    gxy, _ = area_home_grid(city)
     p0 = choice_probabilities(gxy, city)
-    q0 = visit_probability(p0)
+
+    def by_area(q: np.ndarray) -> np.ndarray:
+        return q.reshape(city.n_areas, -1, q.shape[1]).mean(axis=1)
+
+    q0 = by_area(visit_probability(p0))
     q1 = {}
     for c in plans:
         if c.planted_lift and c.brand not in q1:
             p1 = p0.copy()
             apply_brand_lift(p1, np.ones(len(p1), bool), city.poi_brand == c.brand, c.planted_lift)
-            q1[c.brand] = visit_probability(p1)
+            q1[c.brand] = by_area(visit_probability(p1))
     tlat, tlon = to_latlon(*hd_points(seed, REGION_M).T)
     return World(
         seed=seed,
@@ -137,9 +140,8 @@ def build_world(
         observed=_observation(seed, devices, days, prof),
         campaigns=plans,
         towers=np.column_stack([tlat, tlon]),
-        grid_area=garea,
-        grid_q0=q0,
-        grid_q1=q1,
+        area_q0=q0,
+        area_q1=q1,
         device_dict=pa.array(panel.device_ids.astype(str), pa.string()),
         poi_ids=city.pois["poi_id"].to_numpy(),
     )
@@ -255,17 +257,15 @@ def _visitors(
     panel_all = np.bincount(p_poi, minlength=n_poi)
     panel_obs = np.bincount(p_poi[observed[p_dev]], minlength=n_poi)
 
-    q = world.grid_q0.copy()
+    q_area = world.area_q0.copy()
     for c in active:
-        if c.brand in world.grid_q1:
+        if c.brand in world.area_q1:
             f = c.exposed.mean()
-            q *= (1.0 - f) + f * world.grid_q1[c.brand] / np.maximum(world.grid_q0, 1e-300)
+            q_area *= (1.0 - f) + f * world.area_q1[c.brand] / np.maximum(world.area_q0, 1e-300)
         brand_pois = world.city.poi_brand == c.brand
         brand_visitors = np.zeros(world.panel.n, dtype=bool)
         brand_visitors[p_dev[brand_pois[p_poi]]] = True
         c.record_day(observed, brand_visitors)
-    n_areas = world.city.n_areas
-    q_area = q.reshape(n_areas, -1, n_poi).mean(axis=1)
     others = world.city.population - world.panel.area_devices
     rng = np.random.default_rng([world.seed, 808, day.toordinal()])
     non_panel = rng.binomial(others[:, None], q_area).sum(axis=0)
@@ -322,7 +322,8 @@ def pings_tables(world: World, day: date, cols: dict[str, np.ndarray]) -> list[p
 
 def _write_table(lake: LakeResource, table: pa.Table, key: str) -> None:
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, buf, compression="zstd", use_dictionary=strings)
     lake.write_bytes(key, buf.getvalue())
 
 
@@ -349,7 +350,11 @@ def write_day(world: World, lake: LakeResource, day_index: int, result: DayResul
         )
     )
     _write_table(lake, stays, f"truth/stays/date={d}/part-0.parquet")
-    lake.write_parquet(result.visitors, f"truth/poi_visitors/date={d}")
+    _write_table(
+        lake,
+        pa.Table.from_pandas(result.visitors, preserve_index=False),
+        f"truth/poi_visitors/date={d}/part-0.parquet",
+    )
     lake.write_json(f"truth/dirt/date={d}.json", result.dirt)
     return int(sum(t.num_rows for t in tables))
 

@@ -39,7 +39,7 @@ class Profile:
 PROFILES = {
     "default": Profile(
         name="default",
-        pings_per_day=218.0,
+        pings_per_day=208.0,
         burst_share=0.7,
         burst_mean=8.0,
         burst_gap_s=15.0,
@@ -112,7 +112,7 @@ def build_panel(seed: int, city: City, devices: int, profile: Profile) -> Panel:
     hx, hy = _points_in_areas(rng, city, home_area)
     work_area = rng.choice(city.n_areas, devices, p=city.job_weight / city.job_weight.sum())
     wx, wy = _points_in_areas(rng, city, work_area)
-    night = rng.random(devices) < profile.night_shift_share
+    night = rng.permutation(devices) < round(devices * profile.night_shift_share)
     speed = np.where(
         rng.random(devices) < 0.6, rng.uniform(7, 11, devices), rng.uniform(3.5, 6, devices)
     )
@@ -155,14 +155,15 @@ def apply_brand_lift(p: np.ndarray, rows: np.ndarray, brand_mask: np.ndarray, li
 
 def visit_probability(p: np.ndarray) -> np.ndarray:
     """P(a person visits POI j at least once in a day) given per-visit choice probabilities."""
-    q = np.zeros_like(p)
-    for k, pk in enumerate(VISITS_PER_DAY_P):
-        if k:
-            q += pk * (1.0 - (1.0 - p) ** k)
-    return q
+    r = 1.0 - p
+    stay_away = np.full_like(p, VISITS_PER_DAY_P[-1])
+    for pk in VISITS_PER_DAY_P[-2::-1]:
+        stay_away *= r
+        stay_away += pk
+    return 1.0 - stay_away
 
 
-def area_home_grid(city: City, per_side: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def area_home_grid(city: City, per_side: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """A regular grid of home positions in every area (quadrature for area averages)."""
     off = (np.arange(per_side) + 0.5) / per_side * city.area_size_m
     gx, gy = np.meshgrid(off, off)
