@@ -49,6 +49,7 @@ REASONS: tuple[str, ...] = (
 BAD_REASONS: tuple[str, ...] = tuple(r for r in REASONS if r != "duplicate")
 
 _NAT = np.iinfo(np.int64).min
+_NUMERIC_KINDS = ("integer", "floating", "mixed-integer-float", "decimal")
 _NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 # pandas' nanosecond range is about 1677-09-21 .. 2262-04-11; keep a margin inside it.
 _MAX_ABS_NS = 9_200_000_000_000_000_000
@@ -64,10 +65,12 @@ def _epoch_ms_to_ns(values: np.ndarray) -> np.ndarray:
         ms = values.astype("int64", copy=False)
         ok = np.abs(ms) <= _MAX_ABS_NS // 10**6
         return np.where(ok, np.where(ok, ms, 0) * 10**6, _NAT)
+    ms = values.astype("float64", copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
-        ns = values.astype("float64", copy=False) * 1e6
-        ok = np.isfinite(ns) & (np.abs(ns) <= _MAX_ABS_NS)
-        return np.where(ok, np.round(np.where(ok, ns, 0.0)).astype("int64"), _NAT)
+        ok = np.isfinite(ms) & (np.abs(ms) <= _MAX_ABS_NS // 10**6)
+        whole = np.floor(np.where(ok, ms, 0.0))
+        sub_ms = np.round((np.where(ok, ms, 0.0) - whole) * 1e6).astype("int64")
+        return np.where(ok, whole.astype("int64") * 10**6 + sub_ms, _NAT)
 
 
 def normalize_ts(ts: pd.Series) -> pd.Series:
@@ -92,10 +95,13 @@ def normalize_ts(ts: pd.Series) -> pd.Series:
         ns = np.where(ok, np.where(ok, ints, 0) * factor, _NAT)
     elif pd.api.types.is_bool_dtype(dtype):
         ns = np.full(len(ts), _NAT, dtype="int64")
+    elif pd.api.types.is_integer_dtype(dtype) and pd.api.types.is_extension_array_dtype(dtype):
+        missing = ts.isna().to_numpy()
+        ns = np.where(missing, _NAT, _epoch_ms_to_ns(ts.to_numpy(dtype="int64", na_value=0)))
     elif pd.api.types.is_numeric_dtype(dtype):
-        if pd.api.types.is_extension_array_dtype(dtype):
-            ts = ts.astype("float64")
-        ns = _epoch_ms_to_ns(ts.to_numpy())
+        ns = _epoch_ms_to_ns(ts.to_numpy(dtype="float64", na_value=np.nan))
+    elif pd.api.types.infer_dtype(ts, skipna=True) in _NUMERIC_KINDS:
+        return normalize_ts(pd.to_numeric(ts, errors="coerce"))
     else:
         parsed = pd.to_datetime(ts, utc=True, errors="coerce", format="mixed")
         return normalize_ts(parsed).set_axis(ts.index)
