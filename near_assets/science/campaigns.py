@@ -35,6 +35,7 @@ import pandas as pd
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUIRED_FIELDS = ("campaign_id", "brand", "start_date", "end_date")
 MIN_DAYS, MAX_DAYS = 15, 90
+SMALL_STRATUM = 5
 PRE_BINS = [0, 1, 2, 3, 5, 8, 13, np.inf]
 PRE_LABELS = ["0", "1", "2", "3-4", "5-7", "8-12", "13+"]
 
@@ -253,16 +254,16 @@ def matched_lift(
     g = ctl_act.groupby("stratum")
     sums = g[["brand_visits", "poi_visits"]].sum()
     r_s = sums["brand_visits"] / sums["poi_visits"]
-    var_s = g.apply(
-        lambda s: _ratio_var(s["brand_visits"].to_numpy(float), s["poi_visits"].to_numpy(float)),
-        include_groups=False,
-    )
-    # a one-device stratum has no within-stratum spread: borrow the pooled control variance
-    pooled = (
-        _ratio_var(ctl_act["brand_visits"].to_numpy(float), ctl_act["poi_visits"].to_numpy(float))
-        * ctl_act["poi_visits"].sum() ** 2
-    )
-    var_s = var_s.fillna(pd.Series(pooled / sums["poi_visits"] ** 2, index=sums.index))
+    # within-stratum linearised variance; strata with fewer than SMALL_STRATUM devices borrow a
+    # pooled residual variance per place visit (their own spread is too noisy to trust)
+    resid = ctl_act["brand_visits"] - ctl_act["stratum"].map(r_s) * ctl_act["poi_visits"]
+    ss = (resid**2).groupby(ctl_act["stratum"]).sum()
+    n_s = g.size()
+    own = ss * n_s / (n_s - 1).clip(lower=1) / sums["poi_visits"] ** 2
+    dof = max(len(ctl_act) - len(n_s), 1)
+    per_visit = float((resid**2).sum()) / float(ctl_act["poi_visits"].sum()) * len(ctl_act) / dof
+    borrowed = per_visit / sums["poi_visits"]
+    var_s = own.where(n_s >= SMALL_STRATUM, borrowed)
     w = w.reindex(r_s.index).fillna(0.0)
     rate_c = float((w * r_s).sum())
     var_c = float((w**2 * var_s).sum())
