@@ -1,0 +1,474 @@
+"""Raw and clean pings: the first two assets of the location graph, one partition per UTC day.
+
+``raw_pings`` registers what upstream delivered under ``raw/pings/date=D/`` (it copies nothing:
+materialising it means "these files were observed"); ``clean_pings`` reads them, quarantines the
+dirt (``near_assets.science.cleaning``) and writes ``work/clean_pings/date=D/part-0.parquet``
+plus ``quarantine/pings/date=D/part-0.parquet``. ``raw_pings_sensor`` notices new or changed day
+folders and runs both for those days, so new data flows without clicks.
+
+What counts as *bad* for the blocking check: every quarantined row except duplicates. A duplicate
+is a delivery retry whose first copy is kept, so no information is lost; a share of bad rows
+above ``PINGS_MAX_BAD_SHARE`` (default 0.2) means the feed itself is broken.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from near_assets.partitions import daily_partitions
+from near_assets.science import cleaning
+from resources.lake import LakeResource
+
+GROUP = "pings"
+RAW_PREFIX = "raw/pings"
+CLEAN_PREFIX = "work/clean_pings"
+QUARANTINE_PREFIX = "quarantine/pings"
+LANE_TAGS = {"platform/lane": "batch"}
+DEFAULT_MAX_BAD_SHARE = 0.2
+SENSOR_MAX_DAYS_PER_RUN = 14
+RETRY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+_DAY_FOLDER = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+def day_key(prefix: str, day: str) -> str:
+    return f"{prefix}/date={day}"
+
+
+def max_bad_share_from_env() -> float:
+    """``$PINGS_MAX_BAD_SHARE`` as a share in [0, 1] (default 0.2), read at run time."""
+    raw = os.environ.get("PINGS_MAX_BAD_SHARE", "").strip()
+    if not raw:
+        return DEFAULT_MAX_BAD_SHARE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"PINGS_MAX_BAD_SHARE={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"PINGS_MAX_BAD_SHARE={raw!r} must be a share between 0 and 1")
+    return value
+
+
+def fingerprint(entries: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
+
+# ---- reading a day folder ---------------------------------------------------------------------
+
+
+def _parquet_file(lake: LakeResource, key: str) -> tuple[pq.ParquetFile, int]:
+    """Open one raw file (transient lake errors propagate and are retried; bad bytes fail)."""
+    data = lake.read_bytes(key)
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise dg.Failure(
+            description=f"{lake.uri(key)}: not a readable Parquet file ({exc})",
+            metadata={"file": key},
+            allow_retries=False,
+        ) from exc
+    problems = cleaning.schema_problems(parquet.schema_arrow)
+    if problems:
+        raise dg.Failure(
+            description=f"{lake.uri(key)}: {'; '.join(problems)}",
+            metadata={
+                "file": key,
+                "problems": dg.MetadataValue.json(problems),
+                "columns": dg.MetadataValue.json(parquet.schema_arrow.names),
+            },
+            allow_retries=False,
+        )
+    return parquet, len(data)
+
+
+def _read_table(parquet: pq.ParquetFile, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    names = parquet.schema_arrow.names
+    wanted = [c for c in (columns or names) if c in names]
+    return parquet.read(columns=wanted).to_pandas()
+
+
+def read_raw_day(lake: LakeResource, day: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Every raw file of ``day`` normalised and concatenated, plus one summary per file."""
+    frames, files = [], []
+    for key in lake.parquet_files(day_key(RAW_PREFIX, day)):
+        parquet, size = _parquet_file(lake, key)
+        frame = cleaning.normalize_pings(_read_table(parquet))
+        frames.append(frame)
+        ts_type = parquet.schema_arrow.field("ts").type
+        files.append({"file": key, "bytes": size, "rows": len(frame), "ts_type": str(ts_type)})
+    if not frames:
+        return cleaning.empty_pings(), files
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], files
+
+
+# ---- metadata helpers -------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}".rstrip("0").rstrip(".")
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, max_rows: int = 10) -> str:
+    """A small Markdown table of the first ``max_rows`` rows (tabulate is not installed)."""
+    if df.empty:
+        return "_no rows_"
+    head = df.head(max_rows)
+    lines = [
+        "| " + " | ".join(map(str, head.columns)) + " |",
+        "|" + " --- |" * len(head.columns),
+        *("| " + " | ".join(_cell(v) for v in row) + " |" for row in head.itertuples(False)),
+    ]
+    if len(df) > max_rows:
+        lines.append(f"\n_{len(df) - max_rows:,} more rows_")
+    return "\n".join(lines)
+
+
+def _iso(ts: pd.Series) -> tuple[str | None, str | None]:
+    valid = ts.dropna()
+    if valid.empty:
+        return None, None
+    return valid.min().isoformat(), valid.max().isoformat()
+
+
+def _status(files: Sequence[Any], rows: int) -> str:
+    if not files:
+        return "missing"
+    return "present" if rows else "empty"
+
+
+# ---- raw_pings --------------------------------------------------------------------------------
+
+
+def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
+    """What upstream delivered for ``day``: files, bytes, rows, devices and time range."""
+    folder = day_key(RAW_PREFIX, day)
+    files, devices, ts_min, ts_max, entries = [], set(), [], [], []
+    for key in lake.parquet_files(folder):
+        parquet, size = _parquet_file(lake, key)
+        part = _read_table(parquet, ["device_id", "ts"])
+        ts = cleaning.normalize_ts(part["ts"])
+        devices.update(part["device_id"].dropna().unique().tolist())
+        first, last = _iso(ts)
+        ts_min.append(first)
+        ts_max.append(last)
+        files.append(
+            {"file": key.rsplit("/", 1)[-1], "bytes": size, "rows": len(part), "ts_min": first}
+        )
+        entries.append(f"{key}:{size}")
+    rows = sum(f["rows"] for f in files)
+    devices.discard("")
+    return {
+        "status": _status(files, rows),
+        "files": len(files),
+        "bytes": sum(f["bytes"] for f in files),
+        "rows": rows,
+        "dagster/row_count": rows,
+        "devices": len(devices),
+        "ts_min": min((t for t in ts_min if t), default=None),
+        "ts_max": max((t for t in ts_max if t), default=None),
+        "location": dg.MetadataValue.path(lake.uri(folder)),
+        "fingerprint": fingerprint(entries),
+        "file_list": dg.MetadataValue.md(markdown_table(pd.DataFrame(files), 50)),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    retry_policy=RETRY,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "day_delivered",
+            asset="raw_pings",
+            description="Warns when a day folder is missing or holds no rows.",
+        )
+    ],
+    kinds={"parquet"},
+    op_tags=LANE_TAGS,
+)
+def raw_pings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """Raw mobile pings as upstream delivered them, one folder per UTC day (``raw/pings/date=D``).
+
+    Nothing is copied: a materialisation registers the day's files as observed (files, bytes,
+    rows, devices, time range, a fingerprint of the file list) after checking each file's
+    schema against CONTRACTS. A file without a required column fails the run with the file's
+    name; a missing or empty day is recorded with ``status`` ``missing``/``empty`` and 0 rows.
+    """
+    not_delivered = {}
+    for day in context.partition_keys:
+        meta = observe_raw_day(lake, day)
+        context.add_asset_metadata(meta, partition_key=day)
+        if meta["status"] != "present":
+            not_delivered[day] = meta["status"]
+            context.log.warning(f"raw pings for {day}: {meta['status']}")
+    return dg.MaterializeResult(
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="day_delivered",
+                passed=not not_delivered,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"days": len(context.partition_keys), "not_delivered": not_delivered},
+                description=(
+                    "every day has pings"
+                    if not not_delivered
+                    else f"no pings for {', '.join(sorted(not_delivered))}"
+                ),
+            )
+        ]
+    )
+
+
+# ---- clean_pings ------------------------------------------------------------------------------
+
+
+class CleanPingsConfig(dg.Config):
+    max_accuracy_m: float = 1000.0
+    """Pings with a larger accuracy radius (metres) are quarantined as ``low_accuracy``."""
+    hdp_min_devices: int = 50
+    """Distinct devices on one exact coordinate that make it a high-density point."""
+    hdp_decimals: int | None = None
+    """Round coordinates to this many decimals before the high-density count (None: exact)."""
+    max_bad_share: float | None = None
+    """Blocking-check threshold on the bad share; None reads ``$PINGS_MAX_BAD_SHARE`` (0.2)."""
+
+
+def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[str, Any]:
+    """Clean one day: read, split, write both outputs; returns figures for metadata and check."""
+    started = time.perf_counter()
+    raw, files = read_raw_day(lake, day)
+    read_s = time.perf_counter() - started
+    clean, quarantine = cleaning.clean_pings(
+        raw,
+        date.fromisoformat(day),
+        max_accuracy_m=config.max_accuracy_m,
+        hdp_min_devices=config.hdp_min_devices,
+        hdp_decimals=config.hdp_decimals,
+    )
+    clean_s = time.perf_counter() - started - read_s
+    clean_key = lake.write_parquet(clean, day_key(CLEAN_PREFIX, day))
+    quarantine_key = lake.write_parquet(quarantine, day_key(QUARANTINE_PREFIX, day))
+    write_s = time.perf_counter() - started - read_s - clean_s
+    counts = cleaning.reason_counts(quarantine)
+    return {
+        "rows_in": len(raw),
+        "rows_out": len(clean),
+        "files": len(files),
+        "status": _status(files, len(raw)),
+        "devices_in": int(raw["device_id"].nunique()),
+        "devices_out": int(clean["device_id"].nunique()),
+        "counts": counts,
+        "bad_share": cleaning.bad_share(counts, len(raw)),
+        "duplicate_share": counts["duplicate"] / len(raw) if len(raw) else 0.0,
+        "clean_key": clean_key,
+        "quarantine_key": quarantine_key,
+        "preview_clean": markdown_table(clean, 5),
+        "preview_quarantine": markdown_table(quarantine.groupby("reason", sort=False).head(2), 14),
+        "seconds": {"read": read_s, "clean": clean_s, "write": write_s},
+    }
+
+
+def clean_metadata(lake: LakeResource, figures: dict[str, Any], threshold: float) -> dict:
+    seconds = figures["seconds"]
+    total_s = sum(seconds.values())
+    return {
+        "status": figures["status"],
+        "rows_in": figures["rows_in"],
+        "rows_out": figures["rows_out"],
+        "rows_quarantined": figures["rows_in"] - figures["rows_out"],
+        "dagster/row_count": figures["rows_out"],
+        "devices_in": figures["devices_in"],
+        "devices_out": figures["devices_out"],
+        **{f"dropped/{reason}": n for reason, n in figures["counts"].items()},
+        "bad_share": round(figures["bad_share"], 6),
+        "duplicate_share": round(figures["duplicate_share"], 6),
+        "max_bad_share": threshold,
+        "bad_reasons": ", ".join(cleaning.BAD_REASONS),
+        "clean_path": dg.MetadataValue.path(lake.uri(figures["clean_key"])),
+        "quarantine_path": dg.MetadataValue.path(lake.uri(figures["quarantine_key"])),
+        "preview": dg.MetadataValue.md(figures["preview_clean"]),
+        "quarantine_preview": dg.MetadataValue.md(figures["preview_quarantine"]),
+        **{f"seconds/{stage}": round(s, 3) for stage, s in seconds.items()},
+        "rows_per_s": round(figures["rows_in"] / total_s) if total_s > 0 else 0,
+    }
+
+
+def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.AssetCheckResult:
+    """Fails when any day of the run has a bad share above ``threshold``."""
+    failing = {d: f for d, f in days.items() if f["bad_share"] > threshold}
+    rows_in = sum(f["rows_in"] for f in days.values())
+    totals = {r: sum(f["counts"][r] for f in days.values()) for r in cleaning.REASONS}
+    worst_day = max(days, key=lambda d: days[d]["bad_share"])
+    worst = days[worst_day]
+    if failing:
+        description = "; ".join(
+            f"{d}: bad share {f['bad_share']:.1%} > {threshold:.1%}" for d, f in failing.items()
+        )
+    elif rows_in == 0:
+        description = "no pings to judge (missing or empty day)"
+    else:
+        description = f"bad share at most {worst['bad_share']:.1%} (threshold {threshold:.1%})"
+    return dg.AssetCheckResult(
+        check_name="bad_share_below_threshold",
+        passed=not failing,
+        description=description,
+        metadata={
+            "max_bad_share": threshold,
+            "bad_share": round(worst["bad_share"], 6),
+            "worst_day": worst_day,
+            "rows_in": rows_in,
+            "bad_rows": sum(totals[r] for r in cleaning.BAD_REASONS),
+            **{f"dropped/{reason}": n for reason, n in totals.items()},
+            "failing_days": dg.MetadataValue.json(
+                {d: round(f["bad_share"], 6) for d, f in failing.items()}
+            ),
+            "bad_reasons": ", ".join(cleaning.BAD_REASONS),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    deps=[raw_pings],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    retry_policy=RETRY,
+    automation_condition=dg.AutomationCondition.eager()
+    .without(dg.AutomationCondition.in_latest_time_window())
+    .with_label("eager (any day)"),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "bad_share_below_threshold",
+            asset="clean_pings",
+            blocking=True,
+            description=(
+                "Fails when the share of bad rows (every quarantine reason except duplicate) "
+                "passes PINGS_MAX_BAD_SHARE (default 0.2) or the run's max_bad_share."
+            ),
+        )
+    ],
+    kinds={"pandas", "parquet"},
+    op_tags=LANE_TAGS,
+)
+def clean_pings(
+    context: dg.AssetExecutionContext, config: CleanPingsConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Pings without dirt, per UTC day, sorted by device and time (``work/clean_pings/date=D``).
+
+    Drops nulls, out-of-range and (0, 0) coordinates, timestamps outside the day, accuracy over
+    ``max_accuracy_m``, duplicates and high-density points (one exact coordinate reported by
+    ``hdp_min_devices`` devices). Dropped rows go to ``quarantine/pings/date=D`` with their
+    ``reason``; metadata counts them per reason (``dropped/<reason>``). The blocking check
+    ``bad_share_below_threshold`` stops downstream steps when the feed is broken.
+    """
+    threshold = (
+        config.max_bad_share if config.max_bad_share is not None else max_bad_share_from_env()
+    )
+    days: dict[str, dict[str, Any]] = {}
+    for day in context.partition_keys:
+        figures = clean_day(lake, day, config)
+        days[day] = figures
+        context.add_asset_metadata(clean_metadata(lake, figures, threshold), partition_key=day)
+        context.log.info(
+            f"{day}: {figures['rows_in']:,} rows in, {figures['rows_out']:,} clean, "
+            f"bad share {figures['bad_share']:.2%}, dropped {figures['counts']}"
+        )
+    return dg.MaterializeResult(check_results=[bad_share_check(days, threshold)])
+
+
+pings_job = dg.define_asset_job(
+    "pings_daily",
+    selection=dg.AssetSelection.assets(raw_pings, clean_pings),
+    partitions_def=daily_partitions,
+    tags=LANE_TAGS,
+    executor_def=dg.in_process_executor,
+    description="Register a day's raw pings and clean them (one run may cover a day range).",
+)
+
+
+# ---- sensor -----------------------------------------------------------------------------------
+
+
+def raw_day_fingerprints(lake: LakeResource) -> dict[str, str]:
+    """``{day: fingerprint of its Parquet file names}`` for every day folder under raw/pings."""
+    by_day: dict[str, list[str]] = {}
+    for key in lake.list(RAW_PREFIX):
+        parts = key[len(RAW_PREFIX) + 1 :].split("/")
+        match = _DAY_FOLDER.match(parts[0]) if len(parts) > 1 else None
+        if match and key.endswith(".parquet"):
+            by_day.setdefault(match.group(1), []).append(key)
+    return {day: fingerprint(keys) for day, keys in sorted(by_day.items())}
+
+
+def day_ranges(days: Sequence[str], max_days: int) -> list[tuple[str, str]]:
+    """Consecutive days grouped into ``(first, last)`` ranges of at most ``max_days``."""
+    ranges: list[list[str]] = []
+    for day in sorted(days):
+        last = ranges[-1] if ranges else None
+        follows = last and date.fromisoformat(day) - date.fromisoformat(last[-1]) == timedelta(1)
+        if last and follows and len(last) < max_days:
+            last.append(day)
+        else:
+            ranges.append([day])
+    return [(r[0], r[-1]) for r in ranges]
+
+
+@dg.sensor(
+    job=pings_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Runs raw_pings + clean_pings for day folders that are new or whose files changed.",
+)
+def raw_pings_sensor(
+    context: dg.SensorEvaluationContext, lake: LakeResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Cursor: ``{day: fingerprint of the day's file list}``; one run per range of changed days."""
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    current = raw_day_fingerprints(lake)
+    valid = {d: f for d, f in current.items() if daily_partitions.has_partition_key(d)}
+    for day in sorted(set(current) - set(valid)):
+        context.log.warning(f"raw/pings/date={day} is outside the daily partitions; ignored")
+    changed = [d for d, f in valid.items() if seen.get(d) != f]
+    if not changed:
+        return dg.SkipReason(f"no new or changed day folders among {len(valid)} under raw/pings")
+    requests = []
+    for first, last in day_ranges(changed, SENSOR_MAX_DAYS_PER_RUN):
+        span = [d for d in changed if first <= d <= last]
+        run_key = f"pings:{first}:{last}:{fingerprint([valid[d] for d in span])}"
+        if first == last:
+            requests.append(dg.RunRequest(run_key=run_key, partition_key=first, tags=LANE_TAGS))
+        else:
+            tags = {
+                **LANE_TAGS,
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            }
+            requests.append(dg.RunRequest(run_key=run_key, tags=tags))
+    context.log.info(f"new or changed days: {', '.join(changed)}")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(valid, sort_keys=True))
+
+
+defs = dg.Definitions(
+    assets=[raw_pings, clean_pings],
+    jobs=[pings_job],
+    sensors=[raw_pings_sensor],
+)
