@@ -8,6 +8,7 @@ Writes to temporary local lakes (deleted afterwards) and prints one line per run
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -23,18 +24,19 @@ RUNS = {
 def run(label: str, devices: int, days: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         lake = LakeResource(root=tmp)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = generate(
             lake, seed=7, devices=devices, days=days, start="2026-01-05", progress=False
         )
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rate = summary["pings"] / seconds
     print(
-        f"{label}: {summary['pings']:,} pings in {seconds:.1f} s = {rate:,.0f} pings/s "
-        f"({summary['pings'] / devices / days:.0f} rows/device/day)",
+        f"{label}: {summary['pings']:,} pings in {seconds:.1f} s wall = {rate:,.0f} pings/s "
+        f"(process CPU {cpu:.1f} s = {summary['pings'] / cpu:,.0f} pings/CPU-s; "
+        f"{summary['pings'] / devices / days:.0f} rows/device/day; load {os.getloadavg()[0]:.1f})",
         flush=True,
     )
-    return {"pings": summary["pings"], "seconds": seconds, "rate": rate}
+    return {"pings": summary["pings"], "seconds": seconds, "cpu": cpu, "rate": rate}
 
 
 def main() -> None:

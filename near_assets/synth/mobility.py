@@ -240,7 +240,7 @@ def sample_pings(
     burst_size = 1 + rng.poisson(profile.burst_mean - 1.0, len(burst_dev))
     centre = _tod_times(rng, len(burst_dev))
     bp_dev = np.repeat(burst_dev, burst_size)
-    bp_first = np.r_[0, np.cumsum(burst_size)[:-1]]
+    bp_first = np.cumsum(burst_size) - burst_size
     steps = rng.exponential(profile.burst_gap_s, len(bp_dev))
     steps[bp_first] = 0.0
     csum = np.cumsum(steps)
@@ -272,7 +272,8 @@ def sample_pings(
     t_ms = np.floor(t * 1000.0).astype(np.int64)
     order = np.lexsort((t_ms, dev))
     dev, t_ms = dev[order], t_ms[order]
-    fresh = np.r_[True, (dev[1:] != dev[:-1]) | (t_ms[1:] != t_ms[:-1])]
+    fresh = np.ones(len(dev), dtype=bool)
+    fresh[1:] = (dev[1:] != dev[:-1]) | (t_ms[1:] != t_ms[:-1])
     dev, t_ms = dev[fresh], t_ms[fresh]
     t = t_ms / 1000.0
 
