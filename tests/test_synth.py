@@ -269,3 +269,32 @@ def test_cli_writes_a_sample_ending_today(tmp_path: Path, monkeypatch: pytest.Mo
     today = pd.Timestamp.now(tz="UTC").date()
     days = lake.list_dirs("raw/pings")
     assert days == [f"date={today - timedelta(days=1)}", f"date={today}"]
+
+
+def test_default_profile_samples_about_180_pings_per_device_day(small_lake: LakeResource) -> None:
+    for day in _days(START, 3):
+        df = small_lake.read_parquet(f"raw/pings/date={day}")
+        per_device = len(df) / df["device_id"].nunique()
+        assert 120 <= per_device <= 250
+
+
+def test_some_travel_pings_are_followed_by_long_gaps(small_lake: LakeResource) -> None:
+    day = START
+    dirt = small_lake.read_json(f"truth/dirt/date={day}.json")
+    assert dirt["rows"] > 0
+    pings = _read_pings(small_lake, day).dropna().drop_duplicates()
+    start = pd.Timestamp(day, tz="UTC")
+    pings = pings[(pings["ts"] >= start) & (pings["ts"] < start + pd.Timedelta(days=1))]
+    stays = small_lake.read_parquet(f"truth/stays/date={day}")
+    joined = pd.merge_asof(
+        pings.sort_values("ts"),
+        stays.sort_values("start_ts"),
+        left_on="ts",
+        right_on="start_ts",
+        by="device_id",
+    ).sort_values(["device_id", "ts"])
+    travelling = ~(joined["ts"] < joined["end_ts"])
+    gap_after = joined.groupby("device_id")["ts"].shift(-1) - joined["ts"]
+    long_gap_after_travel = travelling & (gap_after > pd.Timedelta(minutes=20))
+    assert long_gap_after_travel.sum() >= 10
+    assert travelling.mean() < 0.15
