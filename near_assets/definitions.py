@@ -2,6 +2,6 @@
 
 from resources.defs_builder import build_definitions
 
-MODULES: list[str] = ["pings", "campaigns", "insights", "audience"]
+MODULES: list[str] = ["pings", "mobility", "campaigns", "insights", "audience"]
 
 defs = build_definitions("near_assets", MODULES)
