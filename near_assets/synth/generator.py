@@ -184,7 +184,6 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
             stays,
             observed=observed[sl],
             rate=panel.ping_rate[sl],
-            speed=panel.speed_mps[sl],
             poi_half=city.poi_half,
             profile=world.profile,
         )

@@ -199,7 +199,6 @@ def sample_pings(
     *,
     observed: np.ndarray,
     rate: np.ndarray,
-    speed: np.ndarray,
     poi_half: np.ndarray,
     profile: Profile,
 ) -> DayPings:
