@@ -15,6 +15,7 @@ State kept in Redis, so it survives a lost or reset ``DAGSTER_HOME``:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -98,17 +99,33 @@ def ensure_group(client: redis.Redis) -> None:
             raise
 
 
-def read_owed(client: redis.Redis, max_new: int = 500, max_pending: int = 5000) -> ReadResult:
-    """This consumer's pending entries (delivered earlier, not yet decided), then new ones."""
+def read_owed(
+    client: redis.Redis,
+    max_new: int = 500,
+    max_pending: int = 5000,
+    listen_s: float = 0.0,
+    gather_s: float = 0.2,
+) -> ReadResult:
+    """This consumer's pending entries (delivered earlier, not yet decided), then new ones.
+
+    With no new entry yet, waits up to ``listen_s`` for one (a blocking read), then ``gather_s``
+    more for followers, so a signup arriving between sensor ticks does not wait for the next.
+    """
     ensure_group(client)
     out = ReadResult()
     pending = client.xreadgroup(GROUP, CONSUMER, {SIGNUPS: "0"}, count=max_pending)
     for _, items in pending or []:
         out.entries.extend((sid, fields or None) for sid, fields in items)
     out.n_pending = len(out.entries)
-    new = client.xreadgroup(GROUP, CONSUMER, {SIGNUPS: ">"}, count=max_new)
-    for _, items in new or []:
-        out.entries.extend((sid, fields or None) for sid, fields in items)
+    block = int(listen_s * 1000) if listen_s > 0 else None
+    for attempt in range(2):
+        new = client.xreadgroup(GROUP, CONSUMER, {SIGNUPS: ">"}, count=max_new, block=block)
+        for _, items in new or []:
+            out.entries.extend((sid, fields or None) for sid, fields in items)
+        if attempt or block is None or len(out.entries) == out.n_pending:
+            break
+        time.sleep(gather_s)
+        block = None
     out.n_new = len(out.entries) - out.n_pending
     return out
 

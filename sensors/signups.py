@@ -1,6 +1,6 @@
 """Signup sensor and onboarding failure sensor.
 
-``signup_sensor`` (running by default, every 5 s) reads the ``signups`` stream through the Redis
+``signup_sensor`` (running by default, every sensor-daemon loop: 5 s) reads the ``signups`` stream through the Redis
 consumer group ``onboarding``, so its position lives in Redis, not in the Dagster cursor: a lost
 or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each tick:
 
@@ -9,11 +9,13 @@ or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each tick:
    (atomically with their ``XACK``);
 3. for pending entries already in a batch: asks again for the batch's run (same run key, so
    Dagster skips it when the run exists) when this instance has no such run; when the run has
-   stalled (started or finished ``ONBOARDING_STALL_SECONDS`` ago without a decision, e.g. its
-   process was killed) asks for a retry under a new run key, and after
-   ``ONBOARDING_MAX_ATTEMPTS`` publishes ``review``;
-4. groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN`` applicants), records
-   them in Redis, adds one ``applicants`` partition each and requests one run per batch.
+   stalled (started or finished ``ONBOARDING_STALL_SECONDS`` (120) ago, or starting for 180 s,
+   without a decision, e.g. its process was killed) asks for a retry under a new run key, and
+   after ``ONBOARDING_MAX_ATTEMPTS`` (3) publishes ``review``;
+4. with no new entry yet, listens up to ``ONBOARDING_LISTEN_SECONDS`` (3) for one (a blocking
+   read: the daemon evaluates sensors at most every 5 s, so this removes most of that wait),
+   then groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN``, 25),
+   records them in Redis, adds one ``applicants`` partition each and requests one run each.
 
 An entry is acknowledged only when its decision (or dead letter) is written, in the same Lua
 script, so a crash at any point leaves it pending and it is picked up again; decisions are
@@ -41,6 +43,7 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
 WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
 FAILURE_SCORE = 0.5
+STARTING_STALL_S = 180.0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -100,12 +103,13 @@ def plan_tick(
     max_per_run: int = 25,
     stall_s: float = 60.0,
     max_attempts: int = 3,
+    listen_s: float = 0.0,
     now: float | None = None,
 ) -> TickPlan:
     """Read owed signups and decide which batch runs to (re)request (see module docstring)."""
-    now = time.time() if now is None else now
     plan = TickPlan()
-    read = streams.read_owed(client, max_new=max_new)
+    read = streams.read_owed(client, max_new=max_new, listen_s=listen_s)
+    now = time.time() if now is None else now
     plan.pending, plan.new = read.n_pending, read.n_new
     if not read.entries:
         return plan
@@ -134,8 +138,13 @@ def plan_tick(
             plan.batches.append(batch)
             continue
         status = record.dagster_run.status
-        since = record.start_time or record.create_timestamp.timestamp()
-        if status in WAITING or now - since < stall_s:
+        if status in WAITING:
+            continue
+        if status == dg.DagsterRunStatus.STARTING or record.start_time is None:
+            since, limit = record.create_timestamp.timestamp(), max(stall_s, STARTING_STALL_S)
+        else:
+            since, limit = record.start_time, stall_s
+        if now - since < limit:
             continue
         undecided = [s for s in batch.signups if not streams.is_decided(client, s)]
         if batch.attempt + 1 >= max_attempts:
@@ -162,11 +171,14 @@ def plan_tick(
     return plan
 
 
-def build_signup_sensor() -> dg.SensorDefinition:
+def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
+    """The sensor; ``listen_s`` (default ``ONBOARDING_LISTEN_SECONDS``, 3) bounds its wait."""
+
     @dg.sensor(
         name="signup_sensor",
         job_name=ONBOARDING_JOB,
-        minimum_interval_seconds=5,
+        # the daemon loops every 5 s; 4 keeps timing jitter from skipping a loop (10 s gaps)
+        minimum_interval_seconds=4,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Signups from Redis to per-applicant onboarding runs (consumer group).",
     )
@@ -176,8 +188,13 @@ def build_signup_sensor() -> dg.SensorDefinition:
             redis.get_client(),
             context.instance,
             max_per_run=_env_int("ONBOARDING_MAX_PER_RUN", 25),
-            stall_s=float(os.environ.get("ONBOARDING_STALL_SECONDS", 60)),
+            stall_s=float(os.environ.get("ONBOARDING_STALL_SECONDS", 120)),
             max_attempts=_env_int("ONBOARDING_MAX_ATTEMPTS", 3),
+            listen_s=(
+                float(os.environ.get("ONBOARDING_LISTEN_SECONDS", 3.0))
+                if listen_s is None
+                else listen_s
+            ),
         )
         summary = (
             f"pending={plan.pending} new={plan.new} dead={plan.dead} acked={plan.acked} "

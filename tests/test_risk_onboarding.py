@@ -21,7 +21,7 @@ from sensors.signups import (
     plan_tick,
 )
 
-signup_sensor = build_signup_sensor()
+signup_sensor = build_signup_sensor(listen_s=0)
 failure_sensor = build_onboarding_failure_sensor(onboarding_job)
 PAYLOAD = {
     "business_name": "Acme Tiles",
