@@ -2,6 +2,6 @@
 
 from resources.defs_builder import build_definitions
 
-MODULES: list[str] = ["pings", "mobility", "campaigns", "insights", "audience"]
+MODULES: list[str] = ["pings", "mobility", "campaigns", "insights", "audience", "monitors"]
 
 defs = build_definitions("near_assets", MODULES)

@@ -111,3 +111,59 @@ def test_failed_non_blocking_checks_are_posted_once(instance, slack_server) -> N
     assert "gate" not in text.split("check")[1].split("on")[0]
     tick(cursor)
     assert len(slack_server.messages()) == 1
+
+
+# ---- "sensible numbers" monitors ----------------------------------------------------------
+
+
+def test_ping_volume_fails_when_pings_stop_arriving_or_arrive_twice() -> None:
+    from near_assets.monitors import ping_volume_audit
+
+    history = [1000, 1100, 900, 1000]
+    assert ping_volume_audit(480, history, 0.5).passed
+    low = ping_volume_audit(100, history, 0.5)
+    assert not low.passed and low.figures["expected_so_far"] == 500
+    assert not ping_volume_audit(3500, history, 1.0).passed
+    assert ping_volume_audit(5, [], 0.9).passed  # nothing to compare with yet
+
+
+def test_input_monitors_alert_slack_when_todays_pings_are_short(
+    tmp_lake, instance, slack_server
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from near_assets import monitors
+
+    today = datetime.now(UTC).date()
+    for back in range(1, 4):
+        day = (today - timedelta(days=back)).isoformat()
+        tmp_lake.write_parquet(pd.DataFrame({"device_id": ["d"] * 5000}), f"raw/pings/date={day}")
+    tmp_lake.write_parquet(pd.DataFrame({"device_id": []}, dtype=str), "reference/pois")
+    alerts = AlertsResource(token="xoxb-test", api_url=slack_server.url)
+    sensor = check_failure_alert_sensor("near_assets")
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec("raw_pings"), monitors.reference_pois],
+        asset_checks=[monitors.raw_pings_volume, monitors.poi_reference_not_empty],
+        jobs=[monitors.sensible_numbers_job],
+        sensors=[sensor],
+        resources={"lake": tmp_lake, "alerts": alerts},
+    )
+    repo = defs.get_repository_def()
+
+    def tick(cursor: str | None) -> str:
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, repository_def=repo, resources={"alerts": alerts}
+        )
+        return sensor.evaluate_tick(context).cursor
+
+    cursor = tick(None)
+    result = defs.resolve_job_def("sensible_numbers").execute_in_process(instance=instance)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["poi_reference_not_empty"].passed
+    tick(cursor)
+    texts = "\n".join(slack_server.messages())
+    assert "poi_reference_not_empty" in texts and "0 POIs" in texts
+    if not evaluations["raw_pings_volume"].passed:
+        assert "raw_pings_volume" in texts and "expected about" in texts
