@@ -298,3 +298,38 @@ def test_some_travel_pings_are_followed_by_long_gaps(small_lake: LakeResource) -
     long_gap_after_travel = travelling & (gap_after > pd.Timedelta(minutes=20))
     assert long_gap_after_travel.sum() >= 10
     assert travelling.mean() < 0.15
+
+
+def _kind_at(stays: pd.DataFrame, when: pd.Timestamp) -> pd.Series:
+    at = stays[(stays["start_ts"] <= when) & (stays["end_ts"] > when)]
+    return at.set_index("device_id")["kind"]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_routines_follow_the_local_clock(tmp_path: Path, timezone: str) -> None:
+    lake = _lake(tmp_path, "tz")
+    generate(
+        lake,
+        seed=2,
+        devices=40,
+        days=2,
+        start=START,
+        timezone=timezone,
+        campaigns=0,
+        progress=False,
+    )
+    homes = lake.read_parquet("truth/homes").set_index("device_id")
+    day = _days(START, 2)[1]
+    stays = lake.read_parquet(f"truth/stays/date={day}")
+    start = pd.Timestamp(day, tz="UTC")
+    assert (stays["start_ts"] >= start).all()
+    assert (stays["end_ts"] <= start + pd.Timedelta(days=1)).all()
+    s = stays.sort_values(["device_id", "start_ts"])
+    assert not (s.groupby("device_id")["start_ts"].shift(-1) < s["end_ts"]).any()
+    local_night = pd.Timestamp(f"{day} 03:30", tz=timezone).tz_convert("UTC")
+    if local_night < start:
+        local_night += pd.Timedelta(days=1)
+    kinds = _kind_at(stays, local_night)
+    day_shift = kinds[~homes.loc[kinds.index, "night_shift"].to_numpy()]
+    assert len(day_shift) >= 20 and (day_shift == "home").all()
+    assert lake.read_json("truth/panel.json")["timezone"] == timezone

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=["default", "sparse"], default="default")
     parser.add_argument("--campaigns", type=int, default=4)
     parser.add_argument("--no-dirt", action="store_true", help="write clean pings only")
+    parser.add_argument(
+        "--timezone", help="clock of the daily routines (default: $LAKE_TIMEZONE, else UTC)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     lake = LakeResource.from_env()
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         campaigns=args.campaigns,
         dirt=not args.no_dirt,
+        timezone=args.timezone,
         progress=not args.no_progress,
     )
     rate = summary["pings"] / max(summary["seconds"], 1e-9)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,14 @@ from near_assets.synth.dirt import (
     plant_dirt,
     reason_shares,
 )
-from near_assets.synth.mobility import KIND_NAMES, MIN_STAY_S, sample_pings, schedule_day
+from near_assets.synth.mobility import (
+    DAY_S,
+    KIND_NAMES,
+    MIN_STAY_S,
+    sample_pings,
+    schedule_day,
+    stitch_local_days,
+)
 from near_assets.synth.panel import (
     DECAY_M,
     PROFILES,
@@ -41,9 +49,11 @@ from near_assets.synth.panel import (
     area_home_grid,
     build_panel,
     choice_probabilities,
+    shadow_population,
     visit_probability,
 )
 from resources.lake import LakeResource
+from resources.settings import lake_timezone
 
 CHUNK_DEVICES = 4_000
 ROWS_PER_FILE = 3_000_000
@@ -76,6 +86,10 @@ class World:
     area_q1: dict[str, np.ndarray]  # the same with the brand's planted lift applied
     device_dict: pa.Array
     poi_ids: np.ndarray
+    timezone: str = "UTC"
+    shadow: Panel | None = None
+    shadow_p: np.ndarray | None = None
+    shadow_expected: float = 0.0
 
     def dates(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
@@ -103,13 +117,20 @@ def _observation(seed: int, devices: int, days: int, profile: Profile) -> np.nda
 
 
 def build_world(
-    seed: int, devices: int, start: str, days: int, profile: str, campaigns: int
+    seed: int,
+    devices: int,
+    start: str,
+    days: int,
+    profile: str,
+    campaigns: int,
+    timezone: str = "UTC",
 ) -> World:
     """Everything that does not change from day to day: city, panel, observation, campaigns."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
     if days < 1 or devices < 1:
         raise ValueError("days and devices must be positive")
+    ZoneInfo(timezone)
     prof = PROFILES[profile]
     city = build_city(seed)
     panel = build_panel(seed, city, devices, prof)
@@ -130,6 +151,12 @@ def build_world(
             apply_brand_lift(p1, np.ones(len(p1), bool), city.poi_brand == c.brand, c.planted_lift)
             q1[c.brand] = by_area(visit_probability(p1))
     tlat, tlon = to_latlon(*hd_points(seed, REGION_M).T)
+    shadow = shadow_p = None
+    shadow_expected = 0.0
+    if any(len(_local_windows(first + timedelta(days=i), timezone)) > 1 for i in range(days)):
+        shadow = shadow_population(seed, city, prof)
+        shadow_p = choice_probabilities(shadow.home_xy, city)
+        shadow_expected = float(visit_probability(shadow_p).sum())
     return World(
         seed=seed,
         start=first,
@@ -144,6 +171,10 @@ def build_world(
         area_q1=q1,
         device_dict=pa.array(panel.device_ids.astype(str), pa.string()),
         poi_ids=city.pois["poi_id"].to_numpy(),
+        timezone=timezone,
+        shadow=shadow,
+        shadow_p=shadow_p,
+        shadow_expected=shadow_expected,
     )
 
 
@@ -155,32 +186,97 @@ class DayResult:
     visitors: pd.DataFrame
 
 
+def _local_windows(day: date, timezone: str) -> list[tuple[date, float, float]]:
+    """Local days overlapping the UTC ``day``, each with its UTC window in seconds from 00:00."""
+    tz = ZoneInfo(timezone)
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    def local_start(d: date) -> float:
+        local = datetime(d.year, d.month, d.day, tzinfo=tz)
+        return (local.astimezone(UTC) - midnight).total_seconds()
+
+    out = []
+    for k in (-1, 0, 1):
+        d = day + timedelta(days=k)
+        lo, hi = local_start(d), local_start(d + timedelta(days=1))
+        if lo < DAY_S and hi > 0:
+            out.append((d, lo, hi))
+    return out
+
+
+def _window_factor(world: World, local_days: list[tuple[date, float, float]]) -> float:
+    """Distinct (person, POI) visits in this UTC day relative to one local day's expectation.
+
+    1 when routines follow UTC. Otherwise a UTC day holds the evening of one local day and
+    most of the next (e.g. Friday-evening outings land in Saturday's UTC day), measured on a
+    shadow population that follows the same local-day schedules as the panel.
+    """
+    if len(local_days) == 1 or world.shadow is None or world.shadow_p is None:
+        return 1.0
+    sh = world.shadow
+    pieces = [
+        (
+            schedule_day(
+                np.random.default_rng([world.seed, 909, local.toordinal()]),
+                home_xy=sh.home_xy,
+                work_xy=sh.work_xy,
+                night=sh.night_shift,
+                speed=sh.speed_mps,
+                choice_p=world.shadow_p,
+                poi_xy=world.city.poi_xy,
+                workday=local.weekday() < 5,
+                prev_workday=(local - timedelta(days=1)).weekday() < 5,
+            ),
+            lo,
+            hi,
+        )
+        for local, lo, hi in local_days
+    ]
+    st = stitch_local_days(pieces)
+    real = (st.end - st.start >= MIN_STAY_S) & (st.poi >= 0)
+    n_poi = world.shadow_p.shape[1]
+    pairs = np.unique(st.dev[real].astype(np.int64) * n_poi + st.poi[real]).size
+    return pairs / max(world.shadow_expected, 1e-9)
+
+
 def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
     """Simulate one UTC day for the whole panel (in device blocks) and plant dirt."""
     day = world.start + timedelta(days=day_index)
     city, panel = world.city, world.panel
     observed = world.observed[:, day_index]
     active = [c for c in world.campaigns if c.active(day)]
+    local_days = _local_windows(day, world.timezone)
+    brand_masks = {c.brand: city.poi_brand == c.brand for c in world.campaigns}
     parts_p, parts_s = [], []
     for b0 in range(0, panel.n, CHUNK_DEVICES):
         sl = slice(b0, min(b0 + CHUNK_DEVICES, panel.n))
-        rng = np.random.default_rng([world.seed, 505, day.toordinal(), b0])
-        p = choice_probabilities(panel.home_xy[sl], city)
-        for c in active:
-            apply_brand_lift(p, c.exposed[sl], city.poi_brand == c.brand, c.planted_lift)
-        stays = schedule_day(
-            rng,
-            home_xy=panel.home_xy[sl],
-            work_xy=panel.work_xy[sl],
-            night=panel.night_shift[sl],
-            speed=panel.speed_mps[sl],
-            choice_p=p,
-            poi_xy=city.poi_xy,
-            workday=day.weekday() < 5,
-            prev_workday=(day - timedelta(days=1)).weekday() < 5,
-        )
+        p0 = choice_probabilities(panel.home_xy[sl], city)
+        pieces = []
+        for local, lo, hi in local_days:
+            p = p0.copy()
+            for c in world.campaigns:
+                if c.active(local):
+                    apply_brand_lift(p, c.exposed[sl], brand_masks[c.brand], c.planted_lift)
+            pieces.append(
+                (
+                    schedule_day(
+                        np.random.default_rng([world.seed, 505, local.toordinal(), b0]),
+                        home_xy=panel.home_xy[sl],
+                        work_xy=panel.work_xy[sl],
+                        night=panel.night_shift[sl],
+                        speed=panel.speed_mps[sl],
+                        choice_p=p,
+                        poi_xy=city.poi_xy,
+                        workday=local.weekday() < 5,
+                        prev_workday=(local - timedelta(days=1)).weekday() < 5,
+                    ),
+                    lo,
+                    hi,
+                )
+            )
+        stays = stitch_local_days(pieces)
         pings = sample_pings(
-            rng,
+            np.random.default_rng([world.seed, 506, day.toordinal(), b0]),
             stays,
             observed=observed[sl],
             rate=panel.ping_rate[sl],
@@ -202,7 +298,13 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
     real = s_end - s_start >= MIN_STAY_S
 
     visitors = _visitors(
-        world, day, observed, s_dev[real & (s_poi >= 0)], s_poi[real & (s_poi >= 0)], active
+        world,
+        day,
+        observed,
+        s_dev[real & (s_poi >= 0)],
+        s_poi[real & (s_poi >= 0)],
+        active,
+        _window_factor(world, local_days),
     )
 
     keep = real & observed[s_dev]
@@ -248,6 +350,7 @@ def _visitors(
     v_dev: np.ndarray,
     v_poi: np.ndarray,
     active: list[camp.Campaign],
+    window_factor: float = 1.0,
 ) -> pd.DataFrame:
     """Distinct panel visitors per POI and the whole population's visitors (panel included)."""
     n_poi = len(world.poi_ids)
@@ -267,7 +370,7 @@ def _visitors(
         c.record_day(observed, brand_visitors)
     others = world.city.population - world.panel.area_devices
     rng = np.random.default_rng([world.seed, 808, day.toordinal()])
-    non_panel = rng.binomial(others[:, None], q_area).sum(axis=0)
+    non_panel = rng.binomial(others[:, None], np.clip(q_area * window_factor, 0, 1)).sum(axis=0)
     return pd.DataFrame(
         {
             "poi_id": world.poi_ids.astype(str),
@@ -402,7 +505,11 @@ def _params(world: World, devices: int, dirt_share: float, summary: dict[str, An
         "start": world.start.isoformat(),
         "days": world.days,
         "region_bbox": bbox(),
-        "schedule_clock": "UTC (nights at home 22-07 UTC; night-shift workers sleep by day)",
+        "timezone": world.timezone,
+        "schedule_clock": (
+            f"local time in {world.timezone}: nights at home, work about 08-17 h, night-shift "
+            "workers at work about 22-06 h and asleep by day; raw and truth days are UTC days"
+        ),
         "areas": len(world.city.areas),
         "pois": len(world.city.pois),
         "panel_per_area": dict(
@@ -458,11 +565,14 @@ def generate(
     campaigns: int = 4,
     dirt: bool = True,
     dirt_share: float | None = None,
+    timezone: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate ``days`` days of pings for ``devices`` panel devices, references and truth.
 
     ``dirt_share`` (share of dirty rows per day) defaults to 6.8 % when ``dirt`` is on.
+    Daily routines follow the clock of ``timezone`` (default ``LAKE_TIMEZONE``, else UTC);
+    files and truth are still cut by UTC day.
     Returns a summary: pings written, rows per day, seconds, campaigns.
     """
     from tqdm import tqdm
@@ -470,7 +580,7 @@ def generate(
     t0 = time.perf_counter()
     start = start or default_start(days)
     share = (DEFAULT_DIRT_SHARE if dirt_share is None else dirt_share) if dirt else 0.0
-    world = build_world(seed, devices, start, days, profile, campaigns)
+    world = build_world(seed, devices, start, days, profile, campaigns, timezone or lake_timezone())
     write_reference(world, lake)
     per_day: dict[str, int] = {}
     bar = tqdm(total=days, unit="day", desc="near-synth", disable=not progress)
@@ -503,13 +613,14 @@ def dirty_day(
     seed: int = 7,
     devices: int = 200,
     profile: str = "default",
+    timezone: str | None = None,
 ) -> dict[str, int]:
     """Write one day of pings with ``share`` dirty rows (plus its truth files); returns the counts.
 
     Only ``raw/pings/date=<day>/`` and the day's ``truth/`` files are replaced, so this can
     turn one day of an existing sample lake into a malformed one.
     """
-    world = build_world(seed, devices, day, 1, profile, 0)
+    world = build_world(seed, devices, day, 1, profile, 0, timezone or lake_timezone())
     result = simulate_day(world, 0, share)
     write_day(world, lake, 0, result)
     return result.dirt

@@ -178,6 +178,45 @@ def schedule_day(
     )
 
 
+def stitch_local_days(parts: list[tuple[DayStays, float, float]]) -> DayStays:
+    """Join local-day schedules into one UTC day.
+
+    ``parts`` holds, in time order, each local day's stays with its UTC window
+    ``[lo, hi)`` in seconds from the UTC day's midnight (schedule time 0 maps to ``lo``).
+    Stays are shifted, clipped to the window and to [0, 24 h); each local day's last stay is
+    stretched to the window's end (DST days are 23 or 25 h long); a stay that continues across
+    local midnight (home, night-shift work) becomes one stay again.
+    """
+    cols: dict[str, list[np.ndarray]] = {f: [] for f in DayStays.__dataclass_fields__}
+    for stays, lo, hi in parts:
+        start = np.clip(stays.start + lo, lo, hi)
+        end = np.clip(stays.end + lo, lo, hi)
+        last = np.r_[stays.dev[1:] != stays.dev[:-1], True] if len(stays.dev) else np.zeros(0, bool)
+        end[last] = hi
+        start, end = np.clip(start, 0.0, DAY_S), np.clip(end, 0.0, DAY_S)
+        keep = end > start
+        for f in cols:
+            value = {"start": start, "end": end}.get(f, getattr(stays, f))
+            cols[f].append(value[keep])
+    merged = {f: np.concatenate(v) for f, v in cols.items()}
+    order = np.lexsort((merged["start"], merged["dev"]))
+    merged = {f: v[order] for f, v in merged.items()}
+    dev, start, end = merged["dev"], merged["start"], merged["end"]
+    cont = np.zeros(len(dev), dtype=bool)
+    cont[1:] = (
+        (dev[1:] == dev[:-1])
+        & (start[1:] == end[:-1])
+        & (merged["x"][1:] == merged["x"][:-1])
+        & (merged["y"][1:] == merged["y"][:-1])
+    )
+    heads = np.flatnonzero(~cont)
+    if len(heads) == 0:
+        return DayStays(**merged)
+    out = {f: v[heads] for f, v in merged.items()}
+    out["end"] = np.maximum.reduceat(end, heads)
+    return DayStays(**out)
+
+
 def _tod_times(rng: np.random.Generator, n: int) -> np.ndarray:
     hour = rng.choice(24, n, p=HOUR_WEIGHT / HOUR_WEIGHT.sum())
     return (hour + rng.random(n)) * 3600.0

@@ -107,18 +107,26 @@ def build_panel(seed: int, city: City, devices: int, profile: Profile) -> Panel:
             f"{devices} devices is too many for a population of {city.population.sum()}"
         )
     home_area = np.repeat(np.arange(city.n_areas), area_devices)
-    perm = rng.permutation(devices)
-    home_area = home_area[perm]
+    home_area = home_area[rng.permutation(devices)]
+    return _people(rng, city, home_area, profile, area_devices)
+
+
+def _people(
+    rng: np.random.Generator,
+    city: City,
+    home_area: np.ndarray,
+    profile: Profile,
+    area_devices: np.ndarray,
+) -> Panel:
+    n = len(home_area)
     hx, hy = _points_in_areas(rng, city, home_area)
-    work_area = rng.choice(city.n_areas, devices, p=city.job_weight / city.job_weight.sum())
+    work_area = rng.choice(city.n_areas, n, p=city.job_weight / city.job_weight.sum())
     wx, wy = _points_in_areas(rng, city, work_area)
-    night = rng.permutation(devices) < round(devices * profile.night_shift_share)
-    speed = np.where(
-        rng.random(devices) < 0.6, rng.uniform(7, 11, devices), rng.uniform(3.5, 6, devices)
-    )
-    ping_rate = profile.pings_per_day * rng.lognormal(-0.125, 0.5, devices)
+    night = rng.permutation(n) < round(n * profile.night_shift_share)
+    speed = np.where(rng.random(n) < 0.6, rng.uniform(7, 11, n), rng.uniform(3.5, 6, n))
+    ping_rate = profile.pings_per_day * rng.lognormal(-0.125, 0.5, n)
     return Panel(
-        device_ids=np.array([f"d{i:06d}" for i in range(devices)], dtype=object),
+        device_ids=np.array([f"d{i:06d}" for i in range(n)], dtype=object),
         home_xy=np.column_stack([hx, hy]),
         home_area=home_area,
         work_xy=np.column_stack([wx, wy]),
@@ -127,6 +135,14 @@ def build_panel(seed: int, city: City, devices: int, profile: Profile) -> Panel:
         ping_rate=ping_rate,
         area_devices=area_devices,
     )
+
+
+def shadow_population(seed: int, city: City, profile: Profile, n: int = 16_000) -> Panel:
+    """People drawn like the population (not the panel), to measure how a day's visits fall
+    into a UTC day when routines follow a non-UTC clock."""
+    rng = np.random.default_rng([seed, 909])
+    home_area = rng.choice(city.n_areas, n, p=city.population / city.population.sum())
+    return _people(rng, city, home_area, profile, np.bincount(home_area, minlength=city.n_areas))
 
 
 def choice_probabilities(home_xy: np.ndarray, city: City) -> np.ndarray:
