@@ -154,7 +154,7 @@ def build_world(
     shadow = shadow_p = None
     shadow_expected = 0.0
     if any(len(_local_windows(first + timedelta(days=i), timezone)) > 1 for i in range(days)):
-        shadow = shadow_population(seed, city, prof)
+        shadow = shadow_population(seed, city, prof, int(np.clip(8 * devices, 2_000, 16_000)))
         shadow_p = choice_probabilities(shadow.home_xy, city)
         shadow_expected = float(visit_probability(shadow_p).sum())
     return World(
