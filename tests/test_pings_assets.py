@@ -1,0 +1,293 @@
+"""raw_pings / clean_pings materialised on a real temporary lake, and the raw_pings sensor."""
+
+import json
+import warnings
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from near_assets.pings import (
+    CLEAN_PREFIX,
+    QUARANTINE_PREFIX,
+    clean_pings,
+    pings_job,
+    raw_pings,
+    raw_pings_sensor,
+)
+from near_assets.science.cleaning import REASONS
+from resources.lake import LakeResource
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+DAY = "2024-03-05"
+DAY_MS = 1_709_596_800_000  # 2024-03-05T00:00:00Z
+ASSETS = [raw_pings, clean_pings]
+
+
+def good_pings(n: int, *, seed: int = 0, day_ms: int = DAY_MS) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "device_id": [f"dev-{i % 40:03d}" for i in range(n)],
+            "ts": day_ms + rng.integers(0, 86_400_000, n),
+            "lat": 40.4 + rng.normal(0, 0.05, n),
+            "lon": -3.7 + rng.normal(0, 0.05, n),
+            "accuracy_m": rng.uniform(5, 80, n),
+        }
+    )
+
+
+def malformed_day() -> tuple[pd.DataFrame, dict[str, int]]:
+    """700 good rows + 300 malformed ones (60 of each row-level kind) + 20 duplicates."""
+    good = good_pings(700)
+    bad = good_pings(300, seed=1)
+    kinds = np.repeat(
+        ["null_field", "out_of_range", "zero_zero", "outside_day", "low_accuracy"], 60
+    )
+    bad.loc[kinds == "null_field", "lat"] = np.nan
+    bad.loc[kinds == "out_of_range", "lon"] = 200.0
+    bad.loc[kinds == "zero_zero", ["lat", "lon"]] = 0.0
+    bad.loc[kinds == "outside_day", "ts"] -= 86_400_000
+    bad.loc[kinds == "low_accuracy", "accuracy_m"] = 4000.0
+    frame = pd.concat([good, bad, good.iloc[:20]], ignore_index=True)
+    expected = {**dict.fromkeys(REASONS, 0), **dict.fromkeys(kinds, 60), "duplicate": 20}
+    return frame, expected
+
+
+def write_raw(lake: LakeResource, day: str, df: pd.DataFrame, name: str = "part-0") -> None:
+    lake.write_parquet(df, f"raw/pings/date={day}/{name}.parquet")
+
+
+def materialize(lake: LakeResource, partition_key: str | None = DAY, **kwargs: Any):
+    return dg.materialize(
+        kwargs.pop("assets", ASSETS),
+        partition_key=partition_key,
+        resources={"lake": lake},
+        raise_on_error=False,
+        **kwargs,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def dropped(meta: dict[str, Any]) -> dict[str, int]:
+    return {r: meta[f"dropped/{r}"] for r in REASONS}
+
+
+def test_clean_day_passes_the_check(tmp_lake: LakeResource) -> None:
+    first = good_pings(600)
+    second = good_pings(400, seed=2).assign(
+        ts=lambda d: pd.to_datetime(d["ts"], unit="ms", utc=True).astype("datetime64[us, UTC]")
+    )
+    write_raw(tmp_lake, DAY, first, "part-0")
+    write_raw(tmp_lake, DAY, second, "part-1")
+
+    result = materialize(tmp_lake)
+
+    assert result.success
+    raw = metadata(result, "raw_pings")
+    assert (raw["status"], raw["files"], raw["rows"], raw["devices"]) == ("present", 2, 1000, 40)
+    assert raw["ts_min"].startswith(DAY) and raw["ts_max"].startswith(DAY)
+    clean = metadata(result, "clean_pings")
+    assert (clean["rows_in"], clean["rows_out"], clean["bad_share"]) == (1000, 1000, 0.0)
+    assert dropped(clean) == dict.fromkeys(REASONS, 0)
+    assert "| device_id | ts |" in clean["preview"]
+    assert check(result, "bad_share_below_threshold").passed
+    assert check(result, "day_delivered").passed
+    out = tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}")
+    assert len(out) == 1000
+    assert str(out["ts"].dtype) == "datetime64[ns, UTC]"
+    assert len(tmp_lake.read_parquet(f"{QUARANTINE_PREFIX}/date={DAY}")) == 0
+
+
+def test_day_with_30_percent_malformed_rows_fails_the_blocking_check(
+    tmp_lake: LakeResource,
+) -> None:
+    frame, expected = malformed_day()
+    write_raw(tmp_lake, DAY, frame)
+
+    @dg.asset(
+        partitions_def=clean_pings.partitions_def,
+        deps=[clean_pings],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def downstream() -> None:
+        """Stands for stay_points: must not run on a broken day."""
+
+    result = materialize(tmp_lake, assets=[*ASSETS, downstream])
+
+    clean = metadata(result, "clean_pings")
+    assert dropped(clean) == expected
+    assert clean["rows_in"] == 1020
+    assert clean["bad_share"] == pytest.approx(300 / 1020, abs=1e-6)
+    evaluation = check(result, "bad_share_below_threshold")
+    assert not evaluation.passed
+    assert evaluation.blocking
+    figures = {k: v.value for k, v in evaluation.metadata.items()}
+    assert figures["max_bad_share"] == 0.2
+    assert figures["bad_rows"] == 300
+    assert figures["dropped/zero_zero"] == 60
+    assert not result.asset_materializations_for_node("downstream")
+    quarantine = tmp_lake.read_parquet(f"{QUARANTINE_PREFIX}/date={DAY}")
+    assert quarantine["reason"].value_counts().to_dict() == {r: n for r, n in expected.items() if n}
+    assert len(tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}")) == 700
+
+
+def test_threshold_comes_from_env_and_run_config(
+    tmp_lake: LakeResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = good_pings(900)
+    frame.loc[:99, "lat"] = 0.0
+    frame.loc[:99, "lon"] = 0.0  # 10 % bad
+    write_raw(tmp_lake, DAY, frame)
+
+    assert check(materialize(tmp_lake), "bad_share_below_threshold").passed
+    monkeypatch.setenv("PINGS_MAX_BAD_SHARE", "0.05")
+    assert not check(materialize(tmp_lake), "bad_share_below_threshold").passed
+    config = dg.RunConfig(ops={"clean_pings": {"config": {"max_bad_share": 0.5}}})
+    assert check(materialize(tmp_lake, run_config=config), "bad_share_below_threshold").passed
+
+
+def test_missing_day_is_reported_not_a_crash(tmp_lake: LakeResource) -> None:
+    result = materialize(tmp_lake)
+
+    assert result.success
+    raw = metadata(result, "raw_pings")
+    assert (raw["status"], raw["rows"], raw["files"]) == ("missing", 0, 0)
+    delivered = check(result, "day_delivered")
+    assert not delivered.passed
+    assert delivered.severity == dg.AssetCheckSeverity.WARN
+    clean = metadata(result, "clean_pings")
+    assert (clean["status"], clean["rows_in"], clean["rows_out"]) == ("missing", 0, 0)
+    assert check(result, "bad_share_below_threshold").passed
+    assert tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}").empty
+
+
+def test_file_without_a_required_column_fails_with_its_name(tmp_lake: LakeResource) -> None:
+    write_raw(tmp_lake, DAY, good_pings(50), "part-0")
+    write_raw(tmp_lake, DAY, good_pings(50).drop(columns=["lat"]), "part-1")
+
+    result = materialize(tmp_lake)
+
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "part-1.parquet" in description
+    assert "missing required column 'lat'" in description
+    assert not result.asset_materializations_for_node("clean_pings")
+
+
+def test_generated_dirty_day_counts_match_the_planted_truth(tmp_lake: LakeResource) -> None:
+    from near_assets.synth import dirty_day
+
+    planted = dirty_day(tmp_lake, DAY, share=0.3, devices=200)
+
+    result = materialize(tmp_lake)
+
+    clean = metadata(result, "clean_pings")
+    assert dropped(clean) == {r: planted[r] for r in REASONS}
+    assert clean["rows_in"] == planted["rows"]
+    assert metadata(result, "raw_pings")["rows"] == planted["rows"]
+    assert not check(result, "bad_share_below_threshold").passed
+
+
+def test_range_run_keeps_metadata_per_day(tmp_lake: LakeResource) -> None:
+    days = ["2024-03-05", "2024-03-06", "2024-03-07"]
+    for i, day in enumerate(days[:2]):
+        write_raw(tmp_lake, day, good_pings(100 * (i + 1), day_ms=DAY_MS + i * 86_400_000))
+    tags = {
+        "dagster/asset_partition_range_start": days[0],
+        "dagster/asset_partition_range_end": days[-1],
+    }
+    with dg.instance_for_test() as instance:
+        result = materialize(tmp_lake, partition_key=None, tags=tags, instance=instance)
+        assert result.success
+        rows = {}
+        for day in days:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("clean_pings"), asset_partitions=[day]),
+                limit=1,
+            ).records
+            meta = records[0].asset_materialization.metadata
+            rows[day] = (meta["status"].value, meta["rows_out"].value)
+    assert rows == {days[0]: ("present", 100), days[1]: ("present", 200), days[2]: ("missing", 0)}
+    assert check(result, "day_delivered").description == f"no pings for {days[2]}"
+
+
+def test_new_raw_day_triggers_clean_pings_automation(tmp_lake: LakeResource) -> None:
+    write_raw(tmp_lake, DAY, good_pings(50))
+    defs = dg.Definitions(assets=ASSETS, resources={"lake": tmp_lake})
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.total_requested == 0
+        result = materialize(tmp_lake, assets=[raw_pings], instance=instance)
+        assert result.success
+        second = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=first.cursor
+        )
+    requested = second.get_requested_partitions(dg.AssetKey("clean_pings"))
+    assert requested == {DAY}
+
+
+def sensor_tick(lake: LakeResource, instance: dg.DagsterInstance, cursor: str | None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
+    return raw_pings_sensor(context)
+
+
+def test_sensor_requests_runs_for_new_and_changed_days(tmp_lake: LakeResource) -> None:
+    for day in ["2024-03-05", "2024-03-06", "2024-03-07", "2024-03-10"]:
+        write_raw(tmp_lake, day, good_pings(10))
+    write_raw(tmp_lake, "2019-06-01", good_pings(10))  # before LAKE_START_DATE: ignored
+    tmp_lake.write_json("raw/pings/_manifest.json", {"ignored": True})
+
+    with dg.instance_for_test() as instance:
+        first = sensor_tick(tmp_lake, instance, None)
+        spans = {
+            r.partition_key
+            or (
+                r.tags["dagster/asset_partition_range_start"],
+                r.tags["dagster/asset_partition_range_end"],
+            )
+            for r in first.run_requests
+        }
+        assert spans == {("2024-03-05", "2024-03-07"), "2024-03-10"}
+        assert all(r.tags["platform/lane"] == "batch" for r in first.run_requests)
+        assert set(json.loads(first.cursor)) == {
+            "2024-03-05",
+            "2024-03-06",
+            "2024-03-07",
+            "2024-03-10",
+        }
+
+        assert isinstance(sensor_tick(tmp_lake, instance, first.cursor), dg.SkipReason)
+
+        write_raw(tmp_lake, "2024-03-06", good_pings(5), "part-1")
+        third = sensor_tick(tmp_lake, instance, first.cursor)
+        assert [r.partition_key for r in third.run_requests] == ["2024-03-06"]
+        assert third.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_sensor_run_request_executes_the_pings_job(tmp_lake: LakeResource) -> None:
+    for i, day in enumerate(["2024-03-05", "2024-03-06"]):
+        write_raw(tmp_lake, day, good_pings(30, day_ms=DAY_MS + i * 86_400_000))
+    defs = dg.Definitions(assets=ASSETS, jobs=[pings_job], resources={"lake": tmp_lake})
+    with dg.instance_for_test() as instance:
+        (request,) = sensor_tick(tmp_lake, instance, None).run_requests
+        result = defs.resolve_job_def("pings_daily").execute_in_process(
+            instance=instance, tags=request.tags
+        )
+    assert result.success
+    assert result.dagster_run.tags["platform/lane"] == "batch"
+    assert len(result.asset_materializations_for_node("clean_pings")) == 2
+    assert len(tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date=2024-03-06")) == 30
