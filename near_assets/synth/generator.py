@@ -1,8 +1,9 @@
 """Write a synthetic lake: CONTRACTS inputs plus ground truth under ``truth/``.
 
 Deterministic given the seed: every random draw comes from a generator keyed by
-(seed, purpose, day, device block), so the output does not depend on progress bars, chunk
-scheduling or the storage back end.
+(seed, purpose, day, device block), so the output does not depend on progress bars or the
+storage back end. Daily routines follow the clock of ``timezone`` (``LAKE_TIMEZONE``); the
+local days that overlap a UTC day are scheduled and cut to it, so folders stay UTC days.
 """
 
 from __future__ import annotations
@@ -523,7 +524,9 @@ def _params(world: World, devices: int, dirt_share: float, summary: dict[str, An
         "observation": (
             "truth/stays and panel_visitors cover devices observed that day; true_people "
             "counts every person (all panel devices plus binomial draws for the rest of each "
-            "area's population)"
+            "area's population, per (home area, POI), with the panel's choice model; with a "
+            "non-UTC clock scaled by the share of a local day's visits that fall in the UTC day, "
+            "measured on a shadow population)"
         ),
         "dirt_share": dirt_share,
         "dirt_reason_shares": reason_shares(dirt_share) if dirt_share else {},
