@@ -177,12 +177,13 @@ class RedisHashTarget:
         staged = int(self.client.hlen(self.staging_key))
         expected = self._staged_rows if self._staged_rows is not None else len(df)
         mismatched = [f for f, v in self._sample if self.client.hget(self.staging_key, f) != v]
-        ok = staged == expected == len(df) and not mismatched
-        detail = (
-            f"staged {staged} of {len(df)} rows"
-            if staged != len(df) or expected != len(df)
-            else ("sampled values differ" if mismatched else f"all {staged} rows staged")
-        )
+        ok = staged == expected == len(df) and not mismatched and staged > 0
+        if staged != len(df) or expected != len(df):
+            detail = f"staged {staged} of {len(df)} rows"
+        elif not staged:
+            detail = "nothing to publish: an empty serving hash would be an outage"
+        else:
+            detail = "sampled values differ" if mismatched else f"all {staged} rows staged"
         return Audit(
             self.check_name,
             ok,

@@ -149,3 +149,14 @@ def test_readers_see_a_complete_old_or_new_version_during_publishes(
     assert problems == []
     assert {0, 6} <= seen
     assert reads > 10
+
+
+def test_an_empty_version_is_never_published(redis_client: redis.Redis) -> None:
+    publish(redis_client, 1)
+    target = RedisHashTarget(redis_client, KEY, encode)
+    empty = version(1).iloc[:0]
+    target.stage(empty, day(2))
+    assert not target.verify(empty).passed
+    with pytest.raises(redis.ResponseError, match="nothing staged"):
+        target.publish(day(2))
+    assert redis_client.hlen(KEY) == len(version(1))
