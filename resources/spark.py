@@ -62,7 +62,6 @@ EMR_DEFAULT_CONF = {
     "spark.dynamicAllocation.enabled": "false",
     "spark.sql.shuffle.partitions": "96",
     "spark.sql.adaptive.enabled": "true",
-    "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
 }
 STEP_DONE, STEP_FAILED = {"COMPLETED"}, {"FAILED", "CANCELLED", "INTERRUPTED", "CANCEL_PENDING"}
 
@@ -355,18 +354,26 @@ class SparkResource(dg.ConfigurableResource):
         At submission, ``--dagster-pipes-context <b64>`` and ``--dagster-pipes-messages <b64>``
         are appended to ``HadoopJarStep.Args`` (S3 bucket/key of the context and messages).
         """
+        args = self._remote_arguments(function, inputs, output, lake, params, group_by)
+        return self.script_step(APPLY_BY_DEVICE, args, name=self._step_name(function, output))
+
+    @staticmethod
+    def _step_name(function: Callable[..., Any] | str, output: str) -> str:
+        return f"apply_by_device {function_path(function)} -> {output}"
+
+    def _remote_arguments(
+        self,
+        function: Callable[..., Any] | str,
+        inputs: list[str],
+        output: str,
+        lake: LakeResource,
+        params: dict | None,
+        group_by: list[str] | None,
+    ) -> list[str]:
         if lake.backend != "s3":
             raise ValueError("EMR reads and writes the lake on S3: set LAKE_BUCKET")
-        args = self.job_arguments(
-            function,
-            [self.spark_uri(lake, k) for k in inputs],
-            self.spark_uri(lake, output),
-            params,
-            group_by,
-        )
-        return self.script_step(
-            APPLY_BY_DEVICE, args, name=f"apply_by_device {function_path(function)} -> {output}"
-        )
+        uris = [self.spark_uri(lake, k) for k in inputs]
+        return self.job_arguments(function, uris, self.spark_uri(lake, output), params, group_by)
 
     def emr_serverless_job(self, script: str | os.PathLike[str], args: Sequence[str]) -> dict:
         """``start_job_run`` parameters for EMR Serverless (before Pipes adds its driver env)."""
@@ -415,14 +422,9 @@ class SparkResource(dg.ConfigurableResource):
                 **base,
                 **self._run_local_per_device(context, fn, present, output, params, group_by, lake),
             }
-        args = self.job_arguments(
-            fn,
-            [self.spark_uri(lake, k) for k in present],
-            self.spark_uri(lake, output),
-            params,
-            group_by,
-        )
-        return {**base, **self._run_remote(context, APPLY_BY_DEVICE, args)}
+        args = self._remote_arguments(fn, present, output, lake, params, group_by)
+        name = self._step_name(fn, output)
+        return {**base, **self._run_remote(context, APPLY_BY_DEVICE, args, name)}
 
     def run_script(
         self,
@@ -516,11 +518,17 @@ class SparkResource(dg.ConfigurableResource):
         )
         return injector, reader
 
-    def _run_remote(self, context: Any, script: str | os.PathLike[str], args: list[str]) -> dict:
+    def _run_remote(
+        self,
+        context: Any,
+        script: str | os.PathLike[str],
+        args: list[str],
+        name: str | None = None,
+    ) -> dict:
         injector, reader = self._s3_pipes()
         started = time.perf_counter()
         if self.backend == "emr":
-            step = self.script_step(script, args)
+            step = self.script_step(script, args, name)
             invocation = PipesEMRStepClient(
                 cluster_id=str(self.emr_cluster_id),
                 client=self._boto("emr"),

@@ -33,6 +33,7 @@ BASE_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.legacy.parquet.nanosAsLong": "true",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
 }
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 
@@ -83,31 +84,34 @@ def nanosecond_columns(uri: str) -> set[str]:
     return {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
 
 
-def open_pipes():
-    """Open dagster-pipes with the right loaders for where the parameters came from."""
-    from dagster_pipes import (
-        PipesCliArgsParamsLoader,
-        PipesEnvVarParamsLoader,
-        PipesS3ContextLoader,
-        PipesS3MessageWriter,
-        open_dagster_pipes,
+def pipes_io(loader: Any) -> tuple[Any, Any]:
+    """Context loader and message writer for the params ``loader`` found (None: the defaults)."""
+    from dagster_pipes import PipesS3ContextLoader, PipesS3MessageWriter
+
+    on_s3_ctx = "bucket" in loader.load_context_params()
+    on_s3_msg = "bucket" in loader.load_messages_params()
+    if not (on_s3_ctx or on_s3_msg):
+        return None, None
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    return (
+        PipesS3ContextLoader(client) if on_s3_ctx else None,
+        PipesS3MessageWriter(client, interval=5) if on_s3_msg else None,
     )
+
+
+def open_pipes():
+    """Open dagster-pipes from CLI arguments (EMR steps) or environment variables (elsewhere)."""
+    from dagster_pipes import PipesCliArgsParamsLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
     cli = PipesCliArgsParamsLoader()
     loader = cli if cli.is_dagster_pipes_process() else PipesEnvVarParamsLoader()
     if not loader.is_dagster_pipes_process():
         return open_dagster_pipes()
-    on_s3_ctx = "bucket" in loader.load_context_params()
-    on_s3_msg = "bucket" in loader.load_messages_params()
-    client = None
-    if on_s3_ctx or on_s3_msg:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    context_loader, message_writer = pipes_io(loader)
     return open_dagster_pipes(
-        params_loader=loader,
-        context_loader=PipesS3ContextLoader(client) if on_s3_ctx else None,
-        message_writer=PipesS3MessageWriter(client, interval=5) if on_s3_msg else None,
+        params_loader=loader, context_loader=context_loader, message_writer=message_writer
     )
 
 
@@ -138,9 +142,40 @@ def clean_local_output(output: str) -> None:
             path.unlink()
 
 
+def partition_values(uri: str) -> dict[str, str]:
+    """Hive partition values in the trailing ``key=value`` folders of ``uri``."""
+    values: dict[str, str] = {}
+    for part in reversed(uri.rstrip("/").split("/")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            break
+        values.setdefault(key, value)
+    return values
+
+
+def read_inputs(spark: Any, uris: Sequence[str]) -> Any:
+    """Union of the inputs; ``TIMESTAMP(NANOS)`` columns become timestamps (floored to µs) and
+    the partition values of a partition folder given directly (``.../date=D``) become columns."""
+    from pyspark.sql import functions as F
+
+    frames = []
+    for uri in uris:
+        df = spark.read.parquet(uri)
+        for col in sorted(nanosecond_columns(uri) & set(df.columns)):
+            micros = F.expr(f"(`{col}` - pmod(`{col}`, 1000)) div 1000")  # exact floor
+            df = df.withColumn(col, F.timestamp_micros(micros))
+        for key, value in partition_values(uri).items():
+            if key not in df.columns:
+                df = df.withColumn(key, F.lit(value))
+        frames.append(df)
+    out = frames[0]
+    for df in frames[1:]:
+        out = out.unionByName(df, allowMissingColumns=True)
+    return out
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
     """Apply the function and write the output; uses (and leaves running) ``spark`` if given."""
-    from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
     started = time.perf_counter()
@@ -155,10 +190,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
             spark.conf.set(key, value)
     session_s = time.perf_counter() - started
 
-    df = spark.read.parquet(*args.input)
-    nanos = set().union(*(nanosecond_columns(uri) for uri in args.input))
-    for col in sorted(nanos & set(df.columns)):
-        df = df.withColumn(col, F.timestamp_micros(F.floor(F.col(col) / 1000)))
+    df = read_inputs(spark, args.input)
     schema = StructType.fromDDL(fn.spark_schema)
     names = schema.fieldNames()
 

@@ -1,0 +1,321 @@
+"""The Spark resource: real local Spark end to end, and what would be submitted to EMR (moto)."""
+
+import base64
+import json
+import threading
+import time
+import uuid
+import zipfile
+import zlib
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from near_assets.spark_jobs import apply_by_device
+from near_assets.spark_jobs.examples import count_pings
+from resources.lake import LakeResource
+from resources.spark import APPLY_BY_DEVICE, SparkResource, build_py_files, function_path
+
+CLUSTER_JSON = Path(__file__).resolve().parent.parent / "deploy" / "emr" / "cluster.json"
+DAY = "2024-01-01"
+
+
+def pings(n: int = 600, devices: int = 12, day: str = DAY, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "device_id": rng.choice([f"dev-{i:03d}" for i in range(devices)], n),
+            "ts": pd.Timestamp(day, tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 86_400_000, n), unit="ms"),  # stored as ns
+            "lat": rng.normal(40.4, 0.05, n),
+            "lon": rng.normal(-3.7, 0.05, n),
+            "accuracy_m": rng.uniform(3, 300, n),
+        }
+    )
+
+
+def canonical(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.sort_values(["device_id", "first_ts"]).reset_index(drop=True)
+    for col in ("first_ts", "last_ts"):
+        out[col] = out[col].astype("datetime64[ns, UTC]")
+    return out
+
+
+def decode(value: str) -> dict:
+    return json.loads(zlib.decompress(base64.b64decode(value)))
+
+
+def test_from_env_defaults_to_local_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SPARK_MASTER", "EMR_CLUSTER_ID", "EMR_SERVERLESS_APP_ID", "LAKE_BUCKET"):
+        monkeypatch.delenv(var, raising=False)
+    spark = SparkResource.from_env()
+    assert (spark.backend, spark.master) == ("local", "local[*]")
+
+
+def test_from_env_switches_to_emr_with_cluster_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMR_CLUSTER_ID", "j-ABC")
+    monkeypatch.setenv("EMR_SCRIPTS_S3", "s3://art/platform/jobs")
+    monkeypatch.setenv("EMR_PIPES_BUCKET", "pipes")
+    monkeypatch.setenv("EMR_SPARK_CONF", '{"spark.executor.instances": "40"}')
+    spark = SparkResource.from_env()
+    assert spark.backend == "emr"
+    assert spark.script_uri(APPLY_BY_DEVICE) == "s3://art/platform/jobs/apply_by_device.py"
+    assert spark.py_files_uri() == "s3://art/platform/jobs/platform.zip"
+    assert spark.cluster_conf()["spark.executor.instances"] == "40"
+    assert spark.cluster_conf()["spark.sql.session.timeZone"] == "UTC"
+
+
+def test_function_path_refuses_functions_a_spark_job_cannot_import() -> None:
+    assert function_path(count_pings) == "near_assets.spark_jobs.examples:count_pings"
+    with pytest.raises(ValueError, match="spark_schema"):
+        function_path(lambda df: df)
+    with pytest.raises(ValueError, match="module-level"):
+        function_path("tests.something:outer.<locals>.inner")
+
+
+def test_run_per_device_without_input_clears_output_and_reports_zero(
+    tmp_lake: LakeResource,
+) -> None:
+    tmp_lake.write_parquet(pings(10), "work/pings_per_device/date=2024-01-01")
+    summary = SparkResource().run_per_device(
+        dg.build_asset_context(),
+        function=count_pings,
+        inputs=["work/clean_pings/date=2023-12-31"],
+        output="work/pings_per_device/date=2024-01-01",
+        lake=tmp_lake,
+    )
+    assert summary["rows"] == 0 and summary["skipped"] == "no input"
+    assert not tmp_lake.exists("work/pings_per_device/date=2024-01-01")
+
+
+@pytest.mark.spark
+def test_local_run_per_device_in_materialize_matches_in_process(tmp_lake: LakeResource) -> None:
+    days = ["2024-01-01", "2024-01-02"]
+    frames = [pings(300, devices=6, day=d, seed=i) for i, d in enumerate(days)]
+    for day, frame in zip(days, frames, strict=True):
+        tmp_lake.write_parquet(frame, f"work/clean_pings/date={day}")
+
+    @dg.asset
+    def pings_per_device_day(
+        context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource
+    ) -> dg.MaterializeResult:
+        """Pings per device and day, computed by Spark."""
+        summary = spark.run_per_device(
+            context,
+            function=count_pings,
+            inputs=[f"work/clean_pings/date={d}" for d in days],
+            output="work/pings_per_device_day",
+            params={"max_accuracy_m": 150},
+            group_by=["device_id", "date"],
+            lake=lake,
+        )
+        return dg.MaterializeResult(metadata={k: summary[k] for k in ("rows", "input_rows")})
+
+    resources = {"spark": SparkResource(master="local[2]", shuffle_partitions=2), "lake": tmp_lake}
+    result = dg.materialize([pings_per_device_day], resources=resources)
+
+    assert result.success
+    expected = pd.concat([count_pings(f, max_accuracy_m=150) for f in frames])
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert (meta["rows"].value, meta["input_rows"].value) == (len(expected), 600)
+    got = tmp_lake.read_parquet("work/pings_per_device_day")
+    assert str(got["first_ts"].dtype).endswith("UTC]")
+    pd.testing.assert_frame_equal(canonical(got), canonical(expected), check_exact=False)
+    folder = Path(tmp_lake.uri("work/pings_per_device_day"))
+    assert all(p.suffix == ".parquet" for p in folder.iterdir())
+
+
+def test_partition_folders_given_directly_keep_their_values() -> None:
+    values = apply_by_device.partition_values("s3a://b/lake/work/x/region=eu/date=2024-01-01/")
+    assert values == {"date": "2024-01-01", "region": "eu"}
+    assert apply_by_device.partition_values("/lake/work/x") == {}
+
+
+# ---- EMR: what would be submitted (moto's EMR is an API stub: steps never run) -------------
+
+
+@pytest.fixture
+def artifacts(moto_endpoint: str) -> str:
+    bucket = f"artifacts-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def emr_cluster(moto_endpoint: str) -> str:
+    request = json.loads(CLUSTER_JSON.read_text())
+    return boto3.client("emr", endpoint_url=moto_endpoint).run_job_flow(**request)["JobFlowId"]
+
+
+def emr_resource(moto_endpoint: str, bucket: str, cluster_id: str | None = None, **kw):
+    return SparkResource(
+        emr_cluster_id=cluster_id,
+        scripts_s3=f"s3://{bucket}/platform/jobs/",
+        pipes_bucket=bucket,
+        pipes_prefix="dagster/pipes/",
+        endpoint_url=moto_endpoint,
+        **kw,
+    )
+
+
+def test_deploy_scripts_uploads_job_script_bootstrap_and_zip(
+    moto_endpoint: str, artifacts: str, tmp_path: Path
+) -> None:
+    spark = emr_resource(moto_endpoint, artifacts)
+    uris = spark.deploy_scripts(zip_path=tmp_path / "platform.zip")
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    key = "platform/jobs/apply_by_device.py"
+    body = s3.get_object(Bucket=artifacts, Key=key)["Body"].read()
+    assert body == APPLY_BY_DEVICE.read_bytes()
+    assert f"s3://{artifacts}/platform/jobs/bootstrap.sh" in uris
+    assert f"s3://{artifacts}/platform/jobs/platform.zip" in uris
+    names = zipfile.ZipFile(tmp_path / "platform.zip").namelist()
+    assert {"near_assets/spark_jobs/apply_by_device.py", "dagster_pipes/__init__.py"} <= set(names)
+    assert "near_assets/spark_jobs/examples.py" in names
+
+
+def test_emr_step_needs_an_s3_lake(tmp_lake: LakeResource) -> None:
+    with pytest.raises(ValueError, match="LAKE_BUCKET"):
+        SparkResource(emr_cluster_id="j-1", scripts_s3="s3://b/jobs/").emr_step(
+            function=count_pings, inputs=["a"], output="b", lake=tmp_lake
+        )
+
+
+def play_the_remote_driver(step_args: list[str]) -> None:
+    """Open Pipes from the step's arguments like the job script does, log, and close."""
+    from dagster_pipes import PipesContext, PipesMappingParamsLoader
+
+    loader = PipesMappingParamsLoader(
+        {
+            "DAGSTER_PIPES_CONTEXT": step_args[step_args.index("--dagster-pipes-context") + 1],
+            "DAGSTER_PIPES_MESSAGES": step_args[step_args.index("--dagster-pipes-messages") + 1],
+        }
+    )
+    remote = PipesContext(loader, *apply_by_device.pipes_io(loader))
+    remote.log.info("hello from the remote driver")
+    remote.close()
+
+
+def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
+    moto_endpoint: str,
+    artifacts: str,
+    emr_cluster: str,
+    s3_lake: LakeResource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # for the remote side's boto3
+    s3_lake.write_parquet(pings(50), f"work/clean_pings/date={DAY}")
+    spark = emr_resource(
+        moto_endpoint, artifacts, emr_cluster, poll_interval_s=0.2, step_timeout_s=3
+    )
+    call = {
+        "function": count_pings,
+        "inputs": [f"work/clean_pings/date={DAY}"],
+        "output": f"work/pings_per_device/date={DAY}",
+        "params": {"max_accuracy_m": 150},
+        "group_by": ["device_id"],
+    }
+
+    @dg.asset
+    def pings_per_device(context: dg.AssetExecutionContext, lake: LakeResource) -> None:
+        """Pings per device, computed on EMR."""
+        spark.run_per_device(context, lake=lake, **call)
+
+    outcome: dict = {}
+    instance = dg.DagsterInstance.ephemeral()
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=dg.materialize(
+                [pings_per_device],
+                resources={"lake": s3_lake},
+                instance=instance,
+                raise_on_error=False,
+            )
+        )
+    )
+    emr = boto3.client("emr", endpoint_url=moto_endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    runner.start()
+    steps: list = []
+    deadline = time.monotonic() + 30
+    while not steps and time.monotonic() < deadline:
+        steps = emr.list_steps(ClusterId=emr_cluster)["Steps"]
+        time.sleep(0.1)
+    assert steps, "no step was added to the cluster"
+    args = steps[0]["Config"]["Args"]
+    context_ref = decode(args[args.index("--dagster-pipes-context") + 1])
+    pipes_context = json.loads(
+        s3.get_object(Bucket=context_ref["bucket"], Key=context_ref["key"])["Body"].read()
+    )
+    play_the_remote_driver(args)  # what apply_by_device does on the cluster, minus Spark
+    runner.join(60)
+
+    assert not runner.is_alive()
+    result = outcome["result"]
+    assert not result.success  # moto never finishes a step: the timeout fired and cancelled it
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "TimeoutError" in failure.event_specific_data.error.to_string()
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("hello from the remote driver" in m for m in logs), "S3 messages not read"
+    expected = spark.emr_step(lake=s3_lake, **call)
+    step = emr.describe_step(ClusterId=emr_cluster, StepId=steps[0]["Id"])["Step"]
+    assert step["Name"] == expected["Name"]
+    assert step["ActionOnFailure"] == "CONTINUE"
+    assert step["Config"]["Jar"] == "command-runner.jar"
+    assert args[: len(expected["HadoopJarStep"]["Args"])] == expected["HadoopJarStep"]["Args"]
+    assert args[:5] == [
+        "spark-submit",
+        "--deploy-mode",
+        "cluster",
+        "--py-files",
+        f"s3://{artifacts}/platform/jobs/platform.zip",
+    ]
+    script = args.index(f"s3://{artifacts}/platform/jobs/apply_by_device.py")
+    confs = dict(a.split("=", 1) for a in args[6:script:2])
+    assert confs["spark.executor.instances"] == "12"
+    assert confs["spark.executor.cores"] == "2"
+    assert confs["spark.sql.session.timeZone"] == "UTC"
+    job = apply_by_device.parse_args(args[script + 1 :])
+    lake_root = f"s3a://{s3_lake.bucket}/platform"
+    assert job.function == "near_assets.spark_jobs.examples:count_pings"
+    assert job.input == [f"{lake_root}/work/clean_pings/date={DAY}"]
+    assert job.output == f"{lake_root}/work/pings_per_device/date={DAY}"
+    assert json.loads(job.params) == {"max_accuracy_m": 150}
+    assert job.group_by == "device_id"
+    assert context_ref["bucket"] == artifacts
+    assert context_ref["key"].startswith("dagster/pipes/context/")
+    assert pipes_context["asset_keys"] == ["pings_per_device"]
+    messages = decode(args[args.index("--dagster-pipes-messages") + 1])
+    assert messages["bucket"] == artifacts
+    assert messages["key_prefix"].startswith("dagster/pipes/messages/")
+
+
+def test_emr_serverless_job_runs_the_same_script_with_the_same_settings() -> None:
+    artifacts = "artifacts"
+    spark = SparkResource(
+        emr_serverless_app_id="00abc",
+        emr_serverless_role_arn="arn:aws:iam::123456789012:role/emr-serverless-job",
+        scripts_s3=f"s3://{artifacts}/platform/jobs/",
+    )
+    args = SparkResource.job_arguments(count_pings, ["s3a://lake/in"], "s3a://lake/out")
+    job = spark.emr_serverless_job(APPLY_BY_DEVICE, args)
+
+    assert spark.backend == "emr-serverless"
+    driver = job["jobDriver"]["sparkSubmit"]
+    assert driver["entryPoint"] == f"s3://{artifacts}/platform/jobs/apply_by_device.py"
+    assert driver["entryPointArguments"] == args
+    assert (
+        f"--py-files s3://{artifacts}/platform/jobs/platform.zip" in driver["sparkSubmitParameters"]
+    )
+    assert "--conf spark.sql.session.timeZone=UTC" in driver["sparkSubmitParameters"]
+
+
+def test_build_py_files_contains_the_science_package(tmp_path: Path) -> None:
+    names = zipfile.ZipFile(build_py_files(tmp_path / "p.zip")).namelist()
+    assert "near_assets/science/engine.py" in names
+    assert not any("__pycache__" in n for n in names)
