@@ -1,0 +1,250 @@
+"""How big does the instance database get, and what keeps it bounded?
+
+Runs N onboarding-like runs (one new applicant partition each, six chained assets like
+``application -> ... -> decision``, in-process) into a fresh instance, plus the ticks of the
+signup sensor that launched them (one tick every 5 s over the period; a tick with a run
+request per run, the rest skipped), then measures the database:
+
+1. ``no retention``: everything kept;
+2. ``tick retention``: what ``retention:`` in deploy/production/dagster.yaml removes once the
+   ticks are old enough (skipped ticks after 1 day, successful ones after 7). Dagster's
+   retention covers schedule/sensor/automation *ticks only*; runs and event logs stay;
+3. ``tick retention + run purge``: additionally ``instance.delete_run`` for every run but the
+   newest ``--keep-runs`` (what a nightly purge of runs older than N days does).
+
+Sizes are measured after ``VACUUM`` (SQLite) / ``VACUUM FULL`` (PostgreSQL), i.e. the space
+the data really needs. Usage::
+
+    uv run python bench/db_size.py --runs 1000 [--backend postgres|sqlite] [--keep-runs 100]
+
+PostgreSQL: the server from ``DAGSTER_PG_*`` (default 127.0.0.1:5432, user postgres); a
+temporary database is created and dropped.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+
+APPLICANTS = "bench_applicants"
+applicants = dg.DynamicPartitionsDefinition(name=APPLICANTS)
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+STEPS = ["application", "bank_features", "fraud_features", "credit_features", "risk_score"]
+
+
+def onboarding_assets() -> list[dg.AssetsDefinition]:
+    out: list[dg.AssetsDefinition] = []
+    for name in [*STEPS, "decision"]:
+        deps = [out[-1]] if out else []
+
+        @dg.asset(name=name, partitions_def=applicants, deps=deps)
+        def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            """One per-applicant step."""
+            context.log.info("scored %s", context.partition_key)
+            return dg.MaterializeResult(metadata={"score": 0.5, "rows": 1})
+
+        out.append(_asset)
+    return out
+
+
+def sqlite_yaml() -> str:
+    return "telemetry: {enabled: false}\n"
+
+
+def postgres_yaml() -> str:
+    return (
+        "telemetry: {enabled: false}\n"
+        "storage:\n  postgres:\n    postgres_db:\n"
+        "      hostname: {env: DAGSTER_PG_HOST}\n      port: {env: DAGSTER_PG_PORT}\n"
+        "      username: {env: DAGSTER_PG_USER}\n      password: {env: DAGSTER_PG_PASSWORD}\n"
+        "      db_name: {env: DAGSTER_PG_DB}\n      scheme: postgresql+psycopg2\n"
+    )
+
+
+class Backend:
+    def __init__(self, kind: str, home: Path):
+        self.kind, self.home = kind, home
+        self.db_name = f"bench_{uuid.uuid4().hex[:10]}"
+        if kind == "postgres":
+            import psycopg2
+
+            os.environ.setdefault("DAGSTER_PG_HOST", "127.0.0.1")
+            os.environ.setdefault("DAGSTER_PG_PORT", "5432")
+            os.environ.setdefault("DAGSTER_PG_USER", "postgres")
+            os.environ.setdefault("DAGSTER_PG_PASSWORD", "")
+            os.environ["DAGSTER_PG_DB"] = self.db_name
+            self.admin = psycopg2.connect(
+                host=os.environ["DAGSTER_PG_HOST"],
+                port=int(os.environ["DAGSTER_PG_PORT"]),
+                user=os.environ["DAGSTER_PG_USER"],
+                password=os.environ["DAGSTER_PG_PASSWORD"],
+                dbname="postgres",
+            )
+            self.admin.autocommit = True
+            self.admin.cursor().execute(f'CREATE DATABASE "{self.db_name}"')
+        (home / "dagster.yaml").write_text(postgres_yaml() if kind == "postgres" else sqlite_yaml())
+
+    def size(self) -> int:
+        if self.kind == "postgres":
+            import psycopg2
+
+            conn = psycopg2.connect(
+                host=os.environ["DAGSTER_PG_HOST"],
+                port=int(os.environ["DAGSTER_PG_PORT"]),
+                user=os.environ["DAGSTER_PG_USER"],
+                password=os.environ["DAGSTER_PG_PASSWORD"],
+                dbname=self.db_name,
+            )
+            conn.autocommit = True
+            cur = conn.cursor()
+            cur.execute("VACUUM FULL")
+            cur.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')"
+            )
+            size = int(cur.fetchone()[0])
+            conn.close()
+            return size
+        total = 0
+        for path in (self.home / "storage").rglob("*.db"):
+            with sqlite3.connect(path) as conn:
+                conn.execute("VACUUM")
+            total += path.stat().st_size
+        for path in (self.home / "history").rglob("*.db"):
+            with sqlite3.connect(path) as conn:
+                conn.execute("VACUUM")
+            total += path.stat().st_size
+        return total
+
+    def close(self) -> None:
+        if self.kind == "postgres":
+            self.admin.cursor().execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            self.admin.close()
+
+
+def add_sensor_ticks(instance: dg.DagsterInstance, runs: list[str], interval_s: float) -> int:
+    """The signup sensor's ticks over the period: one per interval, a run request per run."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickData, TickStatus
+
+    n_ticks = max(len(runs), int(len(runs) * 86400 / 1000 / interval_s))
+    every = max(1, n_ticks // max(1, len(runs)))
+    start = time.time() - n_ticks * interval_s
+    run_iter = iter(runs)
+    for i in range(n_ticks):
+        run_id = next(run_iter, None) if i % every == 0 else None
+        instance.create_tick(
+            TickData(
+                instigator_origin_id="bench-signup-sensor",
+                instigator_name="signup_sensor",
+                instigator_type=InstigatorType.SENSOR,
+                status=TickStatus.SUCCESS if run_id else TickStatus.SKIPPED,
+                timestamp=start + i * interval_s,
+                run_ids=[run_id] if run_id else [],
+                cursor=f"{i}-0",
+                skip_reason=None if run_id else "no new signups",
+                selector_id="bench-signup-sensor",
+            )
+        )
+    return n_ticks
+
+
+def purge_ticks_like_retention(instance: dg.DagsterInstance) -> None:
+    """What the daemon's retention does once ticks pass their age (here: all of them)."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    instance.purge_ticks(
+        "bench-signup-sensor",
+        "bench-signup-sensor",
+        before=time.time() + 1,
+        tick_statuses=[TickStatus.SKIPPED, TickStatus.SUCCESS, TickStatus.FAILURE],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="postgres")
+    parser.add_argument("--keep-runs", type=int, default=100)
+    parser.add_argument("--tick-interval", type=float, default=5.0)
+    parser.add_argument(
+        "--checkpoints",
+        type=lambda v: {int(x) for x in v.split(",")},
+        default={100, 250, 500},
+        help="also print the size after these many runs (comma-separated)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-db-"))
+    backend = Backend(args.backend, home)
+    job = dg.Definitions(assets=onboarding_assets()).resolve_implicit_global_asset_job_def()
+    figures: dict[str, float | int | str] = {"backend": args.backend, "runs": args.runs}
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            t0 = time.perf_counter()
+            run_ids = []
+            for i in range(args.runs):
+                key = f"applicant-{i:06d}"
+                instance.add_dynamic_partitions(APPLICANTS, [key])
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=key,
+                    tags={"platform/lane": "onboarding"},
+                    run_config=QUIET,
+                )
+                run_ids.append(result.run_id)
+                if i + 1 in args.checkpoints:
+                    size = backend.size()
+                    print(
+                        f"after {i + 1:>5} runs: {size / 1e6:8.2f} MB (runs + event logs)"
+                        f" {time.perf_counter() - t0:7.1f} s",
+                        flush=True,
+                    )
+            figures["run_seconds"] = round(time.perf_counter() - t0, 1)
+            figures["events"] = (
+                sum(len(instance.all_logs(r)) for r in run_ids[:10])
+                // min(10, len(run_ids))
+                * len(run_ids)
+            )
+            figures["ticks"] = add_sensor_ticks(instance, run_ids, args.tick_interval)
+
+            figures["bytes_no_retention"] = backend.size()
+            purge_ticks_like_retention(instance)
+            figures["bytes_tick_retention"] = backend.size()
+            for run_id in run_ids[: max(0, len(run_ids) - args.keep_runs)]:
+                instance.delete_run(run_id)
+            figures["kept_runs"] = min(args.keep_runs, len(run_ids))
+            figures["bytes_tick_retention_and_run_purge"] = backend.size()
+    finally:
+        backend.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+    n = args.runs
+    no_ret = int(figures["bytes_no_retention"])
+    tick_ret = int(figures["bytes_tick_retention"])
+    purged = int(figures["bytes_tick_retention_and_run_purge"])
+    print(
+        f"backend: {args.backend}; {n} onboarding-like runs (6 assets each) in "
+        f"{figures['run_seconds']} s; ~{figures['events']} events; {figures['ticks']} sensor ticks"
+    )
+    print(f"{'no retention':<34}{no_ret / 1e6:>10.2f} MB  ({no_ret / n / 1e3:.1f} kB per run)")
+    print(f"{'tick retention':<34}{tick_ret / 1e6:>10.2f} MB")
+    print(
+        f"{'tick retention + run purge':<34}{purged / 1e6:>10.2f} MB  "
+        f"(kept newest {figures['kept_runs']} runs)"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
