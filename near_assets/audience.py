@@ -16,7 +16,7 @@ import pandas as pd
 
 from near_assets.partitions import daily_partitions
 from near_assets.science.audience import audience_estimates as project_audience
-from near_assets.science.audience import score_against_truth
+from near_assets.science.audience import daily_ht, score_against_truth
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.redis_publish import RedisHashTarget, json_rows
@@ -133,6 +133,24 @@ def active_devices(lake: LakeResource, day: str) -> pd.Series | None:
     return None
 
 
+class AudienceConfig(dg.Config):
+    history_days: int = 6
+    """Trailing days blended with today's estimate (0: today's Horvitz-Thompson alone)."""
+
+
+def day_inputs(lake: LakeResource, day: str) -> tuple[pd.DataFrame, pd.DataFrame, Any] | None:
+    """(visits, device home areas, active devices) of one day; None without visits or homes."""
+    visits = lake.read_parquet(f"curated/visits/date={day}", columns=["device_id", "poi_id"])
+    homes = lake.read_parquet(f"work/demographics/date={day}", columns=["device_id", "area_id"])
+    if visits.empty and homes.empty:
+        return None
+    if visits.empty:
+        visits = pd.DataFrame({"device_id": pd.Series(dtype=str), "poi_id": pd.Series(dtype=str)})
+    if homes.empty:
+        homes = pd.DataFrame({"device_id": pd.Series(dtype=str), "area_id": pd.Series(dtype=str)})
+    return visits, homes, active_devices(lake, day)
+
+
 def redis_target(redis: RedisResource) -> RedisHashTarget:
     return RedisHashTarget(
         redis.get_client(), REDIS_KEY, encode_for_redis, meta_extra={"table": TABLE}
@@ -152,6 +170,7 @@ def redis_target(redis: RedisResource) -> RedisHashTarget:
 )
 def audience_estimates(
     context: dg.AssetExecutionContext,
+    config: AudienceConfig,
     lake: LakeResource,
     redis: RedisResource,
     alerts: AlertsResource,
@@ -159,9 +178,10 @@ def audience_estimates(
     """People per POI for the day, projected from the panel by home-area coverage.
 
     Horvitz-Thompson: each panel visitor stands for population / active panel devices of
-    their home area; 90% interval from the gamma (scaled Poisson) method on the HT variance
-    (``near_assets/science/audience.py`` documents the method). Every reference POI gets a
-    row (zeros when unvisited). Published through one write-audit-publish to
+    their home area, blended by precision with the trailing ``history_days`` days' estimates
+    (a POI's audience moves little day to day, a day's panel sample is small); 90% interval
+    from the gamma (scaled Poisson) method on the variance (``near_assets/science/audience.py``
+    documents the method). Every reference POI gets a row. Published through one write-audit-publish to
     ``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (+ ``:meta``,
     ``:backup``): blocking checks (row count and visited-POI bands vs the trailing published
     days, no null keys, estimate >= visitors, interval contains estimate, coverage of known
@@ -169,15 +189,25 @@ def audience_estimates(
     Metadata compares with the generator's ``truth/poi_visitors`` when present.
     """
     day = context.partition_key
-    visits = lake.read_parquet(f"curated/visits/date={day}", columns=["device_id", "poi_id"])
-    if visits.empty:
-        visits = pd.DataFrame({"device_id": pd.Series(dtype=str), "poi_id": pd.Series(dtype=str)})
-    homes = lake.read_parquet(f"work/demographics/date={day}", columns=["device_id", "area_id"])
     areas = lake.read_parquet("reference/areas", columns=["area_id", "population"])
     reference = lake.read_parquet("reference/pois", columns=["poi_id"])
-    active = active_devices(lake, day)
+    poi_ids = reference["poi_id"].astype(str)
+    inputs = day_inputs(lake, day)
+    if inputs is None:
+        empty = pd.Series(dtype=str)
+        inputs = (
+            pd.DataFrame({"device_id": empty, "poi_id": empty}),
+            pd.DataFrame({"device_id": empty, "area_id": empty}),
+            None,
+        )
+    visits, homes, active = inputs
+    history = []
+    for d in trailing_days(day, max(config.history_days, 0)):
+        past = day_inputs(lake, d)
+        if past is not None:
+            history.append(daily_ht(past[0], past[1], areas, poi_ids, past[2])[0])
     df = project_audience(
-        visits, homes, areas, pois=reference["poi_id"].astype(str), active_devices=active
+        visits, homes, areas, pois=poi_ids, active_devices=active, history=history
     )
     metadata: dict[str, Any] = {
         "pois": len(df),
@@ -185,6 +215,7 @@ def audience_estimates(
         "panel_visitors": int(df["visitors"].sum()),
         "projected_people": int(df["estimate"].sum()),
         "devices_with_home_area": len(homes),
+        "history_days_blended": len(history),
         "active_devices": None if active is None else len(active),
     }
     truth_key = f"truth/poi_visitors/date={day}"

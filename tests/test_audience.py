@@ -53,12 +53,16 @@ def test_every_known_poi_gets_a_row_with_an_interval_around_the_estimate() -> No
     assert (out["estimate"] <= out["estimate_high"]).all()
 
 
-def simulated_day(seed: int, n_pois: int = 600) -> tuple[pd.DataFrame, ...]:
-    """A panel sampled per area (rates 0.5-3 %) from a population visiting POIs independently."""
-    rng = np.random.default_rng(seed)
-    population = rng.integers(3000, 20000, 32)
-    panel = rng.binomial(population, rng.uniform(0.005, 0.03, 32))
-    q = rng.gamma(0.6, 0.012, n_pois)
+def simulated_day(seed: int, n_pois: int = 600, day: int = 0) -> tuple[pd.DataFrame, ...]:
+    """A panel sampled per area (rates 0.5-3 %) from a population visiting POIs independently.
+
+    The world (population, panel, visit rates) depends on ``seed``; the visits on ``day``.
+    """
+    world = np.random.default_rng(seed)
+    population = world.integers(3000, 20000, 32)
+    panel = world.binomial(population, world.uniform(0.005, 0.03, 32))
+    q = world.gamma(0.6, 0.012, n_pois)
+    rng = np.random.default_rng([seed, day])
     areas = pd.DataFrame({"area_id": [f"a{i}" for i in range(32)], "population": population})
     homes, visits, truth, panel_visitors = [], [], np.zeros(n_pois, int), np.zeros(n_pois, int)
     for a in range(32):
@@ -84,6 +88,21 @@ def test_projection_is_accurate_and_the_interval_calibrated_on_a_sampled_panel()
     assert 0.85 <= score["interval_coverage"] <= 0.97
     assert 0.85 <= score["interval_coverage_all"] <= 0.97
     assert score["visitors_median_abs_pct_error"] == 0
+
+
+def test_blending_trailing_days_cuts_the_error_and_keeps_the_interval_calibrated() -> None:
+    from near_assets.science.audience import daily_ht
+
+    history = []
+    for day in range(6):
+        visits, homes, areas, pois, _ = simulated_day(5, 300, day)
+        history.append(daily_ht(visits, homes, areas, pois)[0])
+    visits, homes, areas, pois, truth = simulated_day(5, 300, 6)
+    alone = score_against_truth(project(visits, homes, areas, pois=pois), truth)
+    blended = score_against_truth(project(visits, homes, areas, pois=pois, history=history), truth)
+    assert blended["median_abs_pct_error"] < alone["median_abs_pct_error"]
+    assert blended["median_abs_pct_error"] < 6
+    assert 0.85 <= blended["interval_coverage_all"] <= 0.97
 
 
 # ---- write-audit-publish end to end ---------------------------------------------------------

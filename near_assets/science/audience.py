@@ -21,12 +21,18 @@ Method (Horvitz-Thompson with post-stratification by home area):
   A POI with no panel visitor gets ``[0, w_typ G^-1(0.95; 1)]`` with ``w_typ`` the median
   area weight (three typical panel visitors' worth of people could have gone unseen).
 
+Borrowing strength from the trailing days (optional, :func:`blend_with_history`): a POI's
+audience barely moves from one day to the next, while one day's panel sample is small (a POI
+with 30 panel visitors has a sampling error of about 1/sqrt(30) = 18 %). Today's HT estimate is
+therefore combined with the trailing days' mean by precision weighting, with a between-day
+variance estimated from the data so that real changes keep today's weight.
+
 All counts are people per UTC day. Functions are pure (pandas/numpy/scipy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,6 +84,76 @@ def gamma_interval(
     return low, high
 
 
+def daily_ht(
+    visits: pd.DataFrame,
+    device_areas: pd.DataFrame,
+    areas: pd.DataFrame,
+    pois: Iterable[str] | None = None,
+    active_devices: Iterable[str] | None = None,
+) -> tuple[pd.DataFrame, float]:
+    """One day's HT sums per POI: ``visitors``, ``e`` (estimate) and ``var`` (its variance).
+
+    Indexed by ``poi_id``; also returns the typical (median) area weight. See the module doc.
+    """
+    pairs = visits[["device_id", "poi_id"]].dropna().drop_duplicates()
+    seen = pd.unique(pairs["device_id"])
+    active = None if active_devices is None else set(active_devices) | set(seen)
+    weights = area_weights(device_areas, areas, active)
+    homes = device_areas[["device_id", "area_id"]].drop_duplicates("device_id")
+    dev = pairs.merge(homes, on="device_id", how="left")
+    w = dev["area_id"].map(weights.set_index("area_id")["weight"]).to_numpy(dtype=float)
+    known = np.isfinite(w)
+    dev["w"] = np.where(known, w, 0.0)
+    dev["v"] = np.where(known, w * np.maximum(w - 1.0, 0.0), 0.0)
+    per_poi = dev.groupby("poi_id").agg(
+        visitors=("device_id", "size"), e=("w", "sum"), var=("v", "sum")
+    )
+    if pois is not None:
+        index = pd.Index(pd.unique(pd.Series(list(pois), dtype=object)), name="poi_id")
+        per_poi = per_poi.reindex(index.union(per_poi.index), fill_value=0)
+    per_poi.index = per_poi.index.astype(str)
+    finite = weights["weight"].dropna()
+    return per_poi, float(finite.median()) if len(finite) else 1.0
+
+
+def blend_with_history(
+    today: pd.DataFrame, history: Sequence[pd.DataFrame], typical_weight: float
+) -> pd.DataFrame:
+    """Borrow strength from the trailing days (a random-effects composite estimator).
+
+    ``today`` and each of ``history`` are :func:`daily_ht` frames. Per POI, the trailing days'
+    mean ``M`` (variance ``S = sum var_d / k^2``) and today's ``E0`` (variance ``V0``) are
+    combined by precision: ``E = (E0/V0 + M/(S+tau2)) / (1/V0 + 1/(S+tau2))`` with variance
+    ``1/(1/V0 + 1/(S+tau2))``. ``tau2`` is the real day-to-day change of a POI's audience,
+    estimated from the data as a share of ``M^2`` (median over POIs of the between-day variance
+    in excess of the sampling variance), so a POI whose audience really moves leans on today.
+    Every variance is floored at one typical panel visitor's ``w (w - 1)``, so a day without
+    visitors still carries uncertainty. Returns ``today`` with ``e``/``var`` replaced.
+    """
+    if not history:
+        return today
+    floor = max(typical_weight * (typical_weight - 1.0), 1.0)
+    e_h = np.column_stack([h["e"].reindex(today.index, fill_value=0.0) for h in history])
+    v_h = np.column_stack([h["var"].reindex(today.index, fill_value=0.0) for h in history])
+    v_h = np.maximum(v_h, floor)
+    k = e_h.shape[1]
+    mean = e_h.mean(axis=1)
+    s = v_h.sum(axis=1) / k**2
+    tau2 = np.zeros_like(mean)
+    if k >= 2:
+        excess = e_h.var(axis=1, ddof=1) - v_h.mean(axis=1)
+        ok = mean > 0
+        share = float(np.median(np.maximum(excess[ok], 0.0) / mean[ok] ** 2)) if ok.any() else 0.0
+        tau2 = share * mean**2
+    e0 = today["e"].to_numpy(dtype=float)
+    v0 = np.maximum(today["var"].to_numpy(dtype=float), floor)
+    p0, ph = 1.0 / v0, 1.0 / (s + tau2)
+    out = today.copy()
+    out["e"] = (e0 * p0 + mean * ph) / (p0 + ph)
+    out["var"] = 1.0 / (p0 + ph)
+    return out
+
+
 def audience_estimates(
     visits: pd.DataFrame,
     device_areas: pd.DataFrame,
@@ -85,36 +161,22 @@ def audience_estimates(
     pois: Iterable[str] | None = None,
     active_devices: Iterable[str] | None = None,
     confidence: float = 0.90,
+    history: Sequence[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """Per POI: distinct panel visitors and the projected people count with an interval.
 
     ``visits``: ``device_id``, ``poi_id`` (one row per visit; repeats are counted once).
     ``device_areas``: ``device_id``, ``area_id``; ``areas``: ``area_id``, ``population``.
-    ``pois``: every known POI id; POIs without visitors get a row with zeros (None: only
-    visited POIs). Returns :data:`OUTPUT_COLUMNS`, sorted by ``poi_id``; counts are int64.
+    ``pois``: every known POI id; POIs without visitors get a row (None: only visited POIs).
+    ``history``: :func:`daily_ht` frames of trailing days to blend with
+    (:func:`blend_with_history`; empty: today's HT alone). Returns :data:`OUTPUT_COLUMNS`,
+    sorted by ``poi_id``; counts are int64.
     """
-    pairs = visits[["device_id", "poi_id"]].dropna().drop_duplicates()
-    seen = pd.unique(pairs["device_id"])
-    active = None if active_devices is None else set(active_devices) | set(seen)
-    weights = area_weights(device_areas, areas, active)
-    homes = device_areas[["device_id", "area_id"]].drop_duplicates("device_id")
-    w_of_area = weights.set_index("area_id")["weight"]
-    dev = pairs.merge(homes, on="device_id", how="left")
-    w = dev["area_id"].map(w_of_area).to_numpy(dtype=float)
-    known = np.isfinite(w)
-    dev["w"] = np.where(known, w, 0.0)
-    dev["v"] = np.where(known, w * np.maximum(w - 1.0, 0.0), 0.0)
-    per_poi = dev.groupby("poi_id").agg(
-        visitors=("device_id", "size"), estimate=("w", "sum"), variance=("v", "sum")
-    )
-    if pois is not None:
-        index = pd.Index(pd.unique(pd.Series(list(pois), dtype=object)), name="poi_id")
-        per_poi = per_poi.reindex(index.union(per_poi.index), fill_value=0)
-    finite = weights["weight"].dropna()
-    zero_weight = float(finite.median()) if len(finite) else 1.0
-    e = per_poi["estimate"].to_numpy(dtype=float)
-    var = per_poi["variance"].to_numpy(dtype=float)
-    low, high = gamma_interval(e, var, zero_weight, confidence)
+    per_poi, typical = daily_ht(visits, device_areas, areas, pois, active_devices)
+    per_poi = blend_with_history(per_poi, history, typical)
+    e = per_poi["e"].to_numpy(dtype=float)
+    var = per_poi["var"].to_numpy(dtype=float)
+    low, high = gamma_interval(e, var, typical, confidence)
     visitors = per_poi["visitors"].to_numpy(dtype=np.int64)
     estimate = np.maximum(np.rint(e), visitors).astype(np.int64)
     out = pd.DataFrame(
