@@ -237,6 +237,10 @@ def review_failed_run(client, partitions: list[str], reason: str) -> int:
 def failure_reason(context: dg.RunFailureSensorContext) -> str:
     for event in context.get_step_failure_events():
         error = event.step_failure_data.error
+        while (
+            error is not None and error.cause is not None and error.cls_name.startswith("Dagster")
+        ):
+            error = error.cause
         message = (error.message if error else "").strip().splitlines()
         return f"onboarding failed at {event.step_key}: {message[0][:150] if message else 'error'}"
     return f"onboarding run failed: {(context.failure_event.message or 'unknown')[:150]}"

@@ -254,7 +254,8 @@ def test_stalled_run_is_retried_under_a_new_key_then_sent_to_review(
         request = result.run_requests[0]
         # a run that ended without deciding (as if its process had been killed)
         dg.materialize(
-            ONBOARDING_ASSETS[:1],
+            ONBOARDING_ASSETS,
+            selection=["application"],
             instance=instance,
             resources=resources(redis_url, tmp_lake),
             partition_key=request.partition_key,
@@ -263,7 +264,8 @@ def test_stalled_run_is_retried_under_a_new_key_then_sent_to_review(
         retry = plan_tick(redis_client, instance, stall_s=0, max_attempts=2)
         assert [b.run_key for b in retry.batches] == [f"{request.run_key}~1"]
         dg.materialize(
-            ONBOARDING_ASSETS[:1],
+            ONBOARDING_ASSETS,
+            selection=["application"],
             instance=instance,
             resources=resources(redis_url, tmp_lake),
             partition_key=request.partition_key,
