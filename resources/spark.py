@@ -226,6 +226,7 @@ class SparkResource(dg.ConfigurableResource):
     s3_scheme: str = "s3a"
     poll_interval_s: float = 30.0
     step_timeout_s: float = 6 * 3600.0
+    region: str | None = None
 
     @classmethod
     def from_env(cls) -> SparkResource:
@@ -245,6 +246,7 @@ class SparkResource(dg.ConfigurableResource):
             spark_conf=json.loads(os.environ.get("EMR_SPARK_CONF") or "{}"),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
             step_timeout_s=float(os.environ.get("EMR_STEP_TIMEOUT_S", 6 * 3600)),
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
         )
 
     # ---- configuration ----------------------------------------------------------------------
@@ -270,7 +272,15 @@ class SparkResource(dg.ConfigurableResource):
 
     def cluster_conf(self) -> dict[str, str]:
         """Spark settings of a cluster run: session settings, seed-sized defaults, overrides."""
-        return {**SESSION_CONF, **EMR_DEFAULT_CONF, **self.spark_conf}
+        region = (
+            {
+                f"spark.yarn.appMasterEnv.{v}": self.region
+                for v in ("AWS_REGION", "AWS_DEFAULT_REGION")
+            }
+            if self.region
+            else {}
+        )
+        return {**SESSION_CONF, **EMR_DEFAULT_CONF, **region, **self.spark_conf}
 
     def local_conf(self) -> dict[str, str]:
         return {
@@ -282,7 +292,7 @@ class SparkResource(dg.ConfigurableResource):
     def _boto(self, service: str) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url)
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region)
 
     def spark_uri(self, lake: LakeResource, key: str) -> str:
         """Where Spark finds a lake key: a local path, or ``s3a://`` for an S3 lake."""
@@ -490,7 +500,7 @@ class SparkResource(dg.ConfigurableResource):
         with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
             staged = []
             for i, key in enumerate(inputs):
-                folder = Path(tmp, "in", str(i))
+                folder = Path(tmp, "in", str(i), key)  # keeps trailing key=value folders
                 for obj in lake.parquet_files(key):
                     path = folder / (obj[len(key) :].lstrip("/") or Path(obj).name)
                     path.parent.mkdir(parents=True, exist_ok=True)

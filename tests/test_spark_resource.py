@@ -61,12 +61,14 @@ def test_from_env_switches_to_emr_with_cluster_id(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("EMR_SCRIPTS_S3", "s3://art/platform/jobs")
     monkeypatch.setenv("EMR_PIPES_BUCKET", "pipes")
     monkeypatch.setenv("EMR_SPARK_CONF", '{"spark.executor.instances": "40"}')
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
     spark = SparkResource.from_env()
     assert spark.backend == "emr"
     assert spark.script_uri(APPLY_BY_DEVICE) == "s3://art/platform/jobs/apply_by_device.py"
     assert spark.py_files_uri() == "s3://art/platform/jobs/platform.zip"
     assert spark.cluster_conf()["spark.executor.instances"] == "40"
     assert spark.cluster_conf()["spark.sql.session.timeZone"] == "UTC"
+    assert spark.cluster_conf()["spark.yarn.appMasterEnv.AWS_REGION"] == "eu-west-1"
 
 
 def test_function_path_refuses_functions_a_spark_job_cannot_import() -> None:

@@ -7,8 +7,6 @@ Prints JSON: the wall time of a tiny job run through ``SparkResource.run_per_dev
 pings (job time excluding Spark session start), next to the same function run in-process.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

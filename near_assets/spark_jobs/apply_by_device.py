@@ -75,9 +75,11 @@ def nanosecond_columns(uri: str) -> set[str]:
     import pyarrow.fs as pafs
 
     if uri.startswith(S3_SCHEMES):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        fs: pafs.FileSystem = pafs.S3FileSystem(endpoint_override=endpoint or None)
         path = uri.split("://", 1)[1]
+        if endpoint := os.environ.get("AWS_ENDPOINT_URL"):
+            fs: pafs.FileSystem = pafs.S3FileSystem(endpoint_override=endpoint)
+        else:  # resolves the bucket's region
+            fs, path = pafs.FileSystem.from_uri(f"s3://{path}")
     else:
         fs, path = pafs.LocalFileSystem(), uri.replace("file://", "", 1)
     schema = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema
@@ -176,8 +178,6 @@ def read_inputs(spark: Any, uris: Sequence[str]) -> Any:
 
 def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
     """Apply the function and write the output; uses (and leaves running) ``spark`` if given."""
-    from pyspark.sql.types import StructType
-
     started = time.perf_counter()
     fn = load_function(args.function)
     params = json.loads(args.params)
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     session_s = time.perf_counter() - started
 
     df = read_inputs(spark, args.input)
-    schema = StructType.fromDDL(fn.spark_schema)
+    schema = spark.createDataFrame([], fn.spark_schema).schema  # DDL -> StructType, Spark 3.5+
     names = schema.fieldNames()
 
     def apply(pdf: pd.DataFrame) -> pd.DataFrame:
