@@ -98,6 +98,9 @@ def test_daemon_killed_mid_stream_decides_each_signup_exactly_once(
         for i in range(10, 20):
             push(i)
             time.sleep(0.2)
+        # kill while signups are in flight: delivered to the sensor, run requested, undecided
+        in_flight = lambda: redis_client.xpending("signups", "onboarding")["pending"] > 0  # noqa: E731
+        assert wait_for(in_flight, 300), log.read_text()[-3000:]
         kill_group(daemon)
         for i in range(20, 30):
             push(i)
