@@ -201,6 +201,26 @@ class PipesEMRStepClient(dg.PipesClient):
             context.log.warning(f"[pipes] could not cancel EMR step {step_id}: {exc}")
 
 
+@contextmanager
+def summary_only_pipes(context: Any) -> Iterator[None]:
+    """Let the asset return what it likes after a Pipes run whose results are a summary dict.
+
+    Opening a Pipes session switches the step to "typed event stream" mode (the asset would have
+    to return the session's results); our scripts report custom messages only, so the previous
+    mode is restored. Private Dagster state (1.13): skipped when the context lacks it.
+    """
+    try:
+        step = context.get_step_execution_context()
+        saved = (step._requires_typed_event_stream, step._typed_event_stream_error_message)
+    except Exception:
+        yield
+        return
+    try:
+        yield
+    finally:
+        step._requires_typed_event_stream, step._typed_event_stream_error_message = saved
+
+
 def with_pipes_arguments(step: Mapping[str, Any], pipes_args: Mapping[str, str]) -> dict:
     """A copy of ``step`` whose spark-submit arguments end with the Pipes bootstrap arguments."""
     jar = dict(step["HadoopJarStep"])
@@ -417,7 +437,8 @@ class SparkResource(dg.ConfigurableResource):
 
         Read the result back with ``lake.read_parquet(output)``. Inputs holding no Parquet file
         are skipped (logged); with none left, ``output`` is cleared and ``rows`` is 0.
-        Returns a summary: rows, input_rows, seconds, engine, command.
+        Returns a summary: rows, input_rows, seconds, engine, command. The calling asset may
+        return anything afterwards (MaterializeResult, None, ...), as without Spark.
         """
         fn = function_path(function)
         present = [k for k in inputs if lake.parquet_files(k)]
@@ -471,9 +492,10 @@ class SparkResource(dg.ConfigurableResource):
         }
         command = self._local_command(script, args)
         started = time.perf_counter()
-        invocation = dg.PipesSubprocessClient(env=env, cwd=root).run(
-            context=context, command=command
-        )
+        with summary_only_pipes(context):
+            invocation = dg.PipesSubprocessClient(env=env, cwd=root).run(
+                context=context, command=command
+            )
         messages = invocation.get_custom_messages()
         return {
             **(messages[-1] if messages else {}),
@@ -534,6 +556,12 @@ class SparkResource(dg.ConfigurableResource):
         script: str | os.PathLike[str],
         args: list[str],
         name: str | None = None,
+    ) -> dict:
+        with summary_only_pipes(context):
+            return self._run_remote_pipes(context, script, args, name)
+
+    def _run_remote_pipes(
+        self, context: Any, script: str | os.PathLike[str], args: list[str], name: str | None
     ) -> dict:
         injector, reader = self._s3_pipes()
         started = time.perf_counter()

@@ -104,7 +104,7 @@ def test_local_run_per_device_in_materialize_matches_in_process(tmp_lake: LakeRe
     @dg.asset
     def pings_per_device_day(
         context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource
-    ) -> dg.MaterializeResult:
+    ) -> None:
         """Pings per device and day, computed by Spark."""
         summary = spark.run_per_device(
             context,
@@ -115,7 +115,7 @@ def test_local_run_per_device_in_materialize_matches_in_process(tmp_lake: LakeRe
             group_by=["device_id", "date"],
             lake=lake,
         )
-        return dg.MaterializeResult(metadata={k: summary[k] for k in ("rows", "input_rows")})
+        context.add_output_metadata({k: summary[k] for k in ("rows", "input_rows")})
 
     resources = {"spark": SparkResource(master="local[2]", shuffle_partitions=2), "lake": tmp_lake}
     result = dg.materialize([pings_per_device_day], resources=resources)
