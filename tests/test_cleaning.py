@@ -66,6 +66,17 @@ def test_normalized_types() -> None:
     assert all(isinstance(v, str) for v in out["device_id"])
 
 
+def test_device_ids_of_any_encoding_become_strings() -> None:
+    raw = good_pings()
+    as_text = normalize_pings(raw)["device_id"]
+    for ids in (raw["device_id"].astype("category"), raw["device_id"].astype("string")):
+        out = normalize_pings(raw.assign(device_id=ids))["device_id"]
+        assert out.dtype == object
+        assert out.tolist() == as_text.tolist()
+    numeric = normalize_pings(raw.assign(device_id=pd.array([7, None] * 12, dtype="Int64")))
+    assert numeric["device_id"].tolist()[:2] == ["7", None]
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [

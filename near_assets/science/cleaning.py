@@ -121,6 +121,11 @@ def _as_device_id(values: pd.Series) -> pd.Series:
         "empty",
     ):
         return values
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        names = np.asarray(values.cat.categories.astype(str), dtype=object)
+        codes = values.cat.codes.to_numpy()
+        text = np.where(codes >= 0, names[np.maximum(codes, 0)], None)
+        return pd.Series(text, index=values.index, dtype=object)
     if isinstance(values.dtype, pd.StringDtype):
         return pd.Series(values.to_numpy(dtype=object, na_value=None), index=values.index)
     text = values.astype(str).to_numpy(dtype=object)
