@@ -93,9 +93,9 @@ def test_a_night_shift_worker_rests_by_day_at_home():
     assert abs(home.lon - LON0) * KX < 20
 
 
-def test_a_day_worker_with_long_office_hours_keeps_the_night_home():
-    home_nights = nights("d", 0, 5, start_h=23, end_h=30)
-    office = [stay("d", 7.5, 21.5, 4000, 0, day=d) for d in range(1, 6)]
+def test_a_day_worker_with_long_office_days_keeps_the_night_home():
+    home_nights = nights("d", 0, 5, start_h=19.5, end_h=31)
+    office = [stay("d", 7.5, 18.5, 4000, 0, day=d) for d in range(1, 6)]
     (home,) = infer_homes(pd.DataFrame(home_nights + office)).itertuples()
     assert home.method == "night"
     assert abs(home.lon - LON0) * KX < 20

@@ -8,8 +8,10 @@ places are ~``cell_m`` metre grid cells. For each device:
    ``timezone``, ``night_start_h``..``night_end_h``, by default 22-07);
 2. **rest by day** (night-shift workers): the cell with the most distinct hours over the
    whole day. When it is not the night cell, holds at least ``day_rest_ratio`` times the
-   night cell's hours and most of its evidence is by day, the device rests by day and that
-   cell is its home. A device without any night evidence also falls back to it;
+   night cell's hours, most of its evidence is by day and it has more evening hours (18-22
+   local) than the night cell (people spend the evening at home, night shift or not), the
+   device rests by day and that cell is its home. A device without any night evidence also
+   falls back to it (with half the confidence);
 3. the home point is the evidence-weighted mean of the stay centroids within ``cell_m`` of
    the chosen cell's centroid (so a home on a cell border is not split);
 4. ``confidence`` in 0..1 = share of the device's rest evidence in the chosen cell x
@@ -48,7 +50,7 @@ class HomeParams:
     - ``window_days`` (14): trailing days of stay points (including the day itself).
     - ``cell_m`` (150): grid cell size, metres.
     - ``night_start_h`` (22) / ``night_end_h`` (7): local night hours [start, 24) + [0, end).
-    - ``day_rest_ratio`` (1.2): a day-time rest cell replaces the night cell when it has at
+    - ``day_rest_ratio`` (1.0): a day-time rest cell replaces the night cell when it has at
       least this many times the night cell's total hours (night-shift workers).
     - ``hours_scale`` (4): hours of evidence for confidence 1 - 1/e of its share.
     - ``min_confidence`` (0.05): below this the device is left out (abstains).
@@ -59,7 +61,7 @@ class HomeParams:
     cell_m: float = 150.0
     night_start_h: int = 22
     night_end_h: int = 7
-    day_rest_ratio: float = 1.2
+    day_rest_ratio: float = 1.0
     hours_scale: float = 4.0
     min_confidence: float = 0.05
     max_stay_hours: int = 36
@@ -89,11 +91,12 @@ def hour_evidence(
     night_start_h: int = HomeParams.night_start_h,
     night_end_h: int = HomeParams.night_end_h,
     max_stay_hours: int = HomeParams.max_stay_hours,
+    evening_start_h: int = 18,
 ) -> pd.DataFrame:
     """One row per (device, stay, UTC hour bucket) covered by a stay.
 
-    Columns: device_id, hour (UTC hour index), lat, lon, cy, cx (grid cell), night (bool,
-    local night hour), night_id (local date the night started, as days since epoch).
+    Columns: device_id, hour (UTC hour index), lat, lon, cy, cx (grid cell), night and
+    evening (bool: local night hour; local hour from ``evening_start_h`` to the night), night_id (local date the night started, as days since epoch).
     """
     start_h = epoch_ns(stays["start_ts"]) // HOUR_NS
     end_h = epoch_ns(stays["end_ts"]) // HOUR_NS
@@ -104,6 +107,7 @@ def hour_evidence(
     local = pd.DatetimeIndex(pd.to_datetime(hour * HOUR_NS, utc=True)).tz_convert(timezone)
     local_hour = local.hour.to_numpy()
     night = (local_hour >= night_start_h) | (local_hour < night_end_h)
+    evening = (local_hour >= evening_start_h) & (local_hour < night_start_h)
     night_id = (local - pd.Timedelta(hours=12)).tz_localize(None).normalize().to_numpy().view(
         np.int64
     ) // (86_400 * 10**9)
@@ -121,17 +125,18 @@ def hour_evidence(
             "cy": cy,
             "cx": cx,
             "night": night,
+            "evening": evening,
             "night_id": night_id,
         }
     )
 
 
 def _cell_table(ev: pd.DataFrame) -> pd.DataFrame:
-    """Per (device, cell): distinct hours overall (``hours``) and at night (``night_hours``)."""
+    """Per (device, cell): distinct hours overall, at night and in the evening."""
     uniq = ev.drop_duplicates(["device_id", "cy", "cx", "hour"])
     return (
         uniq.groupby(["device_id", "cy", "cx"], sort=False)
-        .agg(hours=("hour", "size"), night_hours=("night", "sum"))
+        .agg(hours=("hour", "size"), night_hours=("night", "sum"), evening=("evening", "sum"))
         .reset_index()
     )
 
@@ -156,7 +161,6 @@ def infer_homes(
     min_confidence: float = HomeParams.min_confidence,
     max_stay_hours: int = HomeParams.max_stay_hours,
     window_days: int = HomeParams.window_days,
-    min_rest_night_hours: int = 1,
 ) -> pd.DataFrame:
     """Home of every device in ``stays`` (device_id, start_ts, end_ts, lat, lon); see module doc.
 
@@ -180,10 +184,11 @@ def infer_homes(
         dev["cx"].to_numpy() == dev["cx_n"].to_numpy()
     )
     a_night = dev["night_hours"].to_numpy(np.float64)
+    evening_more = dev["evening"].to_numpy(np.float64) > dev["evening_n"].fillna(0).to_numpy()
     by_day = (~has_night) | (
         ~same
         & (a_hours >= day_rest_ratio * n_cell_hours)
-        & (a_night >= min_rest_night_hours)
+        & evening_more
         & (a_night < 0.5 * a_hours)
     )
     cy = np.where(by_day, dev["cy"], dev["cy_n"].fillna(0)).astype(np.int64)
