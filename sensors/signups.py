@@ -14,7 +14,7 @@ or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each tick:
    after ``ONBOARDING_MAX_ATTEMPTS`` (3) publishes ``review``;
 4. with no new entry yet, listens up to ``ONBOARDING_LISTEN_SECONDS`` (3) for one (a blocking
    read: the daemon evaluates sensors at most every 5 s, so this removes most of that wait),
-   then groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN``, 25),
+   then groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN``, 100),
    records them in Redis, adds one ``applicants`` partition each and requests one run each.
 
 An entry is acknowledged only when its decision (or dead letter) is written, in the same Lua
@@ -100,7 +100,7 @@ def plan_tick(
     instance: dg.DagsterInstance,
     *,
     max_new: int = 500,
-    max_per_run: int = 25,
+    max_per_run: int = 100,
     stall_s: float = 60.0,
     max_attempts: int = 3,
     listen_s: float = 0.0,
@@ -187,7 +187,7 @@ def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
         plan = plan_tick(
             redis.get_client(),
             context.instance,
-            max_per_run=_env_int("ONBOARDING_MAX_PER_RUN", 25),
+            max_per_run=_env_int("ONBOARDING_MAX_PER_RUN", 100),
             stall_s=float(os.environ.get("ONBOARDING_STALL_SECONDS", 120)),
             max_attempts=_env_int("ONBOARDING_MAX_ATTEMPTS", 3),
             listen_s=(
