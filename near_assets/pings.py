@@ -380,9 +380,12 @@ def clean_pings(
     ``reason``; metadata counts them per reason (``dropped/<reason>``). The blocking check
     ``bad_share_below_threshold`` stops downstream steps when the feed is broken.
     """
-    threshold = (
-        config.max_bad_share if config.max_bad_share is not None else max_bad_share_from_env()
-    )
+    try:
+        threshold = (
+            config.max_bad_share if config.max_bad_share is not None else max_bad_share_from_env()
+        )
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     days: dict[str, dict[str, Any]] = {}
     for day in context.partition_keys:
         figures = clean_day(lake, day, config)
@@ -441,7 +444,11 @@ def day_ranges(days: Sequence[str], max_days: int) -> list[tuple[str, str]]:
 def raw_pings_sensor(
     context: dg.SensorEvaluationContext, lake: LakeResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """Cursor: ``{day: fingerprint of the day's file list}``; one run per range of changed days."""
+    """Cursor: ``{day: fingerprint of the day's file names}``; one run per range of changed days.
+
+    The lake lists names only, so a file rewritten in place under the same name is not noticed:
+    upstream adds new files (or the day is re-run by hand / by a backfill).
+    """
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     current = raw_day_fingerprints(lake)
     valid = {d: f for d, f in current.items() if daily_partitions.has_partition_key(d)}

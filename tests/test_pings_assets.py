@@ -157,6 +157,9 @@ def test_threshold_comes_from_env_and_run_config(
     assert not check(materialize(tmp_lake), "bad_share_below_threshold").passed
     config = dg.RunConfig(ops={"clean_pings": {"config": {"max_bad_share": 0.5}}})
     assert check(materialize(tmp_lake, run_config=config), "bad_share_below_threshold").passed
+    monkeypatch.setenv("PINGS_MAX_BAD_SHARE", "lots")
+    (failure,) = materialize(tmp_lake).get_step_failure_events()
+    assert "PINGS_MAX_BAD_SHARE='lots'" in failure.step_failure_data.user_failure_data.description
 
 
 def test_missing_day_is_reported_not_a_crash(tmp_lake: LakeResource) -> None:
