@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
 import time
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on kill -TERM too
     home = Path(tempfile.mkdtemp(prefix="bench-db-"))
     backend = Backend(args.backend, home)
     job = dg.Definitions(assets=onboarding_assets()).resolve_implicit_global_asset_job_def()
