@@ -89,6 +89,7 @@ class LocalStore(LakeStore):
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -117,6 +118,7 @@ class LocalStore(LakeStore):
         os.close(fd)
         try:
             shutil.copyfile(self._path(src), tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, dst_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
