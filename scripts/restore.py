@@ -6,7 +6,9 @@
 
 Each copy is swapped with its backup atomically (lake: ``backup/<table>/date=D`` <->
 ``curated/<table>/date=D``; Redis: ``audience:estimates`` <-> ``audience:estimates:backup``,
-with their ``:meta``), so running the same command again undoes the restore. The lake and
+with their ``:meta``), so running the same command again undoes the restore. A copy without a backup (e.g. the
+first publish of that day in the lake) is reported and left as is; the others are restored
+(exit 1 only when nothing was restored). The lake and
 Redis are found like the platform finds them (``LAKE_ROOT`` / ``LAKE_BUCKET``, ``REDIS_URL``).
 """
 
@@ -42,19 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     if lake_too and not args.date:
         parser.error("--date is required to restore a lake partition (or use --redis-only)")
     out: dict[str, object] = {"table": args.table}
-    try:
-        if lake_too:
-            lake = LakeResource.from_env()
-            out |= restore_table(lake, args.table, f"date={args.date}")
-        if redis_key:
+    errors = []
+    if lake_too:
+        try:
+            out |= restore_table(LakeResource.from_env(), args.table, f"date={args.date}")
+        except FileNotFoundError as exc:  # first publish of that day: nothing to go back to
+            errors.append(f"lake: {exc}")
+    if redis_key:
+        try:
             client = RedisResource.from_env().get_client()
             out["redis_rows"] = restore_hash(client, redis_key)
             out["redis_date"] = client.hget(f"{redis_key}:meta", "date")
-    except (FileNotFoundError, redis.ResponseError) as exc:
-        print(f"restore: {exc}", file=sys.stderr)
-        return 1
+        except redis.ResponseError as exc:
+            errors.append(f"redis: {exc}")
+    for e in errors:
+        print(f"restore: {e}", file=sys.stderr)
     print(json.dumps(out, indent=2, default=str))
-    return 0
+    restored = len(out) > 1
+    return 0 if restored else 1
 
 
 if __name__ == "__main__":
