@@ -2,6 +2,14 @@
 
 from resources.defs_builder import build_definitions
 
-MODULES: list[str] = ["pings", "mobility", "campaigns", "insights", "audience", "monitors"]
+MODULES: list[str] = [
+    "pings",
+    "mobility",
+    "campaigns",
+    "insights",
+    "audience",
+    "monitors",
+    "automation",
+]
 
 defs = build_definitions("near_assets", MODULES)
