@@ -174,4 +174,3 @@ def test_run_orphaned_with_its_code_server_is_failed_by_the_runtime_limit(platfo
         lambda: instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE,
     )
     assert "maximum runtime of 8 seconds" in messages(instance, run_id)
-    assert wait_for("a retry run", lambda: retry_of(instance, run_id))
