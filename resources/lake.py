@@ -15,13 +15,13 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import PrivateAttr
+
+if TYPE_CHECKING:  # pandas/pyarrow load on first use: onboarding run workers never need them
+    import pandas as pd
 
 PART_FILE = "part-0.parquet"
 
@@ -253,6 +253,10 @@ class LakeResource(dg.ConfigurableResource):
 
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Read one Parquet object or every ``*.parquet`` under a folder (empty frame if none)."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         files = self.parquet_files(key)
         frames = [pq.read_table(io.BytesIO(self.read_bytes(f)), columns=columns) for f in files]
         if not frames:
@@ -264,6 +268,9 @@ class LakeResource(dg.ConfigurableResource):
 
     def write_parquet(self, df: pd.DataFrame, key: str) -> str:
         """Write ``df`` to ``key`` (a ``.parquet`` object, or a folder that gets ``part-0.parquet``)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         key = validate_key(key)
         if not key.endswith(".parquet"):
             key = _join(key, PART_FILE)

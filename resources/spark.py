@@ -34,10 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_aws.pipes import PipesS3ContextInjector, PipesS3MessageReader
 
 from near_assets.spark_jobs import JOB_SCRIPTS
-from near_assets.spark_jobs.apply_by_device import BASE_CONF as SESSION_CONF
 from resources.lake import LakeResource
 
 JOBS_DIR = Path(__file__).resolve().parent.parent / "near_assets" / "spark_jobs"
@@ -103,18 +101,26 @@ def build_py_files(dest: str | os.PathLike[str]) -> Path:
     return dest
 
 
-class PrefixedS3MessageReader(PipesS3MessageReader):
-    """``PipesS3MessageReader`` whose message chunks live under ``prefix/`` in the bucket."""
+def prefixed_s3_message_reader(*, prefix: str = "", **kwargs: Any) -> dg.PipesMessageReader:
+    """A ``PipesS3MessageReader`` whose message chunks live under ``prefix/`` in the bucket.
 
-    def __init__(self, *, prefix: str = "", **kwargs: Any):
-        super().__init__(**kwargs)
-        self.prefix = prefix.strip("/")
+    dagster_aws is imported here, not at module import, so code locations that never talk to
+    EMR (every run worker of ``risk_assets``) do not pay for it.
+    """
+    from dagster_aws.pipes import PipesS3MessageReader
 
-    @contextmanager
-    def get_params(self) -> Iterator[dict[str, Any]]:
-        with super().get_params() as params:
-            key = params["key_prefix"]
-            yield {**params, "key_prefix": f"{self.prefix}/{key}" if self.prefix else key}
+    class PrefixedS3MessageReader(PipesS3MessageReader):
+        def __init__(self, *, prefix: str = "", **kw: Any):
+            super().__init__(**kw)
+            self.prefix = prefix.strip("/")
+
+        @contextmanager
+        def get_params(self) -> Iterator[dict[str, Any]]:
+            with super().get_params() as params:
+                key = params["key_prefix"]
+                yield {**params, "key_prefix": f"{self.prefix}/{key}" if self.prefix else key}
+
+    return PrefixedS3MessageReader(prefix=prefix, **kwargs)
 
 
 class PipesEMRStepClient(dg.PipesClient):
@@ -300,7 +306,9 @@ class SparkResource(dg.ConfigurableResource):
             if self.region
             else {}
         )
-        return {**SESSION_CONF, **EMR_DEFAULT_CONF, **region, **self.spark_conf}
+        from near_assets.spark_jobs.apply_by_device import BASE_CONF
+
+        return {**BASE_CONF, **EMR_DEFAULT_CONF, **region, **self.spark_conf}
 
     def local_conf(self) -> dict[str, str]:
         return {
@@ -536,13 +544,15 @@ class SparkResource(dg.ConfigurableResource):
                 lake.write_bytes(f"{output}/{part.relative_to(out).as_posix()}", part.read_bytes())
             return {**summary, "staged_from": "s3"}
 
-    def _s3_pipes(self) -> tuple[PipesS3ContextInjector, PrefixedS3MessageReader]:
+    def _s3_pipes(self) -> tuple[dg.PipesContextInjector, dg.PipesMessageReader]:
+        from dagster_aws.pipes import PipesS3ContextInjector
+
         s3 = self._boto("s3")
         bucket, prefix = self._pipes_bucket(), self.pipes_prefix.strip("/")
         injector = PipesS3ContextInjector(
             bucket=bucket, client=s3, key_prefix=f"{prefix}/context/" if prefix else "context/"
         )
-        reader = PrefixedS3MessageReader(
+        reader = prefixed_s3_message_reader(
             bucket=bucket,
             client=s3,
             prefix=f"{prefix}/messages" if prefix else "messages",
