@@ -31,9 +31,8 @@ import numpy as np
 import pandas as pd
 
 from near_assets.science.engine import per_device
-from near_assets.science.stays import epoch_ns
+from near_assets.science.stays import EARTH_M_PER_DEG, epoch_ns
 
-EARTH_M_PER_DEG = 111_320.0
 HOUR_NS = 3_600 * 10**9
 
 HOME_COLUMNS = ["device_id", "lat", "lon", "confidence", "nights", "hours", "method"]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-EARTH_M_PER_DEG = 111_320.0
+from near_assets.science.stays import EARTH_M_PER_DEG
 
 VISIT_COLUMNS = ["device_id", "poi_id", "start_ts", "end_ts", "dwell_s", "brand", "distance_m"]
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from near_assets.science.cleaning import REASONS as CLEANING_PRECEDENCE
 from near_assets.synth import campaigns as camp
 from near_assets.synth.city import REGION_M, City, bbox, build_city, to_latlon
 from near_assets.synth.dirt import (
@@ -530,15 +531,7 @@ def _params(world: World, devices: int, dirt_share: float, summary: dict[str, An
         ),
         "dirt_share": dirt_share,
         "dirt_reason_shares": reason_shares(dirt_share) if dirt_share else {},
-        "dirt_precedence": [
-            "null_field",
-            "out_of_range",
-            "zero_zero",
-            "outside_day",
-            "low_accuracy",
-            "duplicate",
-            "high_density",
-        ],
+        "dirt_precedence": list(CLEANING_PRECEDENCE),
         "legit_null_accuracy_share": LEGIT_NULL_ACCURACY,
         "high_density_points": [[float(a), float(b)] for a, b in world.towers],
         "high_density_min_devices": HD_MIN_DEVICES,
