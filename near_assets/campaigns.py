@@ -1,8 +1,10 @@
 """Campaign insights: one dynamic partition per campaign file, refreshed daily while it is live.
 
 - ``campaign_sensor`` watches ``reference/campaigns/*.json`` in the lake (local or S3), adds a
-  ``campaigns`` partition per valid file and requests its first run; a malformed file is reported
-  (skip reason, log, one Slack message per file version) and never blocks the others.
+  ``campaigns`` partition per valid file and requests its first run once ``curated/visits`` has
+  the first day of the campaign window (until then the file is re-checked on every tick and the
+  skip reason says it is waiting for visits); a malformed file is reported (skip reason, log, one
+  Slack message per file version) and never blocks the others.
 - ``campaign_insights`` measures the lift of exposed devices over a matched control group and
   publishes it through write-audit-publish to ``curated/campaign_insights/campaign_id=<id>/``.
 - ``campaign_automation`` (declarative automation, evaluated in the code server because of the
@@ -380,54 +382,91 @@ def scan_campaign_files(
     return good, bad
 
 
+def first_window_day(spec: CampaignSpec) -> date | None:
+    """The first day of the campaign window inside the lake's daily range (``LAKE_START_DATE``);
+    ``None`` when the whole campaign ended before the lake starts."""
+    first = max(spec.start_date, date.fromisoformat(daily_partitions.get_first_partition_key()))
+    return first if first <= spec.end_date else None
+
+
+def has_visits(lake: LakeResource, day: date) -> bool:
+    """``curated/visits/date=<day>`` has been published (at least one Parquet file)."""
+    return bool(lake.parquet_files(f"curated/visits/date={day.isoformat()}"))
+
+
 @dg.sensor(
     name="campaign_sensor",
     target=campaign_insights_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=15,
     description="Adds a `campaigns` partition per valid reference/campaigns/<id>.json and "
-    "requests its first run; reports malformed files (once per file version).",
+    "requests its first run once curated/visits has the window's first day; reports malformed "
+    "files (once per file version).",
 )
 def campaign_sensor(
     context: dg.SensorEvaluationContext, lake: LakeResource, alerts: AlertsResource
 ):
-    """Each tick: list the campaign files, validate new or changed versions, add partitions."""
+    """Each tick: list the campaign files, validate new or changed versions, add partitions.
+
+    A valid file of a live or ended campaign gets its first run only when the lake has visits for
+    the first day of its window (``curated/visits/date=<start>``, or the lake's first day when the
+    campaign started earlier). Until then the file stays out of the cursor and is checked again on
+    later ticks; the skip reason names the campaigns waiting for visits. Upcoming campaigns get
+    their partition only: ``campaign_automation`` refreshes them once they are live. A campaign
+    that ended before the lake's first day can never be measured: reported, no run.
+    """
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen: dict[str, str] = cursor.get("files", {})
     good, bad = scan_campaign_files(lake, seen)
     today = datetime.now(UTC).date()
     existing = set(context.instance.get_dynamic_partitions(campaign_partitions.name))
     new_ids = sorted({s.campaign_id for _, _, s in good} - existing)
-    requests = [
-        dg.RunRequest(
-            run_key=f"{spec.campaign_id}:{version}",
-            partition_key=spec.campaign_id,
-            tags={"platform/lane": "batch", "campaign/file_version": version},
-        )
-        for _, version, spec in good
-        if campaign_phase(spec, today) != "upcoming"
-    ]
+    requests, waiting, done, notes = [], [], [], []
+    for key, version, spec in good:
+        first = first_window_day(spec)
+        if campaign_phase(spec, today) == "upcoming":
+            done.append((key, version))
+        elif first is None:
+            notes.append(f"{spec.campaign_id}: ended before the lake's first day")
+            done.append((key, version))
+        elif not has_visits(lake, first):
+            waiting.append(f"{spec.campaign_id} (no curated/visits for {first} yet)")
+        else:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{spec.campaign_id}:{version}",
+                    partition_key=spec.campaign_id,
+                    tags={"platform/lane": "batch", "campaign/file_version": version},
+                )
+            )
+            done.append((key, version))
     for key, version, reason in bad:
         message = f"campaign file `{lake.uri(key)}` skipped: {reason}"
         context.log.warning(message)
         alerts.send(f":warning: {message} (version {version})", context.log)
-    for key, version, _ in good:
-        seen[key] = version
-    for key, version, _ in bad:
+        done.append((key, version))
+    for key, version in done:
         seen[key] = version
     new_cursor = json.dumps({"files": seen}, sort_keys=True)
     dynamic_requests = [campaign_partitions.build_add_request(new_ids)] if new_ids else []
+    if waiting:
+        context.log.info(f"waiting for visits: {', '.join(waiting)}")
     if requests:
         return dg.SensorResult(
             run_requests=requests, dynamic_partitions_requests=dynamic_requests, cursor=new_cursor
         )
+    parts = []
+    if waiting:
+        parts.append(f"waiting for visits: {', '.join(waiting)}")
     if bad:
         skip = "; ".join(f"{k.rsplit('/', 1)[-1]}: {reason}" for k, _, reason in bad)
-        reason_text = f"malformed campaign file(s) skipped: {skip}"
-    elif good:
-        reason_text = f"added {len(new_ids)} upcoming campaign(s): {', '.join(new_ids)}"
-    else:
-        reason_text = "no new or changed campaign files"
+        parts.append(f"malformed campaign file(s) skipped: {skip}")
+    if notes:
+        parts.append(f"not measurable: {'; '.join(notes)}")
+    upcoming = [s.campaign_id for _, _, s in good if campaign_phase(s, today) == "upcoming"]
+    if upcoming:
+        parts.append(f"added {len(upcoming)} upcoming campaign(s): {', '.join(upcoming)}")
+    reason_text = "; ".join(parts) or "no new or changed campaign files"
     return dg.SensorResult(
         skip_reason=reason_text, dynamic_partitions_requests=dynamic_requests, cursor=new_cursor
     )

@@ -41,6 +41,23 @@ def put(lake: LakeResource, name: str, data: bytes) -> None:
     lake.write_bytes(f"reference/campaigns/{name}", data)
 
 
+def publish_visits(lake: LakeResource, day: date) -> None:
+    """A published ``curated/visits/date=<day>`` (CONTRACTS columns, one visit)."""
+    ts = pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12)
+    lake.write_parquet(
+        pd.DataFrame(
+            {
+                "device_id": ["d000001"],
+                "poi_id": ["poi_1"],
+                "start_ts": [ts],
+                "end_ts": [ts + pd.Timedelta(minutes=20)],
+                "dwell_s": [1200.0],
+            }
+        ),
+        f"curated/visits/date={day.isoformat()}",
+    )
+
+
 def tick(lake: LakeResource, alerts: AlertsResource, instance, cursor=None):
     ctx = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"lake": lake, "alerts": alerts}
@@ -99,6 +116,7 @@ def test_campaign_phase_is_live_until_two_days_after_the_end():
 
 def test_three_good_files_give_three_partitions_and_run_requests(tmp_lake, slack_alerts):
     start = TODAY - timedelta(days=20)
+    publish_visits(tmp_lake, start)
     for cid in ("spring_a", "spring-b", "C3"):
         put(tmp_lake, f"{cid}.json", campaign_json(cid, start))
     with dg.instance_for_test() as instance:
@@ -123,6 +141,7 @@ def test_malformed_file_is_reported_once_per_version_and_never_blocks_others(
     tmp_lake, slack_alerts, slack_server
 ):
     start = TODAY - timedelta(days=20)
+    publish_visits(tmp_lake, start)
     put(tmp_lake, "good.json", campaign_json("good", start))
     put(tmp_lake, "broken.json", b'{"campaign_id": "broken", "brand": ')
     with dg.instance_for_test() as instance:
@@ -144,6 +163,7 @@ def test_malformed_file_is_reported_once_per_version_and_never_blocks_others(
 
 def test_unsafe_ids_are_rejected(tmp_lake, slack_alerts, slack_server):
     start = TODAY - timedelta(days=20)
+    publish_visits(tmp_lake, start)
     put(tmp_lake, "ok.json", campaign_json("ok", start))
     put(tmp_lake, "has space.json", campaign_json("has space", start))
     put(tmp_lake, "dots.json", campaign_json("../../x", start))
@@ -156,6 +176,7 @@ def test_unsafe_ids_are_rejected(tmp_lake, slack_alerts, slack_server):
 
 
 def test_sensor_reads_campaign_files_from_s3(s3_lake, slack_alerts):
+    publish_visits(s3_lake, TODAY - timedelta(days=20))
     put(s3_lake, "s3c.json", campaign_json("s3c", TODAY - timedelta(days=20)))
     with dg.instance_for_test() as instance:
         result = tick(s3_lake, slack_alerts, instance)
@@ -168,6 +189,59 @@ def test_upcoming_campaign_gets_a_partition_but_no_run_yet(tmp_lake, slack_alert
         result = tick(tmp_lake, slack_alerts, instance)
     assert not result.run_requests
     assert list(result.dynamic_partitions_requests[0].partition_keys) == ["future"]
+
+
+def test_first_run_waits_until_the_lake_has_visits_for_the_window_start(
+    tmp_lake, slack_alerts, slack_server
+):
+    start = TODAY - timedelta(days=3)
+    put(tmp_lake, "early.json", campaign_json("early", start))
+    put(tmp_lake, "bad.json", b"{")
+    with dg.instance_for_test() as instance:
+        first = tick(tmp_lake, slack_alerts, instance)
+        assert not first.run_requests
+        skip = first.skip_reason.skip_message
+        assert f"waiting for visits: early (no curated/visits for {start} yet)" in skip
+        assert "bad.json: not valid JSON" in skip
+        (add,) = first.dynamic_partitions_requests
+        assert list(add.partition_keys) == ["early"]  # the partition exists while it waits
+        instance.add_dynamic_partitions("campaigns", ["early"])
+        assert "early.json" not in first.cursor  # kept out of the cursor: checked again
+
+        publish_visits(tmp_lake, start + timedelta(days=1))  # a later day does not count
+        second = tick(tmp_lake, slack_alerts, instance, first.cursor)
+        assert not second.run_requests
+        assert "waiting for visits: early" in second.skip_reason.skip_message
+        assert not second.dynamic_partitions_requests
+
+        publish_visits(tmp_lake, start)
+        third = tick(tmp_lake, slack_alerts, instance, second.cursor)
+        assert [r.partition_key for r in third.run_requests] == ["early"]
+        assert not third.dynamic_partitions_requests
+
+        fourth = tick(tmp_lake, slack_alerts, instance, third.cursor)
+        assert not fourth.run_requests
+        assert fourth.skip_reason.skip_message == "no new or changed campaign files"
+    assert len(slack_server.messages()) == 1  # the malformed file: once for its version
+
+
+def test_campaign_that_started_before_the_lake_waits_for_the_lake_first_day(
+    tmp_lake, slack_alerts
+):
+    from near_assets.partitions import daily_partitions
+
+    lake_first = date.fromisoformat(daily_partitions.get_first_partition_key())
+    put(tmp_lake, "straddle.json", campaign_json("straddle", lake_first - timedelta(days=5)))
+    put(tmp_lake, "before.json", campaign_json("before", lake_first - timedelta(days=40)))
+    with dg.instance_for_test() as instance:
+        first = tick(tmp_lake, slack_alerts, instance)
+        assert not first.run_requests
+        skip = first.skip_reason.skip_message
+        assert f"straddle (no curated/visits for {lake_first} yet)" in skip
+        assert "before: ended before the lake's first day" in skip
+        publish_visits(tmp_lake, lake_first)
+        second = tick(tmp_lake, slack_alerts, instance, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == ["straddle"]
 
 
 # ---- science -------------------------------------------------------------------------------------
