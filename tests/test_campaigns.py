@@ -394,6 +394,7 @@ def test_campaign_insights_materializes_and_publishes_through_wap(tmp_lake, monk
     assert bool(row["final"]) and str(row["as_of"].date()) == spec["end_date"]
     (mat,) = result.asset_materializations_for_node("campaign_insights")
     assert "planted_lift" in mat.metadata and "lift_error_pp" in mat.metadata
+    assert mat.metadata["precision_floor_pp"].value > 0
     checks = result.get_asset_check_evaluations()
     assert {c.check_name for c in checks} >= {"control_size", "interval_sanity"}
     assert all(c.passed for c in checks)
