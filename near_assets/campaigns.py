@@ -399,6 +399,15 @@ def first_window_day(spec: CampaignSpec) -> date | None:
     return first if first <= spec.end_date else None
 
 
+def needed_days(spec: CampaignSpec, first: date, today: date) -> list[date]:
+    """Days whose visits a campaign's first run waits for: the window's first day; for a campaign
+    that has ended (no daily refresh follows), also its last day, so its only figure covers the
+    whole window."""
+    if campaign_phase(spec, today) == "ended" and spec.end_date > first:
+        return [first, spec.end_date]
+    return [first]
+
+
 def has_visits(lake: LakeResource, day: date) -> bool:
     """``curated/visits/date=<day>`` has been published (at least one Parquet file)."""
     return bool(lake.parquet_files(f"curated/visits/date={day.isoformat()}"))
@@ -420,7 +429,7 @@ def campaign_sensor(
 
     A valid file of a live or ended campaign gets its first run only when the lake has visits for
     the first day of its window (``curated/visits/date=<start>``, or the lake's first day when the
-    campaign started earlier). Until then the file stays out of the cursor and is checked again on
+    campaign started earlier) and, for an ended campaign, for its last day too. Until then the file stays out of the cursor and is checked again on
     later ticks; the skip reason names the campaigns waiting for visits. Upcoming campaigns get
     their partition only: ``campaign_automation`` refreshes them once they are live. A campaign
     that ended before the lake's first day can never be measured: reported, no run.
@@ -439,8 +448,9 @@ def campaign_sensor(
         elif first is None:
             notes.append(f"{spec.campaign_id}: ended before the lake's first day")
             done.append((key, version))
-        elif not has_visits(lake, first):
-            waiting.append(f"{spec.campaign_id} (no curated/visits for {first} yet)")
+        elif missing := [d for d in needed_days(spec, first, today) if not has_visits(lake, d)]:
+            days = ", ".join(str(d) for d in missing)
+            waiting.append(f"{spec.campaign_id} (no curated/visits for {days} yet)")
         else:
             requests.append(
                 dg.RunRequest(

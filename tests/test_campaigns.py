@@ -225,23 +225,27 @@ def test_first_run_waits_until_the_lake_has_visits_for_the_window_start(
     assert len(slack_server.messages()) == 1  # the malformed file: once for its version
 
 
-def test_campaign_that_started_before_the_lake_waits_for_the_lake_first_day(
-    tmp_lake, slack_alerts
-):
+def test_ended_campaign_waits_for_the_lake_first_day_and_its_last_day(tmp_lake, slack_alerts):
+    """An ended campaign gets no daily refresh, so its only run waits for the whole window."""
     from near_assets.partitions import daily_partitions
 
     lake_first = date.fromisoformat(daily_partitions.get_first_partition_key())
-    put(tmp_lake, "straddle.json", campaign_json("straddle", lake_first - timedelta(days=5)))
+    start = lake_first - timedelta(days=5)  # started before the lake, ended long ago
+    end = start + timedelta(days=29)
+    put(tmp_lake, "straddle.json", campaign_json("straddle", start))
     put(tmp_lake, "before.json", campaign_json("before", lake_first - timedelta(days=40)))
     with dg.instance_for_test() as instance:
         first = tick(tmp_lake, slack_alerts, instance)
         assert not first.run_requests
         skip = first.skip_reason.skip_message
-        assert f"straddle (no curated/visits for {lake_first} yet)" in skip
+        assert f"straddle (no curated/visits for {lake_first}, {end} yet)" in skip
         assert "before: ended before the lake's first day" in skip
         publish_visits(tmp_lake, lake_first)
         second = tick(tmp_lake, slack_alerts, instance, first.cursor)
-    assert [r.partition_key for r in second.run_requests] == ["straddle"]
+        assert f"straddle (no curated/visits for {end} yet)" in second.skip_reason.skip_message
+        publish_visits(tmp_lake, end)
+        third = tick(tmp_lake, slack_alerts, instance, second.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["straddle"]
 
 
 # ---- science -------------------------------------------------------------------------------------
