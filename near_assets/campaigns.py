@@ -413,6 +413,25 @@ def has_visits(lake: LakeResource, day: date) -> bool:
     return bool(lake.parquet_files(f"curated/visits/date={day.isoformat()}"))
 
 
+def has_home_locations(lake: LakeResource, first: date, last: date) -> bool:
+    """Some ``curated/home_location`` day the asset can use (it takes the latest of the
+    pre-period, else the earliest window day): from ``pre_days`` (default) before ``first``
+    to ``last``."""
+    low = first - timedelta(days=CampaignInsightsConfig.model_fields["pre_days"].default)
+    for name in lake.list_dirs("curated/home_location"):
+        try:
+            day = date.fromisoformat(name.removeprefix("date="))
+        except ValueError:
+            continue
+        if low <= day <= last and has_parquet(lake, f"curated/home_location/{name}"):
+            return True
+    return False
+
+
+def has_parquet(lake: LakeResource, key: str) -> bool:
+    return bool(lake.parquet_files(key))
+
+
 @dg.sensor(
     name="campaign_sensor",
     target=campaign_insights_job,
@@ -429,7 +448,8 @@ def campaign_sensor(
 
     A valid file of a live or ended campaign gets its first run only when the lake has visits for
     the first day of its window (``curated/visits/date=<start>``, or the lake's first day when the
-    campaign started earlier) and, for an ended campaign, for its last day too. Until then the file stays out of the cursor and is checked again on
+    campaign started earlier) and, for an ended campaign, for its last day too, and some
+    ``curated/home_location`` day it can match on. Until then the file stays out of the cursor and is checked again on
     later ticks; the skip reason names the campaigns waiting for visits. Upcoming campaigns get
     their partition only: ``campaign_automation`` refreshes them once they are live. A campaign
     that ended before the lake's first day can never be measured: reported, no run.
@@ -451,6 +471,8 @@ def campaign_sensor(
         elif missing := [d for d in needed_days(spec, first, today) if not has_visits(lake, d)]:
             days = ", ".join(str(d) for d in missing)
             waiting.append(f"{spec.campaign_id} (no curated/visits for {days} yet)")
+        elif not has_home_locations(lake, first, spec.end_date):
+            waiting.append(f"{spec.campaign_id} (no curated/home_location around {first} yet)")
         else:
             requests.append(
                 dg.RunRequest(

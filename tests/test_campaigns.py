@@ -41,8 +41,17 @@ def put(lake: LakeResource, name: str, data: bytes) -> None:
     lake.write_bytes(f"reference/campaigns/{name}", data)
 
 
-def publish_visits(lake: LakeResource, day: date) -> None:
-    """A published ``curated/visits/date=<day>`` (CONTRACTS columns, one visit)."""
+def publish_visits(lake: LakeResource, day: date, homes: bool = True) -> None:
+    """A published ``curated/visits/date=<day>`` (CONTRACTS columns, one visit) and, with
+    ``homes``, ``curated/home_location/date=<day>``."""
+    if homes:
+        lake.write_parquet(
+            pd.DataFrame(
+                {"device_id": ["d000001"], "lat": [40.7], "lon": [-74.0], "confidence": [1.0],
+                 "nights": [7]}
+            ),
+            f"curated/home_location/date={day.isoformat()}",
+        )  # fmt: skip
     ts = pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12)
     lake.write_parquet(
         pd.DataFrame(
@@ -208,14 +217,21 @@ def test_first_run_waits_until_the_lake_has_visits_for_the_window_start(
         instance.add_dynamic_partitions("campaigns", ["early"])
         assert "early.json" not in first.cursor  # kept out of the cursor: checked again
 
-        publish_visits(tmp_lake, start + timedelta(days=1))  # a later day does not count
+        publish_visits(tmp_lake, start + timedelta(days=1), homes=False)  # a later day: no
         second = tick(tmp_lake, slack_alerts, instance, first.cursor)
         assert not second.run_requests
         assert "waiting for visits: early" in second.skip_reason.skip_message
         assert not second.dynamic_partitions_requests
 
+        publish_visits(tmp_lake, start, homes=False)  # visits, but nothing to match homes on
+        waiting = tick(tmp_lake, slack_alerts, instance, second.cursor)
+        assert not waiting.run_requests
+        assert f"early (no curated/home_location around {start} yet)" in (
+            waiting.skip_reason.skip_message
+        )
+
         publish_visits(tmp_lake, start)
-        third = tick(tmp_lake, slack_alerts, instance, second.cursor)
+        third = tick(tmp_lake, slack_alerts, instance, waiting.cursor)
         assert [r.partition_key for r in third.run_requests] == ["early"]
         assert not third.dynamic_partitions_requests
 
