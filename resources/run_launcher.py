@@ -1,0 +1,347 @@
+"""``WarmRunLauncher``: runs of latency-sensitive lanes start in a forked, already-warm worker.
+
+Dagster's :class:`~dagster.DefaultRunLauncher` asks the code server to *spawn* a fresh Python
+process per run, which imports Dagster and the code location again: 4-6 s on these 2-core
+machines before the first step starts, and as much CPU per run. For the onboarding lane (a
+decision per signup within seconds) that start-up is most of the latency, so this launcher
+keeps, per code location, one warm parent process (:mod:`resources.warm_worker`) that has
+imported the code once and forks a run worker per run (tens of milliseconds).
+
+- Only runs whose ``lane_tag`` (``platform/lane``) is in ``lanes`` (default ``["onboarding"]``)
+  use a warm worker; every other run, and any run the warm path cannot start, goes through
+  :class:`~dagster.DefaultRunLauncher` unchanged (the fallback is logged as an engine event).
+- The child runs exactly what ``dagster api execute_run`` runs, so events, retries, run
+  monitoring, cancellation (SIGINT, as Dagster's own cancellation does) and compute logs behave
+  as for any run. The worker's pid and start time are recorded as run tags.
+- :meth:`check_run_worker_health` makes run monitoring useful for these runs: a worker that
+  died without finishing its run (``kill -9``, out of memory) is reported ``FAILED`` at the next
+  monitoring poll, so the run is failed (and retried by run retries) within seconds instead of
+  staying ``STARTED``. Runs launched through the code server are reported ``RUNNING`` (no
+  check, as with the default launcher).
+- ``preload`` (module names, e.g. ``[risk_assets.definitions]``): the daemon starts those warm
+  parents when it starts, so even the first run after a restart starts warm.
+- Edited code: the warm parent notices changed source files at the next launch, exits, and a
+  new one is started (that run pays the cold start once).
+
+Configure in ``dagster.yaml``::
+
+    run_launcher:
+      module: resources.run_launcher
+      class: WarmRunLauncher
+      config:
+        lanes: [onboarding]
+        preload: [risk_assets.definitions]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import DefaultRunLauncher, Field
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._serdes import serialize_value
+from dagster._serdes.config_class import ConfigurableClassData
+
+PID_TAG = "platform/run_worker_pid"
+CREATED_TAG = "platform/run_worker_created"
+HOST_TAG = "platform/run_worker_host"
+WARM_START_TIMEOUT_S = 120.0
+WARM_RETRY_AFTER_S = 60.0  # after a parent failed to start, runs launch cold this long
+
+
+def _is_daemon_process() -> bool:
+    """True in ``dagster-daemon run`` (also as ``python -m dagster._daemon``, as dagster dev runs it)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return argv0.name == "dagster-daemon" or argv0.parent.name == "_daemon"
+
+
+@dataclass(frozen=True)
+class CodeKey:
+    """What a warm parent has imported: a module or file, from a directory, with an interpreter."""
+
+    kind: str  # "module" or "file"
+    target: str
+    working_directory: str | None
+    executable: str
+
+
+def code_key(repository_origin: Any) -> CodeKey | None:
+    """The warm parent a run's repository origin can use (None: not a module or file pointer)."""
+    pointer = repository_origin.code_pointer
+    module, python_file = getattr(pointer, "module", None), getattr(pointer, "python_file", None)
+    if isinstance(module, str):
+        kind, target = "module", module
+    elif isinstance(python_file, str):
+        kind, target = "file", python_file
+    else:
+        return None
+    return CodeKey(
+        kind=kind,
+        target=target,
+        working_directory=getattr(pointer, "working_directory", None),
+        executable=repository_origin.executable_path or sys.executable,
+    )
+
+
+class WarmNotReady(RuntimeError):
+    """The warm parent is (re)starting; the run is launched the ordinary way meanwhile."""
+
+
+class WarmParent:
+    """One warm parent process for one code location.
+
+    Starting a parent takes as long as a cold run start, so it never blocks a launch: while it
+    starts (first use, after edited code, after it died) runs are launched through the code
+    server and the parent warms up in a background thread.
+    """
+
+    def __init__(self, key: CodeKey) -> None:
+        self.key = key
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._warming: threading.Thread | None = None
+        self.last_error: str | None = None
+        self._failed_at = -WARM_RETRY_AFTER_S
+
+    def _start(self) -> subprocess.Popen[str]:
+        wd = self.key.working_directory
+        proc = subprocess.Popen(
+            [self.key.executable, "-m", "resources.warm_worker", self.key.kind, self.key.target]
+            + ([wd] if wd else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=wd or None,
+            text=True,
+            bufsize=1,
+        )
+        ready = self._read(proc)
+        if not ready.get("ready"):
+            proc.kill()
+            raise RuntimeError(f"warm worker parent did not start: {ready}")
+        return proc
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait(timeout=WARM_START_TIMEOUT_S)
+            raise RuntimeError(f"warm worker parent exited (code {code})")
+        return json.loads(line)
+
+    def _warm_in_background(self) -> None:
+        try:
+            proc = self._start()
+        except Exception as exc:
+            self.last_error, self._failed_at = str(exc), time.monotonic()
+            return
+        with self._lock:
+            self._stop()
+            self._proc = proc
+            self.last_error = None
+
+    def warm(self) -> threading.Thread:
+        """Start the parent in the background unless it runs or is starting already."""
+        with self._lock:
+            return self._ensure_warming()
+
+    def _ensure_warming(self) -> threading.Thread:
+        recently_failed = time.monotonic() - self._failed_at < WARM_RETRY_AFTER_S
+        if (self._warming is None or not self._warming.is_alive()) and not recently_failed:
+            self._warming = threading.Thread(
+                target=self._warm_in_background, name="warm-run-worker-parent", daemon=True
+            )
+            self._warming.start()
+        return self._warming
+
+    @property
+    def ready(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    def fork_run(self, run_id: str, instance_ref: str) -> dict[str, Any]:
+        """Fork a worker for ``run_id``; returns ``{"pid", "create_time"}``.
+
+        Raises :class:`WarmNotReady` (and starts warming) when no parent is ready.
+        """
+        request = json.dumps({"run_id": run_id, "instance_ref": instance_ref}) + "\n"
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                self._proc = None
+                self._ensure_warming()
+                raise WarmNotReady(self.last_error or "warm run-worker parent is starting")
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(request)
+                proc.stdin.flush()
+                reply = self._read(proc)
+            except (OSError, RuntimeError, ValueError) as exc:
+                reply = {"error": str(exc)}
+            if "pid" in reply:
+                return reply
+            # code changed on disk ("stale") or the parent broke: replace it
+            self._stop()
+            self._ensure_warming()
+            raise WarmNotReady(
+                "code changed; warm parent restarting" if reply.get("stale") else str(reply)
+            )
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+class WarmRunLauncher(DefaultRunLauncher):
+    """Launch the configured lanes' runs in forked warm workers; others like the default."""
+
+    def __init__(
+        self,
+        inst_data: ConfigurableClassData | None = None,
+        lanes: Sequence[str] = ("onboarding",),
+        lane_tag: str = "platform/lane",
+        preload: Sequence[str] = (),
+    ) -> None:
+        super().__init__(inst_data=inst_data)
+        self.preload = tuple(preload)
+        self.lanes = frozenset(lanes)
+        self.lane_tag = lane_tag
+        self._parents: dict[CodeKey, WarmParent] = {}
+        self._parents_lock = threading.Lock()
+        self._host = socket.gethostname()
+
+    @classmethod
+    def config_type(cls) -> dict[str, Field]:
+        return {
+            "lanes": Field([str], is_required=False, default_value=["onboarding"]),
+            "lane_tag": Field(str, is_required=False, default_value="platform/lane"),
+            "preload": Field([str], is_required=False, default_value=[]),
+        }
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> WarmRunLauncher:
+        return cls(
+            inst_data=inst_data,
+            lanes=config_value.get("lanes", ["onboarding"]),
+            lane_tag=config_value.get("lane_tag", "platform/lane"),
+            preload=config_value.get("preload", []),
+        )
+
+    def wants_warm(self, tags: Mapping[str, str]) -> bool:
+        return tags.get(self.lane_tag) in self.lanes
+
+    def _parent(self, key: CodeKey) -> WarmParent:
+        with self._parents_lock:
+            if key not in self._parents:
+                self._parents[key] = WarmParent(key)
+            return self._parents[key]
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        origin = run.job_code_origin
+        key = code_key(origin.repository_origin) if origin is not None else None
+        if key is None or not self.wants_warm(run.tags):
+            super().launch_run(context)
+            return
+        try:
+            worker = self._parent(key).fork_run(
+                run.run_id, serialize_value(self._instance.get_ref())
+            )
+        except Exception as exc:  # warming up, or any failure: launch the ordinary way
+            self._instance.report_engine_event(
+                f"Warm run worker not available ({exc}); launching through the code server.",
+                run,
+                cls=self.__class__,
+            )
+            super().launch_run(context)
+            return
+        self._instance.add_run_tags(
+            run.run_id,
+            {
+                PID_TAG: str(worker["pid"]),
+                CREATED_TAG: repr(worker["create_time"]),
+                HOST_TAG: self._host,
+            },
+        )
+        self._run_ids.add(run.run_id)
+
+    def register_instance(self, instance) -> None:
+        super().register_instance(instance)
+        if self.preload and _is_daemon_process():
+            self._warm_preloads()
+
+    def _warm_preloads(self) -> None:
+        """Start the configured modules' warm parents (in the background) before their first run."""
+        for module in self.preload:
+            self._parent(CodeKey("module", module, os.getcwd(), sys.executable)).warm()
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        import psutil
+
+        pid = run.tags.get(PID_TAG)
+        if pid is None or run.tags.get(HOST_TAG) != self._host:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, "launched through the code server: not checked"
+            )
+        try:
+            proc = psutil.Process(int(pid))
+            alive = proc.status() != psutil.STATUS_ZOMBIE and repr(
+                proc.create_time()
+            ) == run.tags.get(CREATED_TAG)
+        except psutil.NoSuchProcess:
+            alive = False
+        if alive:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=pid)
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"run worker process {pid} is gone but the run did not finish",
+            run_worker_id=pid,
+        )
+
+    def terminate(self, run_id: str) -> bool:
+        import signal
+
+        run = self._instance.get_run_by_id(run_id) if self.has_instance else None
+        if run is None or PID_TAG not in run.tags:
+            return super().terminate(run_id)
+        if run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        if self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
+            self._instance.report_run_canceled(run, "run worker already gone")
+            return True
+        os.kill(int(run.tags[PID_TAG]), signal.SIGINT)
+        return True
+
+    def dispose(self) -> None:
+        with self._parents_lock:
+            for parent in self._parents.values():
+                parent.close()
+            self._parents.clear()
