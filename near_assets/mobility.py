@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from near_assets.partitions import daily_partitions
+from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import accuracy
 from near_assets.science.affinity import AffinityParams, brand_affinity
 from near_assets.science.demographics import area_coverage, device_demographics
@@ -383,7 +383,7 @@ def trailing_rows(lake: LakeResource, table: str, day: str) -> list[int]:
     deps=[dg.AssetDep("clean_pings")],
     check_specs=audit_specs("stay_points", stay_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_any_day,
     retry_policy=RETRY,
     required_resource_keys=RESOURCES,
     kinds=KINDS,
@@ -477,7 +477,7 @@ def stay_points(
     deps=[dg.AssetDep("stay_points")],
     check_specs=audit_specs("visits", visit_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_any_day,
     retry_policy=RETRY,
     required_resource_keys=RESOURCES,
     kinds=KINDS,
@@ -547,7 +547,7 @@ AFFINITY_MAPPING = dg.TimeWindowPartitionMapping(
     deps=[dg.AssetDep("stay_points", partition_mapping=HOME_MAPPING)],
     check_specs=audit_specs("home_location", home_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_any_day,
     retry_policy=RETRY,
     required_resource_keys=RESOURCES,
     kinds=KINDS,
@@ -621,7 +621,7 @@ def home_location(
     partitions_def=daily_partitions,
     deps=[dg.AssetDep("home_location")],
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_any_day,
     retry_policy=RETRY,
     required_resource_keys=RESOURCES,
     kinds=KINDS,
@@ -680,7 +680,7 @@ def demographics(context: dg.AssetExecutionContext, config: EngineConfig) -> dg.
     deps=[dg.AssetDep("visits", partition_mapping=AFFINITY_MAPPING)],
     check_specs=audit_specs("brand_affinity", affinity_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_any_day,
     retry_policy=RETRY,
     required_resource_keys=RESOURCES,
     kinds=KINDS,

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from near_assets.partitions import daily_partitions
+from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import cleaning
 from resources.lake import LakeResource
 
@@ -352,9 +352,7 @@ def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.Ass
     deps=[raw_pings],
     backfill_policy=dg.BackfillPolicy.single_run(),
     retry_policy=RETRY,
-    automation_condition=dg.AutomationCondition.eager()
-    .without(dg.AutomationCondition.in_latest_time_window())
-    .with_label("eager (any day)"),
+    automation_condition=eager_any_day,
     check_specs=[
         dg.AssetCheckSpec(
             "bad_share_below_threshold",
