@@ -20,6 +20,9 @@ imported the code once and forks a run worker per run (tens of milliseconds).
   check, as with the default launcher).
 - ``preload`` (module names, e.g. ``[risk_assets.definitions]``): the daemon starts those warm
   parents when it starts, so even the first run after a restart starts warm.
+- ``warm_imports`` (module names, e.g. ``[pandas, pyarrow.parquet]``): libraries the runs import
+  on first use, imported once in the parent. The parent also opens the instance once (storage
+  and SQLAlchemy imports) and closes it before forking.
 - Edited code: the warm parent notices changed source files at the next launch, exits, and a
   new one is started (that run pays the cold start once).
 
@@ -31,6 +34,7 @@ Configure in ``dagster.yaml``::
       config:
         lanes: [onboarding]
         preload: [risk_assets.definitions]
+        warm_imports: [pandas, pyarrow.parquet]
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from dagster import DefaultRunLauncher, Field
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._serdes import serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
+
+from resources.warm_worker import WARM_IMPORTS_ENV, WARM_INSTANCE_REF_ENV
 
 PID_TAG = "platform/run_worker_pid"
 CREATED_TAG = "platform/run_worker_created"
@@ -105,8 +111,12 @@ class WarmParent:
     server and the parent warms up in a background thread.
     """
 
-    def __init__(self, key: CodeKey) -> None:
+    def __init__(
+        self, key: CodeKey, instance_ref: str | None = None, imports: Sequence[str] = ()
+    ) -> None:
         self.key = key
+        self.instance_ref = instance_ref
+        self.imports = tuple(imports)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._warming: threading.Thread | None = None
@@ -121,6 +131,11 @@ class WarmParent:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=wd or None,
+            env={
+                **os.environ,
+                WARM_INSTANCE_REF_ENV: self.instance_ref or "",
+                WARM_IMPORTS_ENV: ",".join(self.imports),
+            },
             text=True,
             bufsize=1,
         )
@@ -222,9 +237,11 @@ class WarmRunLauncher(DefaultRunLauncher):
         lanes: Sequence[str] = ("onboarding",),
         lane_tag: str = "platform/lane",
         preload: Sequence[str] = (),
+        warm_imports: Sequence[str] = (),
     ) -> None:
         super().__init__(inst_data=inst_data)
         self.preload = tuple(preload)
+        self.warm_imports = tuple(warm_imports)
         self.lanes = frozenset(lanes)
         self.lane_tag = lane_tag
         self._parents: dict[CodeKey, WarmParent] = {}
@@ -237,6 +254,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             "lanes": Field([str], is_required=False, default_value=["onboarding"]),
             "lane_tag": Field(str, is_required=False, default_value="platform/lane"),
             "preload": Field([str], is_required=False, default_value=[]),
+            "warm_imports": Field([str], is_required=False, default_value=[]),
         }
 
     @classmethod
@@ -248,6 +266,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             lanes=config_value.get("lanes", ["onboarding"]),
             lane_tag=config_value.get("lane_tag", "platform/lane"),
             preload=config_value.get("preload", []),
+            warm_imports=config_value.get("warm_imports", []),
         )
 
     def wants_warm(self, tags: Mapping[str, str]) -> bool:
@@ -256,7 +275,8 @@ class WarmRunLauncher(DefaultRunLauncher):
     def _parent(self, key: CodeKey) -> WarmParent:
         with self._parents_lock:
             if key not in self._parents:
-                self._parents[key] = WarmParent(key)
+                ref = serialize_value(self._instance.get_ref()) if self.has_instance else None
+                self._parents[key] = WarmParent(key, ref, self.warm_imports)
             return self._parents[key]
 
     def launch_run(self, context: LaunchRunContext) -> None:

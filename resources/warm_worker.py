@@ -19,11 +19,15 @@ without finishing is found by :meth:`WarmRunLauncher.check_run_worker_health` (r
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
 import sys
 from pathlib import Path
+
+WARM_INSTANCE_REF_ENV = "PLATFORM_WARM_INSTANCE_REF"
+WARM_IMPORTS_ENV = "PLATFORM_WARM_IMPORTS"
 
 
 def _code_files(working_directory: str | None) -> dict[str, float]:
@@ -65,8 +69,45 @@ def _reap() -> None:
             return
 
 
+def _warm_up(serialized_ref: str | None, imports: str) -> None:
+    """Do once here what every run worker would do first: open the instance (imports its
+    storage, SQLAlchemy, the compute log manager) and import the run's heavy libraries."""
+    for name in filter(None, (n.strip() for n in imports.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    if not serialized_ref:
+        return
+    from dagster._core.execution.api import execute_run_iterator  # noqa: F401
+    from dagster._core.executor.in_process import InProcessExecutor  # noqa: F401
+    from dagster._core.instance import DagsterInstance, InstanceRef
+    from dagster._serdes import deserialize_value
+
+    instance = DagsterInstance.from_ref(deserialize_value(serialized_ref, InstanceRef))
+    try:
+        instance.get_runs(limit=1)
+        instance.event_log_storage  # noqa: B018
+        instance.compute_log_manager  # noqa: B018
+    finally:
+        instance.dispose()  # no connection may be shared with the forked workers
+
+
 def _run_child(run_id: str, serialized_ref: str) -> int:
     """Body of a forked run worker (mirrors ``dagster api execute_run``)."""
+    profile_dir = os.environ.get("PLATFORM_WARM_PROFILE_DIR")
+    if profile_dir:  # where a warm run worker spends its time (cProfile, one file per run)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            return profiler.runcall(_run_child_body, run_id, serialized_ref)
+        finally:
+            profiler.dump_stats(os.path.join(profile_dir, f"{run_id}.prof"))
+    return _run_child_body(run_id, serialized_ref)
+
+
+def _run_child_body(run_id: str, serialized_ref: str) -> int:
     from dagster._cli.api import _execute_run_command_body
     from dagster._core.instance import DagsterInstance, InstanceRef
     from dagster._serdes import deserialize_value
@@ -101,6 +142,7 @@ def main(argv: list[str]) -> int:
     for value in vars(module).values():
         if isinstance(value, Definitions):
             value.get_repository_def()  # resolved once here, inherited by every run worker
+    _warm_up(os.environ.get(WARM_INSTANCE_REF_ENV), os.environ.get(WARM_IMPORTS_ENV, ""))
     files = _code_files(working_directory)
     proto_out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
 
