@@ -15,8 +15,14 @@ import dagster as dg
 import pandas as pd
 
 from near_assets.partitions import daily_partitions
+from near_assets.science.audience import (
+    DETECTION_COLUMNS,
+    DetectionParams,
+    daily_ht,
+    detection_rates,
+    score_against_truth,
+)
 from near_assets.science.audience import audience_estimates as project_audience
-from near_assets.science.audience import daily_ht, score_against_truth
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.redis_publish import RedisHashTarget, json_rows
@@ -136,6 +142,41 @@ def active_devices(lake: LakeResource, day: str) -> pd.Series | None:
 class AudienceConfig(dg.Config):
     history_days: int = 6
     """Trailing days blended with today's estimate (0: today's Horvitz-Thompson alone)."""
+    detection_correction: bool = True
+    """Divide each panel visitor by the estimated visit-detection rate of their device."""
+
+
+DETECTION_KEY = "work/visit_detection"
+
+
+def day_detection(
+    lake: LakeResource, day: str, refresh: bool = False
+) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """The day's visit-detection rates (``science.audience.detection_rates``), cached.
+
+    Computed from the day's clean pings, stay points and visits and kept under
+    ``work/visit_detection/date=D`` so the trailing days blended later reuse them; ``refresh``
+    recomputes. None when the day has no clean pings or no stay points.
+    """
+    key = f"{DETECTION_KEY}/date={day}"
+    if not refresh and lake.parquet_files(key):
+        return lake.read_parquet(key, columns=DETECTION_COLUMNS), {}
+    pings_key, stays_key = f"work/clean_pings/date={day}", f"curated/stay_points/date={day}"
+    if not lake.parquet_files(pings_key) or not lake.parquet_files(stays_key):
+        return None, {}
+    pings = lake.read_parquet(pings_key, columns=["device_id", "ts", "lat", "lon"])
+    stays = lake.read_parquet(stays_key, columns=["device_id", "start_ts", "end_ts", "lat", "lon"])
+    visits = lake.read_parquet(
+        f"curated/visits/date={day}", columns=["device_id", "start_ts", "dwell_s"]
+    )
+    if visits.empty:
+        visits = pd.DataFrame(
+            {"device_id": pd.Series(dtype=str), "dwell_s": pd.Series(dtype=float)}
+        )
+    rates, summary = detection_rates(pings, stays, visits, DetectionParams())
+    del pings
+    lake.write_parquet(rates, key)
+    return rates, summary
 
 
 def day_inputs(lake: LakeResource, day: str) -> tuple[pd.DataFrame, pd.DataFrame, Any] | None:
@@ -178,7 +219,10 @@ def audience_estimates(
     """People per POI for the day, projected from the panel by home-area coverage.
 
     Horvitz-Thompson: each panel visitor stands for population / active panel devices of
-    their home area, blended by precision with the trailing ``history_days`` days' estimates
+    their home area, divided by the estimated probability that their device's sampling that
+    day would have revealed a visit (visits without pings are missed; the rate is estimated
+    from the day's pings, stays and visits, no truth, and cached under
+    ``work/visit_detection/date=D``), blended by precision with the trailing ``history_days`` days' estimates
     (a POI's audience moves little day to day, a day's panel sample is small); 90% interval
     from the gamma (scaled Poisson) method on the variance (``near_assets/science/audience.py``
     documents the method). Every reference POI gets a row. Published through one write-audit-publish to
@@ -186,7 +230,8 @@ def audience_estimates(
     ``:backup``): blocking checks (row count and visited-POI bands vs the trailing published
     days, no null keys, estimate >= visitors, interval contains estimate, coverage of known
     POIs, the staged Redis hash complete) gate both; a failure alerts and changes nothing.
-    Metadata compares with the generator's ``truth/poi_visitors`` when present.
+    Metadata: the mean detection rate, and with the generator's ``truth/poi_visitors`` the
+    median absolute error % and the 90% interval coverage for POIs with >= 30 panel visitors.
     """
     day = context.partition_key
     areas = lake.read_parquet("reference/areas", columns=["area_id", "population"])
@@ -201,13 +246,23 @@ def audience_estimates(
             None,
         )
     visits, homes, active = inputs
+    detection, detection_summary = (
+        day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
+    )
     history = []
     for d in trailing_days(day, max(config.history_days, 0)):
         past = day_inputs(lake, d)
         if past is not None:
-            history.append(daily_ht(past[0], past[1], areas, poi_ids, past[2])[0])
+            past_detection = day_detection(lake, d)[0] if config.detection_correction else None
+            history.append(daily_ht(past[0], past[1], areas, poi_ids, past[2], past_detection)[0])
     df = project_audience(
-        visits, homes, areas, pois=poi_ids, active_devices=active, history=history
+        visits,
+        homes,
+        areas,
+        pois=poi_ids,
+        active_devices=active,
+        history=history,
+        detection=detection,
     )
     metadata: dict[str, Any] = {
         "pois": len(df),
@@ -217,6 +272,10 @@ def audience_estimates(
         "devices_with_home_area": len(homes),
         "history_days_blended": len(history),
         "active_devices": None if active is None else len(active),
+        "detection_correction": detection is not None,
+        "mean_detection_rate": detection_summary.get("mean_detection_rate"),
+        "detection_speed_mps": detection_summary.get("speed_mps"),
+        "detection_mean_dwell_s": detection_summary.get("mean_dwell_s"),
     }
     truth_key = f"truth/poi_visitors/date={day}"
     if lake.parquet_files(truth_key):
