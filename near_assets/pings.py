@@ -187,6 +187,7 @@ def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
         "ts_max": max((t for t in ts_max if t), default=None),
         "location": dg.MetadataValue.path(lake.uri(folder)),
         "fingerprint": fingerprint(entries),
+        "names_fingerprint": fingerprint([e.rsplit(":", 1)[0] for e in entries]),
         "file_list": dg.MetadataValue.md(markdown_table(pd.DataFrame(files), 50)),
     }
 
@@ -409,6 +410,22 @@ pings_job = dg.define_asset_job(
 # ---- sensor -----------------------------------------------------------------------------------
 
 
+def registered_fingerprints(instance: dg.DagsterInstance, days: Sequence[str]) -> dict[str, str]:
+    """``{day: names_fingerprint}`` of the latest ``raw_pings`` materialization of each day."""
+    out: dict[str, str] = {}
+    for day in days:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_pings"), asset_partitions=[day]),
+            limit=1,
+        ).records
+        if not records or records[0].asset_materialization is None:
+            continue
+        value = records[0].asset_materialization.metadata.get("names_fingerprint")
+        if value is not None:
+            out[day] = str(value.value)
+    return out
+
+
 def raw_day_fingerprints(lake: LakeResource) -> dict[str, str]:
     """``{day: fingerprint of its Parquet file names}`` for every day folder under raw/pings."""
     by_day: dict[str, list[str]] = {}
@@ -452,6 +469,9 @@ def raw_pings_sensor(
     valid = {d: f for d, f in current.items() if daily_partitions.has_partition_key(d)}
     for day in sorted(set(current) - set(valid)):
         context.log.warning(f"raw/pings/date={day} is outside the daily partitions; ignored")
+    # Days the cursor does not know (first tick, or a reset DAGSTER_HOME with a kept database...):
+    # a day whose raw_pings materialization already registered these very files is not re-run.
+    seen.update(registered_fingerprints(context.instance, [d for d in valid if d not in seen]))
     changed = [d for d, f in valid.items() if seen.get(d) != f]
     if not changed:
         return dg.SkipReason(f"no new or changed day folders among {len(valid)} under raw/pings")

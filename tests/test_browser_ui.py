@@ -247,12 +247,10 @@ def test_partitioned_asset_page_shows_materialized_partitions(platform: int):
     data = graphql(platform, PARTITIONS, {"path": [PARTITIONED], "partitions": days})
     node = data["assetNodeOrError"]
     assert sorted({m["partition"] for m in node["assetMaterializations"]}) == days
-    # the pings sensor may re-run those days at once (in progress, or failed under load)
+    # the pings sensor (fresh cursor) sees those days already registered and does not re-run them
     ranges = node["assetPartitionStatuses"]["ranges"]
     assert any(
-        r["startKey"] <= days[0]
-        and r["endKey"] >= days[1]
-        and r["status"] in {"MATERIALIZED", "MATERIALIZING", "FAILED"}
+        r["startKey"] <= days[0] and r["endKey"] >= days[1] and r["status"] == "MATERIALIZED"
         for r in ranges
     ), ranges
 

@@ -294,3 +294,23 @@ def test_sensor_run_request_executes_the_pings_job(tmp_lake: LakeResource) -> No
     assert result.dagster_run.tags["platform/lane"] == "batch"
     assert len(result.asset_materializations_for_node("clean_pings")) == 2
     assert len(tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date=2024-03-06")) == 30
+
+
+def test_sensor_with_a_lost_cursor_skips_days_already_registered(tmp_lake: LakeResource) -> None:
+    days = ["2024-03-05", "2024-03-06"]
+    for i, day in enumerate(days):
+        write_raw(tmp_lake, day, good_pings(10, day_ms=DAY_MS + i * 86_400_000))
+    with dg.instance_for_test() as instance:
+        for day in days[:1]:
+            assert materialize(tmp_lake, assets=[raw_pings], partition_key=day, instance=instance)
+        tick = sensor_tick(tmp_lake, instance, None)  # e.g. a fresh DAGSTER_HOME's sensor
+        assert [r.partition_key for r in tick.run_requests] == [days[1]]
+        assert set(json.loads(tick.cursor)) == set(days)
+
+        write_raw(tmp_lake, days[0], good_pings(5), "part-1")  # new file for a registered day
+        again = sensor_tick(tmp_lake, instance, None)
+        (request,) = again.run_requests  # both days again, as one range
+        assert (
+            request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"],
+        ) == tuple(days)
