@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import redis
 
-from near_assets.audience import REDIS_KEY, TABLE, audience_estimates
+from near_assets.audience import REDIS_KEY, TABLE, audience_estimates, day_detection
 from near_assets.science.audience import audience_estimates as project
 from near_assets.science.audience import score_against_truth
 from resources.alerts import AlertsResource
@@ -51,6 +51,38 @@ def test_every_known_poi_gets_a_row_with_an_interval_around_the_estimate() -> No
     assert out.loc["p2", "estimate_high"] > 0
     assert (out["estimate_low"] <= out["estimate"]).all()
     assert (out["estimate"] <= out["estimate_high"]).all()
+
+
+def day_of_pings(device: str, every_s: int, lat0: float = 52.0) -> pd.DataFrame:
+    """At place A until noon, one travel ping, then at place B (about 2 km away) till midnight."""
+    t = np.arange(0, 86_400, every_s, dtype=float)
+    t = np.sort(np.r_[t[(t < 43_200) | (t > 44_400)], 43_800.0])
+    lat = np.where(t < 43_200, lat0, lat0 + 0.018)
+    lat = np.where(t == 43_800.0, lat0 + 0.009, lat)
+    ts = pd.Timestamp("2024-03-04", tz="UTC") + pd.to_timedelta(t, unit="s")
+    return pd.DataFrame({"device_id": device, "ts": ts, "lat": lat, "lon": 4.0})
+
+
+def test_detection_rate_follows_the_device_sampling_and_needs_no_truth() -> None:
+    from near_assets.science.audience import DetectionParams, detection_rates
+    from near_assets.science.stays import detect_stays
+
+    pings = pd.concat([day_of_pings("dense", 60), day_of_pings("sparse", 1500)])
+    stays = detect_stays(pings)
+    none = pd.DataFrame({"device_id": pd.Series(dtype=str), "dwell_s": pd.Series(dtype=float)})
+    rates, summary = detection_rates(pings, stays, none, DetectionParams(groups=2))
+    p = rates.set_index("device_id")["p_detect"]
+    assert p["dense"] > 0.95  # a ping a minute sees nearly every visit
+    assert p["sparse"] < p["dense"] - 0.1  # a ping every 25 min misses the short ones
+    assert summary["anchors"] >= 2
+    # The visits seen are all ~10 min long: short dwells, which the sparse device cannot see.
+    short = pd.DataFrame({"device_id": "dense", "dwell_s": np.full(30, 620.0)})
+    rates, summary = detection_rates(pings, stays, short, DetectionParams(groups=2))
+    p = rates.set_index("device_id")["p_detect"]
+    assert summary["mean_dwell_s"] < 1500
+    assert p["dense"] > 0.9 and p["sparse"] == DetectionParams().min_p
+    empty = pings.iloc[:0]
+    assert detection_rates(empty, stays.iloc[:0], none)[0].empty
 
 
 def simulated_day(seed: int, n_pois: int = 600, day: int = 0) -> tuple[pd.DataFrame, ...]:
@@ -276,6 +308,15 @@ def test_visit_detection_correction_brings_the_real_chain_to_the_true_population
     pings, stays, visits = chain["day"]
     rates, summary = detection_rates(pings, stays, visits)
     assert 0.3 < summary["mean_detection_rate"] < 0.7  # about half the visits have no pings
+    day = CHAIN_DAYS[-1]  # the asset's helper reads the same inputs from the lake and caches
+    tmp_lake.write_parquet(pings, f"work/clean_pings/date={day}")
+    tmp_lake.write_parquet(stays, f"curated/stay_points/date={day}")
+    tmp_lake.write_parquet(visits, f"curated/visits/date={day}")
+    cached, _ = day_detection(tmp_lake, day, refresh=True)
+    assert np.allclose(
+        cached.set_index("device_id").loc[rates["device_id"], "p_detect"], rates["p_detect"]
+    )
+    assert tmp_lake.parquet_files(f"work/visit_detection/date={day}")
     args = (visits, chain["homes"], chain["areas"])
     kw = {"pois": chain["pois"], "active_devices": pd.unique(pings["device_id"])}
     truth = chain["truth"]

@@ -302,8 +302,12 @@ def detection_rates(
     np.add.at(obs, (group[vd[okv]], v_bin), 1.0)
     f = _dwell_em(m, k, obs, params.em_iterations, params.em_smooth_bins)
     p_group = np.clip(k @ f, params.min_p, 1.0)
-    if not len(a_dev):
+    measured = np.flatnonzero(np.bincount(a_group, minlength=n_groups) > 0)
+    if not len(measured):
         p_group[:] = 1.0
+    else:  # a group without arrival templates borrows the nearest measured group's rate
+        nearest = measured[np.abs(np.arange(n_groups)[:, None] - measured[None, :]).argmin(1)]
+        p_group = p_group[nearest]
     out = pd.DataFrame(
         {"device_id": labels.astype(object), "p_detect": p_group[group], "ping_group": group}
     )
