@@ -129,7 +129,6 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)  # prints of user code go to the launcher's stderr, never into the protocol
 
     # Import everything a run needs once, before the first fork.
-    import psutil
     from dagster import Definitions
     from dagster._cli.api import _execute_run_command_body  # noqa: F401
     from dagster._core.code_pointer import load_python_file, load_python_module
@@ -145,6 +144,16 @@ def main(argv: list[str]) -> int:
     _warm_up(os.environ.get(WARM_INSTANCE_REF_ENV), os.environ.get(WARM_IMPORTS_ENV, ""))
     files = _code_files(working_directory)
     proto_out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+
+    try:
+        return _serve(proto_in, proto_out, files)
+    except KeyboardInterrupt:  # Ctrl-C in `dagster dev` reaches the whole process group
+        return 0
+
+
+def _serve(proto_in, proto_out, files: dict[str, float]) -> int:
+    """Answer fork requests until the launcher goes away (see the module docstring)."""
+    import psutil
 
     while True:
         readable, _, _ = select.select([proto_in], [], [], 1.0)
