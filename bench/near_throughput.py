@@ -5,11 +5,14 @@ generator (or reuses it), runs the chain on each engine in a fresh child process
 seconds per stage, pings/s, peak memory and accuracy against truth. The in-process engine calls
 the science functions directly; the Spark engine runs stay detection and home inference as
 ``apply_by_device.py`` jobs on local Spark (``--master``, default ``local[2]``), exactly the
-job the Spark resource submits. trackintel 1.4.2 runs on a device sample of the same day in its
+job the Spark resource submits (``--spark-buckets``: ``auto``, the job's default, calls the
+function once per bucket of many devices; ``0`` once per device, as before buckets existed).
+trackintel 1.4.2 runs on a device sample of the same day in its
 own interpreter (``--trackintel-python``; it is not a platform dependency)::
 
     uv venv /tmp/ti && uv pip install --python /tmp/ti trackintel==1.4.2 pandas pyarrow
     uv run python bench/near_throughput.py --sizes 2.5e6,10e6 --engines pandas,spark
+    uv run python bench/near_throughput.py --sizes 2.5e6 --engines spark --spark-buckets 0
 
 Without that interpreter the trackintel comparison is skipped with a message.
 """
@@ -103,7 +106,9 @@ def lake_for(root: Path, pings: float, seed: int) -> tuple[Any, dict]:
     return lake, info
 
 
-def spark_job(function: str, inputs: list[str], output: str, params: dict, master: str) -> dict:
+def spark_job(
+    function: str, inputs: list[str], output: str, params: dict, master: str, buckets: str = "auto"
+) -> dict:
     from resources.spark import APPLY_BY_DEVICE, LOCAL_CONF
 
     env = {
@@ -125,6 +130,8 @@ def spark_job(function: str, inputs: list[str], output: str, params: dict, maste
         output,
         "--params",
         json.dumps(params),
+        "--buckets",
+        buckets,
         "--master",
         master,
         "--spark-conf",
@@ -137,7 +144,7 @@ def spark_job(function: str, inputs: list[str], output: str, params: dict, maste
     return json.loads(lines[-1])
 
 
-def chain(lake_root: str, engine: str, master: str) -> dict[str, Any]:
+def chain(lake_root: str, engine: str, master: str, buckets: str = "auto") -> dict[str, Any]:
     """One engine on one day; runs in a child process so peak memory is its own."""
     import numpy as np
     import pandas as pd
@@ -173,10 +180,16 @@ def chain(lake_root: str, engine: str, master: str) -> dict[str, Any]:
     else:
         out = lake.uri("work/bench_spark_stays")
         summary = spark_job(
-            "near_assets.science.stays:detect_stays", [lake.uri(clean_key)], out, {}, master
+            "near_assets.science.stays:detect_stays",
+            [lake.uri(clean_key)],
+            out,
+            {},
+            master,
+            buckets,
         )
         stays = lake.read_parquet("work/bench_spark_stays")
         extra = {
+            "spark_buckets": summary.get("buckets"),
             "spark_stays_job_s": summary["seconds"],
             "spark_session_s": summary["session_start_s"],
         }
@@ -199,6 +212,7 @@ def chain(lake_root: str, engine: str, master: str) -> dict[str, Any]:
             out,
             {"as_of": [DAY], "window_days": 14},
             master,
+            buckets,
         )
         homes = lake.read_parquet("work/bench_spark_homes")
         extra["spark_home_job_s"] = summary["seconds"]
@@ -228,8 +242,9 @@ def chain(lake_root: str, engine: str, master: str) -> dict[str, Any]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in result.items()}
 
 
-def run_child(lake, engine: str, master: str) -> dict[str, Any]:
+def run_child(lake, engine: str, master: str, buckets: str = "auto") -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", lake.root, "--engine", engine, "--master", master]
+    cmd += ["--spark-buckets", buckets]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         return {"engine": engine, "error": done.stderr[-2000:]}
@@ -300,13 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="/tmp/near_bench", help="where the bench lakes live")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--spark-buckets", default="auto", help="apply_by_device --buckets: auto, N, 0 = per device"
+    )
+    parser.add_argument("--no-trackintel", action="store_true", help="skip the trackintel run")
     parser.add_argument("--trackintel-python", default="/tmp/ti/bin/python")
     parser.add_argument("--trackintel-devices", type=int, default=200)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="pandas", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(chain(args.child, args.engine, args.master)))
+        print(json.dumps(chain(args.child, args.engine, args.master, args.spark_buckets)))
         return 0
     report: dict[str, Any] = {}
     for size in (float(s) for s in args.sizes.split(",")):
@@ -315,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {label} pings/day: {info}", flush=True)
         report[label] = {"lake": info}
         for engine in filter(None, args.engines.split(",")):
-            result = run_child(lake, engine, args.master)
+            result = run_child(lake, engine, args.master, args.spark_buckets)
             report[label][engine] = result
             print(json.dumps(result), flush=True)
-        if label == f"{float(args.sizes.split(',')[0]) / 1e6:g}M":
+        if not args.no_trackintel and label == f"{float(args.sizes.split(',')[0]) / 1e6:g}M":
             ti = trackintel(lake, args.trackintel_python, args.trackintel_devices, args.seed)
             report[label]["trackintel"] = ti
             print(json.dumps({"trackintel": ti}, default=str), flush=True)

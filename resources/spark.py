@@ -5,6 +5,7 @@ Back end, from the environment (``SparkResource.from_env``):
 | variable | meaning |
 |---|---|
 | ``SPARK_MASTER`` | local master, default ``local[*]`` (local back end) |
+| ``SPARK_DEVICE_BUCKETS`` | per-device functions: device buckets per job (``device_buckets``) |
 | ``EMR_CLUSTER_ID`` | run as a step on this EMR cluster (``spark-submit --deploy-mode cluster``) |
 | ``EMR_SERVERLESS_APP_ID`` / ``EMR_SERVERLESS_ROLE_ARN`` | or as an EMR Serverless job run |
 | ``EMR_SCRIPTS_S3`` | where job scripts live, e.g. ``s3://bucket/platform/jobs/`` |
@@ -253,6 +254,11 @@ class SparkResource(dg.ConfigurableResource):
     poll_interval_s: float = 30.0
     step_timeout_s: float = 6 * 3600.0
     region: str | None = None
+    device_buckets: int | None = None
+    """Per-device functions run once per bucket of many devices (``pmod(hash(device_id), n)``),
+    not once per device: ``None`` (default) lets the job choose (4 x the Spark default
+    parallelism, more for inputs over 1 M rows a bucket), ``n`` > 0 fixes it, ``0`` calls the
+    function once per device. Env ``SPARK_DEVICE_BUCKETS``; see ``apply_by_device.py``."""
 
     @classmethod
     def from_env(cls) -> SparkResource:
@@ -273,6 +279,7 @@ class SparkResource(dg.ConfigurableResource):
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
             step_timeout_s=float(os.environ.get("EMR_STEP_TIMEOUT_S", 6 * 3600)),
             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+            device_buckets=int(b) if (b := os.environ.get("SPARK_DEVICE_BUCKETS", "")) else None,
         )
 
     # ---- configuration ----------------------------------------------------------------------
@@ -335,8 +342,10 @@ class SparkResource(dg.ConfigurableResource):
         output: str,
         params: Mapping[str, Any] | None = None,
         group_by: Sequence[str] | None = None,
+        buckets: int | None = None,
     ) -> list[str]:
-        """Arguments of ``apply_by_device.py`` for input/output URIs."""
+        """Arguments of ``apply_by_device.py`` for input/output URIs (``buckets``: None = auto)."""
+        extra = [] if buckets is None else ["--buckets", str(int(buckets))]
         return [
             "--function",
             function_path(function),
@@ -348,6 +357,7 @@ class SparkResource(dg.ConfigurableResource):
             json.dumps(dict(params or {}), sort_keys=True),
             "--group-by",
             ",".join(group_by or ["device_id"]),
+            *extra,
         ]
 
     def spark_submit_args(self, script: str | os.PathLike[str], args: Sequence[str]) -> list[str]:
@@ -392,7 +402,9 @@ class SparkResource(dg.ConfigurableResource):
         At submission, ``--dagster-pipes-context <b64>`` and ``--dagster-pipes-messages <b64>``
         are appended to ``HadoopJarStep.Args`` (S3 bucket/key of the context and messages).
         """
-        args = self._remote_arguments(function, inputs, output, lake, params, group_by)
+        args = self._remote_arguments(
+            function, inputs, output, lake, params, group_by, self.device_buckets
+        )
         return self.script_step(APPLY_BY_DEVICE, args, name=self._step_name(function, output))
 
     @staticmethod
@@ -407,11 +419,13 @@ class SparkResource(dg.ConfigurableResource):
         lake: LakeResource,
         params: dict | None,
         group_by: list[str] | None,
+        buckets: int | None = None,
     ) -> list[str]:
         if lake.backend != "s3":
             raise ValueError("EMR reads and writes the lake on S3: set LAKE_BUCKET")
         uris = [self.spark_uri(lake, k) for k in inputs]
-        return self.job_arguments(function, uris, self.spark_uri(lake, output), params, group_by)
+        out = self.spark_uri(lake, output)
+        return self.job_arguments(function, uris, out, params, group_by, buckets)
 
     def emr_serverless_job(self, script: str | os.PathLike[str], args: Sequence[str]) -> dict:
         """``start_job_run`` parameters for EMR Serverless (before Pipes adds its driver env)."""
@@ -440,8 +454,11 @@ class SparkResource(dg.ConfigurableResource):
         params: dict | None = None,
         group_by: list[str] | None = None,
         lake: LakeResource,
+        buckets: int | None = None,
     ) -> dict:
         """Run a per-device function over lake keys ``inputs``; write Parquet parts to ``output``.
+
+        ``buckets`` overrides ``device_buckets`` for this call (None: the resource's setting).
 
         Read the result back with ``lake.read_parquet(output)``. Inputs holding no Parquet file
         are skipped (logged); with none left, ``output`` is cleared and ``rows`` is 0.
@@ -456,12 +473,15 @@ class SparkResource(dg.ConfigurableResource):
         if not present:
             lake.delete(output)
             return {**base, "rows": 0, "input_rows": 0, "seconds": 0.0, "skipped": "no input"}
+        buckets = self.device_buckets if buckets is None else buckets
         if self.backend == "local":
             return {
                 **base,
-                **self._run_local_per_device(context, fn, present, output, params, group_by, lake),
+                **self._run_local_per_device(
+                    context, fn, present, output, params, group_by, lake, buckets
+                ),
             }
-        args = self._remote_arguments(fn, present, output, lake, params, group_by)
+        args = self._remote_arguments(fn, present, output, lake, params, group_by, buckets)
         name = self._step_name(fn, output)
         return {**base, **self._run_remote(context, APPLY_BY_DEVICE, args, name)}
 
@@ -521,10 +541,11 @@ class SparkResource(dg.ConfigurableResource):
         params: dict | None,
         group_by: list[str] | None,
         lake: LakeResource,
+        buckets: int | None = None,
     ) -> dict:
         if lake.backend == "local":
             args = self.job_arguments(
-                fn, [lake.uri(k) for k in inputs], lake.uri(output), params, group_by
+                fn, [lake.uri(k) for k in inputs], lake.uri(output), params, group_by, buckets
             )
             return self._run_local(context, APPLY_BY_DEVICE, args)
         with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
@@ -537,7 +558,7 @@ class SparkResource(dg.ConfigurableResource):
                     path.write_bytes(lake.read_bytes(obj))
                 staged.append(str(folder))
             out = Path(tmp, "out")
-            args = self.job_arguments(fn, staged, str(out), params, group_by)
+            args = self.job_arguments(fn, staged, str(out), params, group_by, buckets)
             summary = self._run_local(context, APPLY_BY_DEVICE, args)
             lake.delete(output)
             for part in sorted(out.rglob("*.parquet")):

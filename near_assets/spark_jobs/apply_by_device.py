@@ -3,11 +3,27 @@
     apply_by_device.py --function near_assets.spark_jobs.examples:count_pings \
         --input s3a://bucket/lake/work/clean_pings/date=2024-01-01 [more inputs ...] \
         --output s3a://bucket/lake/work/pings_per_device/date=2024-01-01 \
-        --params '{"max_accuracy_m": 100}' --group-by device_id
+        --params '{"max_accuracy_m": 100}' --group-by device_id [--buckets auto]
 
 The function (``fn(df, **params) -> DataFrame`` marked with ``per_device(schema)``) runs through
-``groupBy(group_by).applyInPandas``; it sees every row of each group at once, with timestamps as
-``datetime64[ns, UTC]`` just like the in-process engine. The output folder is replaced.
+``applyInPandas`` and sees whole groups, with timestamps as ``datetime64[ns, UTC]`` just like the
+in-process engine. The output folder is replaced.
+
+**Device buckets.** Per-device functions take the rows of one *or more* whole devices (the
+in-process engine passes the whole day), so with ``--group-by device_id`` the rows are grouped by
+a bucket, ``pmod(hash(device_id), n)``, and the function is called once per bucket with every
+row of many devices: a few large, vectorised pandas calls instead of one small call (and one
+Arrow round trip) per device. ``--buckets``:
+
+- ``auto`` (default): ``max(4 x spark.default.parallelism, ceil(input rows / 1,000,000))``,
+  so every task slot gets several buckets and no bucket holds much more than a million rows;
+- ``N`` > 0: exactly N buckets;
+- ``0``: one call per group (``groupBy(group_by)``), for functions that need it.
+
+Other ``--group-by`` keys (e.g. ``device_id,date``) always run one call per group: the function
+may not split its input by them. Within a call rows are sorted by the group keys and then the
+other columns, so the result does not depend on the order of Spark's shuffle. The bucket column
+never reaches the function or the output.
 
 Pipes parameters come from environment variables (local subprocess, EMR Serverless) or from
 ``--dagster-pipes-context/--dagster-pipes-messages`` arguments (EMR steps); S3 locations are
@@ -36,6 +52,10 @@ BASE_CONF = {
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
 }
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+DEVICE_KEY = "device_id"
+BUCKET_COLUMN = "__device_bucket"
+BUCKETS_PER_SLOT = 4
+MAX_ROWS_PER_BUCKET = 1_000_000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -45,6 +65,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder (replaced)")
     parser.add_argument("--params", default="{}", help="JSON keyword arguments for the function")
     parser.add_argument("--group-by", default="device_id", help="comma-separated group columns")
+    parser.add_argument(
+        "--buckets",
+        default="auto",
+        help="device buckets: 'auto', N > 0, or 0 for one call per group (see module doc)",
+    )
     parser.add_argument("--master", default=None, help="Spark master (spark-submit sets it)")
     parser.add_argument("--spark-conf", default="{}", help="JSON Spark settings for the session")
     args, _ = parser.parse_known_args(argv)  # the --dagster-pipes-* arguments are read by pipes
@@ -176,6 +201,29 @@ def read_inputs(spark: Any, uris: Sequence[str]) -> Any:
     return out
 
 
+def bucket_count(buckets: str | int, group_by: Sequence[str], rows: int, parallelism: int) -> int:
+    """Number of device buckets (0: one call per group) for ``--buckets`` (see module doc)."""
+    if list(group_by) != [DEVICE_KEY]:
+        return 0
+    text = str(buckets).strip().lower()
+    if text == "auto":
+        by_rows = -(-rows // MAX_ROWS_PER_BUCKET)
+        return max(BUCKETS_PER_SLOT * max(parallelism, 1), by_rows, 1)
+    n = int(text)
+    if n < 0:
+        raise ValueError(f"--buckets must be 'auto' or >= 0, got {buckets!r}")
+    return n
+
+
+def canonical_order(pdf: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
+    """Rows sorted by the group keys, then the other columns (Spark's row order is arbitrary)."""
+    keys = [*group_by, *(c for c in pdf.columns if c not in group_by)]
+    try:
+        return pdf.sort_values(keys, kind="stable", ignore_index=True)
+    except TypeError:  # a column of values that do not compare (lists, mixed types)
+        return pdf.sort_values(list(group_by), kind="stable", ignore_index=True)
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
     """Apply the function and write the output; uses (and leaves running) ``spark`` if given."""
     started = time.perf_counter()
@@ -194,13 +242,22 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     schema = spark.createDataFrame([], fn.spark_schema).schema  # DDL -> StructType, Spark 3.5+
     names = schema.fieldNames()
 
+    input_rows = df.count()
+    parallelism = spark.sparkContext.defaultParallelism
+    buckets = bucket_count(getattr(args, "buckets", "auto"), group_by, input_rows, parallelism)
+
     def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = canonical_order(pdf.drop(columns=[BUCKET_COLUMN], errors="ignore"), group_by)
         return fn(to_utc(pdf), **params)[names]
 
-    input_rows = df.count()
-    df.groupBy(*group_by).applyInPandas(apply, schema=schema).write.mode("overwrite").parquet(
-        args.output
-    )
+    if buckets:
+        from pyspark.sql import functions as F
+
+        bucket = F.pmod(F.hash(F.col(DEVICE_KEY)), F.lit(buckets))
+        grouped = df.withColumn(BUCKET_COLUMN, bucket).groupBy(BUCKET_COLUMN)
+    else:
+        grouped = df.groupBy(*group_by)
+    grouped.applyInPandas(apply, schema=schema).write.mode("overwrite").parquet(args.output)
     if is_local(args.output):
         clean_local_output(args.output)
     rows = spark.read.parquet(args.output).count()
@@ -208,6 +265,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     summary = {
         "function": args.function,
         "group_by": group_by,
+        "buckets": buckets,
         "input_uris": list(args.input),
         "output_uri": args.output,
         "input_rows": input_rows,
@@ -218,7 +276,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         "spark_version": spark.version,
         "master": spark.sparkContext.master,
     }
-    log(f"apply_by_device {args.function}: {input_rows} rows in, {rows} out, {seconds:.1f} s")
+    calls = f"{buckets} device buckets" if buckets else "one call per group"
+    log(
+        f"apply_by_device {args.function}: {input_rows} rows in, {rows} out, {calls}, "
+        f"{seconds:.1f} s"
+    )
     if own_session:
         spark.stop()
     return summary
