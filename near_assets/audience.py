@@ -222,7 +222,8 @@ def audience_estimates(
     their home area, divided by the estimated probability that their device's sampling that
     day would have revealed a visit (visits without pings are missed; the rate is estimated
     from the day's pings, stays and visits, no truth, and cached under
-    ``work/visit_detection/date=D``), blended by precision with the trailing ``history_days`` days' estimates
+    ``work/visit_detection/date=D``), blended by precision with the trailing
+    ``history_days`` days' estimates
     (a POI's audience moves little day to day, a day's panel sample is small); 90% interval
     from the gamma (scaled Poisson) method on the variance (``near_assets/science/audience.py``
     documents the method). Every reference POI gets a row. Published through one write-audit-publish to

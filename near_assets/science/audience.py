@@ -60,6 +60,14 @@ The variance uses the same HT formula with the combined weight ``W = w_a / p``:
 ``model_rel_error`` share of the estimate, squared, for the error of ``p`` itself (the
 kernel and dwell distribution are estimates, the same for every POI of the day).
 
+Measured on the real chain (``bench/audience_accuracy.py --devices 10000``: generator default
+profile, 7 days, clean -> stays -> visits -> homes -> demographics -> audience; POIs with >= 30
+true panel visitors, days 2-7): today's HT alone, detected visits -49 % bias, median abs error
+49 %, coverage 0.09; with the correction bias +4 % (the same +4 % as HT on the true visits),
+median 16 % (true visits: 11 %), coverage 0.91. Blended with 6 trailing days (the asset's
+default): bias -1 %, median 10 % (6.4 % on the day with a full week of history; true visits
+6.5 %), coverage 0.84 (true visits 0.86). Mean detection rate 0.50 (truth: 0.47-0.50).
+
 Borrowing strength from the trailing days (optional, :func:`blend_with_history`): a POI's
 audience barely moves from one day to the next, while one day's panel sample is small (a POI
 with 30 panel visitors has a sampling error of about 1/sqrt(30) = 18 %). Today's HT estimate is
@@ -102,7 +110,7 @@ class DetectionParams:
     - ``em_iterations`` (200) / ``em_smooth_bins`` (2): EMS iterations and smoothing width
       (dwell bins) for the dwell distribution.
     - ``max_hour_weight`` (20): cap of the time-of-day reweighting of arrival templates.
-    - ``model_rel_error`` (0.04): relative error of the correction itself, added to the
+    - ``model_rel_error`` (0.06): relative error of the correction itself, added to the
       variance of every estimate.
     - ``seed`` (0): the placements' random seed (the result is a pure function of the inputs).
     """
@@ -119,7 +127,7 @@ class DetectionParams:
     em_iterations: int = 200
     em_smooth_bins: float = 2.0
     max_hour_weight: float = 20.0
-    model_rel_error: float = 0.04
+    model_rel_error: float = 0.06
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
