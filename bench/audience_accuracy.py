@@ -69,6 +69,7 @@ def run(lake: Any, days: list[str], history_days: int, verbose: bool = False) ->
     homes = homes_by_day(all_stays[["device_id", "start_ts", "end_ts", "lat", "lon"]], days)
     results: dict[str, list[dict]] = {"uncorrected": [], "corrected": [], "perfect_visits": []}
     hist: dict[str, list[pd.DataFrame]] = {k: [] for k in results}
+    hist_pairs: dict[str, list[pd.DataFrame]] = {k: [] for k in results}
     rates = []
     for d in days:
         inp = per_day[d]
@@ -89,6 +90,7 @@ def run(lake: Any, days: list[str], history_days: int, verbose: bool = False) ->
         }
         for name, (vis, det) in variants.items():
             h = hist[name][-history_days:] if history_days else []
+            hp = hist_pairs[name][-history_days:] if history_days else []
             est = audience_estimates(
                 vis,
                 home_areas,
@@ -97,9 +99,12 @@ def run(lake: Any, days: list[str], history_days: int, verbose: bool = False) ->
                 active_devices=active,
                 history=h,
                 detection=det,
+                history_pairs=hp,
             )
             results[name].append({"day": d, **score_rows(est, truth)})
-            hist[name].append(daily_ht(vis, home_areas, areas, poi_ids, active, detection=det)[0])
+            per_poi, _, pairs = daily_ht(vis, home_areas, areas, poi_ids, active, detection=det)
+            hist[name].append(per_poi)
+            hist_pairs[name].append(pairs)
     out: dict[str, Any] = {"mean_detection_rate": round(float(np.mean(rates)), 4)}
     for name, rows in results.items():
         df = pd.DataFrame(rows)

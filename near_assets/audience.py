@@ -250,12 +250,14 @@ def audience_estimates(
     detection, detection_summary = (
         day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
     )
-    history = []
+    history, history_pairs = [], []
     for d in trailing_days(day, max(config.history_days, 0)):
         past = day_inputs(lake, d)
         if past is not None:
             past_detection = day_detection(lake, d)[0] if config.detection_correction else None
-            history.append(daily_ht(past[0], past[1], areas, poi_ids, past[2], past_detection)[0])
+            per_poi, _, pairs = daily_ht(past[0], past[1], areas, poi_ids, past[2], past_detection)
+            history.append(per_poi)
+            history_pairs.append(pairs)
     df = project_audience(
         visits,
         homes,
@@ -264,6 +266,7 @@ def audience_estimates(
         active_devices=active,
         history=history,
         detection=detection,
+        history_pairs=history_pairs,
     )
     metadata: dict[str, Any] = {
         "pois": len(df),

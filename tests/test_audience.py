@@ -85,15 +85,22 @@ def test_detection_rate_follows_the_device_sampling_and_needs_no_truth() -> None
     assert detection_rates(empty, stays.iloc[:0], none)[0].empty
 
 
-def simulated_day(seed: int, n_pois: int = 600, day: int = 0) -> tuple[pd.DataFrame, ...]:
+def simulated_day(
+    seed: int, n_pois: int = 600, day: int = 0, change: float = 0.0
+) -> tuple[pd.DataFrame, ...]:
     """A panel sampled per area (rates 0.5-3 %) from a population visiting POIs independently.
 
     The world (population, panel, visit rates) depends on ``seed``; the visits on ``day``.
+    ``change``: s.d. of a real day-to-day log change of every POI's visit rate.
     """
     world = np.random.default_rng(seed)
     population = world.integers(3000, 20000, 32)
     panel = world.binomial(population, world.uniform(0.005, 0.03, 32))
     q = world.gamma(0.6, 0.012, n_pois)
+    if change:
+        q = np.minimum(
+            q * np.exp(change * np.random.default_rng([seed, day, 1]).standard_normal(n_pois)), 1.0
+        )
     rng = np.random.default_rng([seed, day])
     areas = pd.DataFrame({"area_id": [f"a{i}" for i in range(32)], "population": population})
     homes, visits, truth, panel_visitors = [], [], np.zeros(n_pois, int), np.zeros(n_pois, int)
@@ -125,16 +132,52 @@ def test_projection_is_accurate_and_the_interval_calibrated_on_a_sampled_panel()
 def test_blending_trailing_days_cuts_the_error_and_keeps_the_interval_calibrated() -> None:
     from near_assets.science.audience import daily_ht
 
-    history = []
+    history, pairs = [], []
     for day in range(6):
         visits, homes, areas, pois, _ = simulated_day(5, 300, day)
-        history.append(daily_ht(visits, homes, areas, pois)[0])
+        per_poi, _, day_pairs = daily_ht(visits, homes, areas, pois)
+        history.append(per_poi)
+        pairs.append(day_pairs)
     visits, homes, areas, pois, truth = simulated_day(5, 300, 6)
     alone = score_against_truth(project(visits, homes, areas, pois=pois), truth)
-    blended = score_against_truth(project(visits, homes, areas, pois=pois, history=history), truth)
+    kw = {"pois": pois, "history": history, "history_pairs": pairs}
+    blended = score_against_truth(project(visits, homes, areas, **kw), truth)
     assert blended["median_abs_pct_error"] < alone["median_abs_pct_error"]
     assert blended["median_abs_pct_error"] < 6
     assert 0.85 <= blended["interval_coverage_all"] <= 0.97
+
+
+def test_one_trailing_day_with_real_changes_keeps_the_interval_calibrated() -> None:
+    """Audiences that really move by ~25 % a day: the between-day variance is estimated from
+    today and a single trailing day (it used to be 0 with one day: over-confident blend)."""
+    from near_assets.science.audience import daily_ht
+
+    covered = []
+    for seed in (21, 22):
+        visits, homes, areas, pois, _ = simulated_day(seed, 400, 0, change=0.25)
+        per_poi, _, day_pairs = daily_ht(visits, homes, areas, pois)
+        visits, homes, areas, pois, truth = simulated_day(seed, 400, 1, change=0.25)
+        kw = {"pois": pois, "history": [per_poi], "history_pairs": [day_pairs]}
+        covered.append(score_against_truth(project(visits, homes, areas, **kw), truth))
+    assert all(0.85 <= s["interval_coverage"] <= 0.97 for s in covered)
+    assert all(0.85 <= s["interval_coverage_all"] <= 0.97 for s in covered)
+
+
+def test_the_same_panel_seen_again_does_not_shrink_the_interval() -> None:
+    """Days whose visitors are the same panel devices carry the same sampling error: the
+    covariance through repeat visitors keeps the blend from treating them as new samples."""
+    from near_assets.science.audience import blend_with_history, daily_ht, day_covariance
+
+    visits, homes, areas, pois, _ = simulated_day(9, 200)
+    per_poi, typical, day_pairs = daily_ht(visits, homes, areas, pois)
+    both = day_covariance(day_pairs, day_pairs, per_poi.index)
+    assert np.allclose(both, per_poi["var"], rtol=0.05)  # each visitor's w(w-1) on both days
+    naive = blend_with_history(per_poi, [per_poi] * 6, typical)
+    shared = blend_with_history(per_poi, [per_poi] * 6, typical, [day_pairs] * 7)
+    big = per_poi["e"] > per_poi["e"].median()
+    assert (naive["var"][big] < 0.3 * per_poi["var"][big]).all()  # 7 "independent" samples
+    assert (shared["var"][big] > 0.85 * per_poi["var"][big]).all()
+    assert np.allclose(shared["e"], per_poi["e"])
 
 
 # ---- write-audit-publish end to end ---------------------------------------------------------

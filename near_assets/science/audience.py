@@ -58,21 +58,38 @@ probability ``1/w_a``, the visit is seen with probability ``p``; HT weight ``w_a
 The variance uses the same HT formula with the combined weight ``W = w_a / p``:
 ``sum W (W - 1)`` (the visit-detection phase adds its Bernoulli variance), plus a
 ``model_rel_error`` share of the estimate, squared, for the error of ``p`` itself (the
-kernel and dwell distribution are estimates, the same for every POI of the day).
+kernel and dwell distribution are estimates, the same for every POI of the day). The error of
+``p`` has two parts. Its day-specific statistical part is small and measured: the day-to-day
+relative s.d. of the mean detection rate on the bench is 2.8 % (per ping group 1-13 %, the
+sparse group the noisiest, and a POI's visitors span groups); it shifts every POI of a day by
+the same factor, so across days it shows up as between-day variance proportional to ``level^2``,
+which the blend estimates (``tau2`` below). The systematic part (the template and dwell models'
+assumptions, which no resampling of the day can reveal) is bounded with the generator's truth:
+estimated mean rate 0.50 vs true 0.47-0.50, i.e. up to ~6 %. ``model_rel_error`` (6 %) is this
+allowance; the blend treats it as common to all days (slightly conservative, as the
+day-specific part is also in ``tau2``).
 
 Measured on the real chain (``bench/audience_accuracy.py --devices 10000``: generator default
 profile, 7 days, clean -> stays -> visits -> homes -> demographics -> audience; POIs with >= 30
 true panel visitors, days 2-7): today's HT alone, detected visits -49 % bias, median abs error
 49 %, coverage 0.09; with the correction bias +4 % (the same +4 % as HT on the true visits),
 median 16 % (true visits: 11 %), coverage 0.91. Blended with 6 trailing days (the asset's
-default): bias -1 %, median 10 % (6.4 % on the day with a full week of history; true visits
-6.5 %), coverage 0.84 (true visits 0.86). Mean detection rate 0.50 (truth: 0.47-0.50).
+default) by the random-effects BLUP below: bias +0.4 %, median abs error 9.9 % (per day 12.2,
+12.4, 10.3, 8.8, 8.4, 7.1 with 1..6 trailing days), coverage 0.91 (per day 0.89-0.94; true
+visits: median 6.8 %, coverage 0.93). The former blend (independent days, ``tau2`` as the median
+of per-POI truncated moments, the trailing mean's own error and the common model error
+ignored) gave median 10.2 %, bias -1 %, coverage 0.84 (true visits 0.86, some days 0.82). Mean
+detection rate 0.50 (truth: 0.47-0.50).
 
 Borrowing strength from the trailing days (optional, :func:`blend_with_history`): a POI's
 audience barely moves from one day to the next, while one day's panel sample is small (a POI
-with 30 panel visitors has a sampling error of about 1/sqrt(30) = 18 %). Today's HT estimate is
-therefore combined with the trailing days' mean by precision weighting, with a between-day
-variance estimated from the data so that real changes keep today's weight.
+with 30 panel visitors has a sampling error of about 1/sqrt(30) = 18 %). Today's audience is
+therefore predicted from today's and the trailing days' HT estimates by a random-effects model
+(the POI's usual level, real day-to-day changes of variance ``tau2`` estimated from the data so
+that real changes keep today's weight, sampling errors correlated across days through the
+shared panel) and the interval uses the prediction's error variance, which counts the
+uncertainty of the estimated usual level, the correlation between days and the detection
+model's error that averaging days cannot remove.
 
 All counts are people per UTC day. Functions are pure (pandas/numpy/scipy).
 """
@@ -110,8 +127,8 @@ class DetectionParams:
     - ``em_iterations`` (200) / ``em_smooth_bins`` (2): EMS iterations and smoothing width
       (dwell bins) for the dwell distribution.
     - ``max_hour_weight`` (20): cap of the time-of-day reweighting of arrival templates.
-    - ``model_rel_error`` (0.06): relative error of the correction itself, added to the
-      variance of every estimate.
+    - ``model_rel_error`` (0.06): relative (systematic) error of the correction itself,
+      added to the variance of every estimate; common to all days when blending (module doc).
     - ``seed`` (0): the placements' random seed (the result is a pure function of the inputs).
     """
 
@@ -382,12 +399,16 @@ def daily_ht(
     active_devices: Iterable[str] | None = None,
     detection: pd.DataFrame | None = None,
     model_rel_error: float = DetectionParams.model_rel_error,
-) -> tuple[pd.DataFrame, float]:
+) -> tuple[pd.DataFrame, float, pd.DataFrame]:
     """One day's HT sums per POI: ``visitors``, ``e`` (estimate) and ``var`` (its variance).
 
-    Indexed by ``poi_id``; also returns the typical (median) area weight. ``detection``: the
-    day's :func:`detection_rates` (None: every visit is assumed detected); a visitor missing
-    from it gets the median rate. See the module doc.
+    Indexed by ``poi_id``; ``var`` includes ``model_var``, the detection model's share
+    ``(model_rel_error e)^2``. Also returns the typical (median) area weight and the weighted
+    panel visitors (``poi_id``, ``device_id``, ``w`` the HT weight ``w_a / p``,
+    ``area_weight`` ``w_a``; visitors with a known home), from which
+    :func:`blend_with_history` estimates how the sampling errors of two days co-vary.
+    ``detection``: the day's :func:`detection_rates` (None: every visit is assumed
+    detected); a visitor missing from it gets the median rate. See the module doc.
     """
     pairs = visits[["device_id", "poi_id"]].dropna().drop_duplicates()
     seen = pd.unique(pairs["device_id"])
@@ -408,63 +429,159 @@ def daily_ht(
     per_poi = dev.groupby("poi_id").agg(
         visitors=("device_id", "size"), e=("w", "sum"), var=("v", "sum")
     )
-    per_poi["var"] += (rel * per_poi["e"]) ** 2
+    per_poi["model_var"] = (rel * per_poi["e"]) ** 2
+    per_poi["var"] += per_poi["model_var"]
     if pois is not None:
         index = pd.Index(pd.unique(pd.Series(list(pois), dtype=object)), name="poi_id")
         per_poi = per_poi.reindex(index.union(per_poi.index), fill_value=0)
     per_poi.index = per_poi.index.astype(str)
+    area_w = dev["area_id"].map(weights.set_index("area_id")["weight"]).to_numpy(dtype=float)
+    pairs = pd.DataFrame(
+        {
+            "poi_id": dev["poi_id"].astype(str),
+            "device_id": dev["device_id"].astype(str),
+            "w": dev["w"].to_numpy(dtype=float),
+            "area_weight": area_w,
+        }
+    )[known].reset_index(drop=True)
     finite = weights["weight"].dropna()
-    return per_poi, float(finite.median()) if len(finite) else 1.0
+    return per_poi, float(finite.median()) if len(finite) else 1.0, pairs
+
+
+def day_covariance(
+    pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, index: pd.Index | None = None
+) -> pd.Series:
+    """Per POI: the estimated covariance of two days' HT estimates through the shared panel.
+
+    ``pairs_a``/``pairs_b``: :func:`daily_ht` weighted visitors of the two days. A person who
+    visits on both days is in the panel (probability ``1 / w_a``) on both; the visits are
+    detected independently (``p_a``, ``p_b``). Covariance of the two HT terms: ``w_a - 1``;
+    its HT estimate over the panel devices seen at the POI on both days:
+    ``sum W_a W_b (w_a - 1) / w_a`` (``W = w_a / p``). Indexed by ``poi_id`` (``index``: 0 for
+    the POIs without a repeat visitor).
+    """
+    both = pairs_a.merge(pairs_b, on=["poi_id", "device_id"], suffixes=("_a", "_b"))
+    wa = both["area_weight_a"].to_numpy(dtype=float)
+    c = both["w_a"] * both["w_b"] * np.maximum(wa - 1.0, 0.0) / np.maximum(wa, 1.0)
+    out = c.groupby(both["poi_id"]).sum()
+    return out if index is None else out.reindex(index, fill_value=0.0)
 
 
 def blend_with_history(
-    today: pd.DataFrame, history: Sequence[pd.DataFrame], typical_weight: float
+    today: pd.DataFrame,
+    history: Sequence[pd.DataFrame],
+    typical_weight: float,
+    pairs: Sequence[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Borrow strength from the trailing days (a random-effects composite estimator).
+    """Borrow strength from the trailing days: the BLUP of today's audience (random effects).
 
-    ``today`` and each of ``history`` are :func:`daily_ht` frames. Per POI, the trailing days'
-    mean ``M`` (variance ``S = sum var_d / k^2``) and today's ``E0`` (variance ``V0``) are
-    combined by precision: ``E = (E0/V0 + M/(S+tau2)) / (1/V0 + 1/(S+tau2))`` with variance
-    ``1/(1/V0 + 1/(S+tau2))``. ``tau2`` is the real day-to-day change of a POI's audience,
-    estimated from the data as a share of ``M^2`` (median over POIs of the between-day variance
-    in excess of the sampling variance), so a POI whose audience really moves leans on today.
-    Every variance is floored at one typical panel visitor's ``w (w - 1)``, so a day without
-    visitors still carries uncertainty. The variances entering the weights are *modelled*:
-    each day's effective weight ``var_d / e_d`` times the POI's mean level over all the days,
-    not each day's own ``var_d`` (that one grows with ``e_d``, so precision weights would
-    favour the days that happened to count low and bias the blend down, by ~5 % with the
-    large weights of the visit-detection correction). Returns ``today`` with ``e``/``var``
-    replaced.
+    ``today`` and each of ``history`` are :func:`daily_ht` frames; ``pairs`` (optional): their
+    weighted panel visitors, today's first (the third item of :func:`daily_ht`), to estimate
+    the correlation of the days' sampling errors (None: days independent). Model, per POI,
+    days ``d = 0`` (today) .. ``k``:
+
+    ``e_d = mu + delta_d + eps_d``: ``mu`` the POI's usual audience (unknown, no prior),
+    ``delta_d`` the real change of day ``d`` (independent, variance ``tau2``), ``eps_d`` the
+    sampling error with covariance ``C``. The target is today's ``mu + delta_0``.
+
+    - *Sampling variances* ``C_dd``: the POI's effective weight ``var_d / e_d`` averaged over
+      the days it was visited, times its mean level over all the days, the same for every
+      day. Not each day's own ``var_d``: that one grows with ``e_d``, so precision weights
+      would favour the days that happened to count low and bias the blend down. Not a per-day
+      effective weight either: ``var_d / e_d`` is the visitors' mean weight ``W``, higher on
+      a day whose visitors happen to have low detection rates, i.e. on a day that counts
+      high (on the bench, day-specific weights gave a -2.7 % bias, the common one +0.4 %).
+      Floored at one typical panel visitor's ``w (w - 1)`` so a day without visitors still
+      carries uncertainty. The detection model's error (``model_var``) is left out here.
+    - *Correlation between days* ``C_dd' = rho sqrt(C_dd C_d'd')``: the panel is the same
+      people every day and many visitors come back, so the days' sampling errors are
+      positively correlated (a panel that happens to hold many of a POI's regulars counts
+      high every day): averaging days does not shrink that shared part. ``rho`` is pooled
+      over POIs and day pairs, ``sum cov / sum sqrt(var_d var_d')`` with the per-POI
+      covariance of :func:`day_covariance` (a ratio of HT sums: stable, nearly unbiased).
+    - *Between-day variance* ``tau2 = share mu^2``, method of moments over all ``k + 1``
+      days (today included, so one trailing day is enough): with the unbiased day-to-day
+      variance ``s2`` (ddof 1) of a POI, ``E[s2] = tau2 + (tr C - 1'C1 / n) / (n - 1)``
+      exactly, whatever the correlation, so ``share = sum (s2 - that) / sum level^2`` over
+      POIs (a pooled moment estimator in the spirit of DerSimonian-Laird, truncated at 0
+      once, after pooling; the former median of per-POI values truncated at 0 was biased low
+      with few days, to 0 with one trailing day).
+    - *Estimate and its error*: with ``S = C + tau2 I``, ``mu`` by GLS and today's BLUP
+      ``mu^ + tau2 (S^-1 (e - mu^))_0``; its prediction error variance (Henderson / Harville)
+      ``tau2 - tau2^2 (S^-1)_00 + (1 - tau2 (S^-1 1)_0)^2 / (1'S^-1 1)`` includes the
+      uncertainty of the estimated ``mu`` (the trailing mean's own error) and of today's
+      deviation from it. ``tau2`` -> inf gives today's HT alone, ``tau2 = 0`` the GLS mean.
+    - *Detection model error*: the same method on the same kind of data every day, its error
+      (``model_rel_error``) is common to the days, so averaging does not reduce it: today's
+      share, rescaled to the blended estimate, is added to the variance after blending.
+
+    Returns ``today`` with ``e``/``var`` replaced.
     """
     if not history:
         return today
     floor = max(typical_weight * (typical_weight - 1.0), 1.0)
-    e_h = np.column_stack([h["e"].reindex(today.index, fill_value=0.0) for h in history])
-    v_h = np.column_stack([h["var"].reindex(today.index, fill_value=0.0) for h in history])
-    e_all = np.column_stack([today["e"].to_numpy(dtype=float), e_h])
-    v_all = np.column_stack([today["var"].to_numpy(dtype=float), v_h])
-    eff = np.where(e_all > 0, v_all / np.where(e_all > 0, e_all, 1.0), np.nan)
-    eff_poi = np.nanmean(np.where(np.isfinite(eff), eff, np.nan), axis=1, keepdims=True)
-    eff_poi = np.where(np.isfinite(eff_poi), eff_poi, max(typical_weight, 1.0))
-    eff = np.where(np.isfinite(eff), eff, eff_poi)
-    level = e_all.mean(axis=1, keepdims=True)
-    v_model = np.maximum(eff * level, floor)
-    v0_model, v_h = v_model[:, 0], v_model[:, 1:]
-    k = e_h.shape[1]
-    mean = e_h.mean(axis=1)
-    s = v_h.sum(axis=1) / k**2
-    tau2 = np.zeros_like(mean)
-    if k >= 2:
-        excess = e_h.var(axis=1, ddof=1) - v_h.mean(axis=1)
-        ok = mean > 0
-        share = float(np.median(np.maximum(excess[ok], 0.0) / mean[ok] ** 2)) if ok.any() else 0.0
-        tau2 = share * mean**2
-    e0 = today["e"].to_numpy(dtype=float)
-    v0 = v0_model
-    p0, ph = 1.0 / v0, 1.0 / (s + tau2)
+    frames = [today, *history]
+    n = len(frames)
+    e_all = np.column_stack(
+        [h["e"].reindex(today.index, fill_value=0.0).to_numpy(dtype=float) for h in frames]
+    )
+
+    def sampling_var(h: pd.DataFrame) -> np.ndarray:
+        v = h["var"].reindex(today.index, fill_value=0.0).to_numpy(dtype=float)
+        if "model_var" in h:
+            v = v - h["model_var"].reindex(today.index, fill_value=0.0).to_numpy(dtype=float)
+        return np.maximum(v, 0.0)
+
+    v_all = np.column_stack([sampling_var(h) for h in frames])
+    visited = e_all > 0
+    eff = np.where(visited, v_all / np.where(visited, e_all, 1.0), 0.0)
+    n_visited = visited.sum(axis=1)
+    eff_poi = np.where(
+        n_visited > 0, eff.sum(axis=1) / np.maximum(n_visited, 1), max(typical_weight, 1.0)
+    )
+    level = e_all.mean(axis=1)
+    v_model = np.maximum(np.repeat((eff_poi * level)[:, None], n, axis=1), floor)
+
+    rho = 0.0
+    if pairs is not None and len(pairs) == n:
+        cov_sum = scale = 0.0
+        for a in range(n):
+            for b in range(a + 1, n):
+                c = day_covariance(pairs[a], pairs[b], today.index).to_numpy(dtype=float)
+                cov_sum += float(c.sum())
+                scale += float(np.sqrt(v_all[:, a] * v_all[:, b]).sum())
+        rho = float(np.clip(cov_sum / scale, 0.0, 0.95)) if scale > 0 else 0.0
+    sd = np.sqrt(v_model)
+    cmat = rho * sd[:, :, None] * sd[:, None, :]
+    idx = np.arange(n)
+    cmat[:, idx, idx] = v_model
+
+    s2 = e_all.var(axis=1, ddof=1)
+    trace = v_model.sum(axis=1)
+    expected = (trace - cmat.sum(axis=(1, 2)) / n) / (n - 1)
+    ok = level > 0
+    denom = float((level[ok] ** 2).sum())
+    share = max(float((s2[ok] - expected[ok]).sum()) / denom, 0.0) if denom > 0 else 0.0
+    tau2 = share * level**2
+
+    sigma = cmat + tau2[:, None, None] * np.eye(n)[None]
+    inv = np.linalg.inv(sigma)
+    inv_one = inv.sum(axis=2)  # S^-1 1
+    total = inv_one.sum(axis=1)  # 1' S^-1 1
+    mu = (inv_one * e_all).sum(axis=1) / total
+    resid = e_all - mu[:, None]
+    blended = mu + tau2 * (inv[:, 0, :] * resid).sum(axis=1)
+    mse = tau2 - tau2**2 * inv[:, 0, 0] + (1.0 - tau2 * inv_one[:, 0]) ** 2 / total
     out = today.copy()
-    out["e"] = (e0 * p0 + mean * ph) / (p0 + ph)
-    out["var"] = 1.0 / (p0 + ph)
+    out["e"] = np.maximum(blended, 0.0)
+    model_share = 0.0  # model_rel_error^2 (0 without the detection correction)
+    if "model_var" in today:
+        e0 = today["e"].to_numpy(dtype=float)
+        mv = today["model_var"].to_numpy(dtype=float)
+        if (e0 > 0).any():
+            model_share = float(np.max(mv[e0 > 0] / e0[e0 > 0] ** 2))
+    out["var"] = np.maximum(mse, 0.0) + model_share * out["e"].to_numpy(dtype=float) ** 2
+    out.attrs = {"rho": rho, "tau2_share": share}
     return out
 
 
@@ -477,6 +594,7 @@ def audience_estimates(
     confidence: float = 0.90,
     history: Sequence[pd.DataFrame] = (),
     detection: pd.DataFrame | None = None,
+    history_pairs: Sequence[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Per POI: distinct panel visitors and the projected people count with an interval.
 
@@ -484,12 +602,15 @@ def audience_estimates(
     ``device_areas``: ``device_id``, ``area_id``; ``areas``: ``area_id``, ``population``.
     ``pois``: every known POI id; POIs without visitors get a row (None: only visited POIs).
     ``history``: :func:`daily_ht` frames of trailing days to blend with
-    (:func:`blend_with_history`; empty: today's HT alone). ``detection``: the day's
+    (:func:`blend_with_history`; empty: today's HT alone), ``history_pairs`` their weighted
+    panel visitors (the third item of :func:`daily_ht`; None: days treated as independent
+    samples). ``detection``: the day's
     :func:`detection_rates` (None: no visit-detection correction). Returns
     :data:`OUTPUT_COLUMNS`, sorted by ``poi_id``; counts are int64.
     """
-    per_poi, typical = daily_ht(visits, device_areas, areas, pois, active_devices, detection)
-    per_poi = blend_with_history(per_poi, history, typical)
+    per_poi, typical, pairs = daily_ht(visits, device_areas, areas, pois, active_devices, detection)
+    all_pairs = None if history_pairs is None else [pairs, *history_pairs]
+    per_poi = blend_with_history(per_poi, history, typical, all_pairs)
     e = per_poi["e"].to_numpy(dtype=float)
     var = per_poi["var"].to_numpy(dtype=float)
     low, high = gamma_interval(e, var, typical, confidence)
