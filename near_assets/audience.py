@@ -222,9 +222,10 @@ def audience_estimates(
     their home area, divided by the estimated probability that their device's sampling that
     day would have revealed a visit (visits without pings are missed; the rate is estimated
     from the day's pings, stays and visits, no truth, and cached under
-    ``work/visit_detection/date=D``), blended by precision with the trailing
-    ``history_days`` days' estimates
-    (a POI's audience moves little day to day, a day's panel sample is small); 90% interval
+    ``work/visit_detection/date=D``), blended with the trailing ``history_days`` days'
+    estimates by a random-effects predictor (a POI's audience moves little day to day, a day's
+    panel sample is small; the interval counts the real day-to-day change, the days' shared
+    panel and the detection model's error); 90% interval
     from the gamma (scaled Poisson) method on the variance (``near_assets/science/audience.py``
     documents the method). Every reference POI gets a row. Published through one write-audit-publish to
     ``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (+ ``:meta``,

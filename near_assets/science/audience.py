@@ -505,7 +505,9 @@ def blend_with_history(
       exactly, whatever the correlation, so ``share = sum (s2 - that) / sum level^2`` over
       POIs (a pooled moment estimator in the spirit of DerSimonian-Laird, truncated at 0
       once, after pooling; the former median of per-POI values truncated at 0 was biased low
-      with few days, to 0 with one trailing day).
+      with few days, to 0 with one trailing day). On the bench ``share`` is 0.002-0.005 (real
+      day-to-day changes of ~5-7 %); forcing ``tau2 = 0`` (full pooling) raises the median
+      error from 9.9 to 10.1 % (12.2 -> 13.2 % with one trailing day).
     - *Estimate and its error*: with ``S = C + tau2 I``, ``mu`` by GLS and today's BLUP
       ``mu^ + tau2 (S^-1 (e - mu^))_0``; its prediction error variance (Henderson / Harville)
       ``tau2 - tau2^2 (S^-1)_00 + (1 - tau2 (S^-1 1)_0)^2 / (1'S^-1 1)`` includes the
@@ -513,7 +515,11 @@ def blend_with_history(
       deviation from it. ``tau2`` -> inf gives today's HT alone, ``tau2 = 0`` the GLS mean.
     - *Detection model error*: the same method on the same kind of data every day, its error
       (``model_rel_error``) is common to the days, so averaging does not reduce it: today's
-      share, rescaled to the blended estimate, is added to the variance after blending.
+      share, rescaled to the blended estimate, is added to the variance after blending
+      (averaged like a sampling error instead, coverage drops from 0.91 to 0.86, some days
+      0.82). The pooled ``rho`` on the bench is ~0.02 (few panel visitors of a POI come
+      back the next day in the generator), so the day correlation matters little there, but
+      it is what keeps a panel of regulars from looking ``k`` times more precise.
 
     Returns ``today`` with ``e``/``var`` replaced.
     """
