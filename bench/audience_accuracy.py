@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from resources.lake import LakeResource
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--devices", type=int, default=2000)
+    ap.add_argument("--devices", type=int, default=10_000, help="the generator's default panel")
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--profile", default="default")

@@ -56,7 +56,7 @@ import pandas as pd
 
 from near_assets.science.campaigns import PRE_BINS, build_panel, matched_lift
 from near_assets.synth import campaigns as camp
-from near_assets.synth.generator import build_world
+from near_assets.synth.generator import DEFAULT_DEVICES, build_world
 from near_assets.synth.mobility import MIN_STAY_S, schedule_day
 from near_assets.synth.panel import apply_brand_lift, choice_probabilities
 
@@ -257,7 +257,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--first-seed", type=int, default=1)
-    ap.add_argument("--devices", type=int, default=2000, help="generator default panel: 2000")
+    ap.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="default: the generator's")
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--campaigns", type=int, default=4)
     ap.add_argument("--placebos", type=int, default=5, help="placebo draws per campaign")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from near_assets.synth.generator import default_start, generate
+from near_assets.synth.generator import DEFAULT_DEVICES, default_start, generate
 from resources.lake import LakeResource
 
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Write synthetic pings, POIs, areas, campaigns and ground truth to the lake "
         "($LAKE_BUCKET/$LAKE_PREFIX on S3, else $LAKE_ROOT or ./.lake).",
     )
-    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: ends today)")
     parser.add_argument("--seed", type=int, default=7)
