@@ -34,6 +34,11 @@ true lift; many more campaigns than the lifted ones, so tighter figures for the 
   Alternatives (all 720): area strata only 5.41 pp; area strata + CUPED on the pre-period
   5.42 pp (median theta 0.007); log-linear area + pre-bin main effects 5.54 pp, -0.66 pp bias.
   177 s.
+- 10,000 devices (the generator's default panel since 2026-11-22), seeds 1-8, 183 s: 16 lifted
+  campaigns (~6,200 exposed brand visits each): mean estimate 10.95 % for a planted 10 % (mean
+  error +0.95 pp, SE 1.12), median abs error 0.86 pp, RMSE 4.44 pp (floor 2.20), 62.5 % within
+  +-2 pp; coverage 93.8 %, power 87.5 %; false positives 2.3 % of 176 nulls (0 of 16 generator
+  nulls, 2.5 % of 160 placebos). All 192 campaigns: RMSE 2.62 pp, 74 % within +-2 pp.
 - 8,000 devices, seeds 1-8: all 96 campaigns RMSE 2.71 pp (floor 2.10), 64 % within +-2 pp;
   16 lifted: mean error -0.98 pp, RMSE 3.47 pp, coverage 93.8 %; false positives 4.5 % of 176 nulls. 126 s.
 - 16,000 devices, seeds 1-4: all 96 campaigns RMSE 1.74 pp (floor 1.38), 83 % within +-2 pp;
