@@ -19,7 +19,8 @@ imported the code once and forks a run worker per run (tens of milliseconds).
   staying ``STARTED``. Runs launched through the code server are reported ``RUNNING`` (no
   check, as with the default launcher).
 - ``preload`` (module names, e.g. ``[risk_assets.definitions]``): the daemon starts those warm
-  parents when it starts, so even the first run after a restart starts warm.
+  parents when it builds the launcher; with :class:`WarmQueuedRunCoordinator` as the run
+  coordinator that is when the daemon starts, so even the first run after a restart starts warm.
 - ``warm_imports`` (module names, e.g. ``[pandas, pyarrow.parquet]``): libraries the runs import
   on first use, imported once in the parent. The parent also opens the instance once (storage
   and SQLAlchemy imports) and closes it before forking.
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DefaultRunLauncher, Field
+from dagster import DefaultRunLauncher, Field, QueuedRunCoordinator
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._serdes import serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
@@ -365,3 +366,14 @@ class WarmRunLauncher(DefaultRunLauncher):
             for parent in self._parents.values():
                 parent.close()
             self._parents.clear()
+
+
+class WarmQueuedRunCoordinator(QueuedRunCoordinator):
+    """Dagster's queued run coordinator; in the daemon it also builds the run launcher as soon as
+    the queue starts, so a :class:`WarmRunLauncher`'s ``preload`` parents warm up before the first
+    run instead of at it (Dagster builds the launcher lazily, at the first launch)."""
+
+    def register_instance(self, instance) -> None:
+        super().register_instance(instance)
+        if _is_daemon_process():
+            instance.run_launcher  # noqa: B018
