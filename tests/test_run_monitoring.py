@@ -11,13 +11,14 @@ Both paths are exercised here, against one ``dagster-daemon run`` started in its
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG
+
+from tests.daemon_helpers import running_daemon
+from tests.daemon_helpers import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +72,7 @@ TIMEOUT_S = 60
 
 
 def wait_for(what: str, fn, timeout_s: float = TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return _wait_for(what, fn, timeout_s, every_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +85,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
     (tmp_path / "defs.py").write_text(DEFS)
     (tmp_path / "workspace.yaml").write_text(WORKSPACE)
     env = {**os.environ, "DAGSTER_HOME": str(home), "PID_DIR": str(pids)}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "daemon.log").open("w"),
-        start_new_session=True,
-    )
 
     def launch(*tags: str) -> None:
         tag_args = [a for t in tags for a in ("--tags", t)]
@@ -109,12 +96,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
             capture_output=True,
         )
 
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            yield instance, launch, pids
-    finally:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(10)
+    with (
+        running_daemon(tmp_path, env),
+        dg.DagsterInstance.from_config(str(home)) as instance,
+    ):
+        yield instance, launch, pids
 
 
 def started_worker(instance: dg.DagsterInstance, pids: Path):

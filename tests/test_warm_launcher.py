@@ -5,8 +5,6 @@ parent, other runs go through the code server, and cancel, edited code and a dea
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from resources.run_launcher import PID_TAG
+from tests.daemon_helpers import running_daemon
+from tests.daemon_helpers import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +66,7 @@ TIMEOUT_S = 90
 
 
 def wait_for(what: str, fn, timeout_s: float = TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return _wait_for(what, fn, timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -91,46 +85,34 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
         "PID_DIR": str(pids),
         "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
     }
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "daemon.log").open("w"),
-        start_new_session=True,
-    )
+    with (
+        running_daemon(tmp_path, env),
+        dg.DagsterInstance.from_config(str(home)) as instance,
+        WorkspaceProcessContext(
+            instance, WorkspaceFileTarget([str(tmp_path / "workspace.yaml")])
+        ) as workspace_process,
+    ):
+        workspace = workspace_process.create_request_context()
+        location = workspace.get_code_location("warm_test")
+        repo = next(iter(location.get_repositories().values()))
+        job = repo.get_full_job("quick_job")
 
-    try:
-        with (
-            dg.DagsterInstance.from_config(str(home)) as instance,
-            WorkspaceProcessContext(
-                instance, WorkspaceFileTarget([str(tmp_path / "workspace.yaml")])
-            ) as workspace_process,
-        ):
-            workspace = workspace_process.create_request_context()
-            location = workspace.get_code_location("warm_test")
-            repo = next(iter(location.get_repositories().values()))
-            job = repo.get_full_job("quick_job")
+        def launch(tags: str | None = None) -> str:
+            """What ``dagster job launch --tags ...`` does, without a new process each time."""
+            run = _create_run(
+                instance=instance,
+                code_location=location,
+                remote_repo=repo,
+                remote_job=job,
+                run_config={},
+                tags=json.loads(tags) if tags else {},
+                op_selection=None,
+                run_id=None,
+            )
+            instance.submit_run(run.run_id, workspace)
+            return run.run_id
 
-            def launch(tags: str | None = None) -> str:
-                """What ``dagster job launch --tags ...`` does, without a new process each time."""
-                run = _create_run(
-                    instance=instance,
-                    code_location=location,
-                    remote_repo=repo,
-                    remote_job=job,
-                    run_config={},
-                    tags=json.loads(tags) if tags else {},
-                    op_selection=None,
-                    run_id=None,
-                )
-                instance.submit_run(run.run_id, workspace)
-                return run.run_id
-
-            yield instance, launch, tmp_path
-    finally:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(10)
+        yield instance, launch, tmp_path
 
 
 def finished(instance: dg.DagsterInstance, run_id: str):
