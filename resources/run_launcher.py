@@ -180,11 +180,6 @@ class WarmParent:
             self._warming.start()
         return self._warming
 
-    @property
-    def ready(self) -> bool:
-        proc = self._proc
-        return proc is not None and proc.poll() is None
-
     def fork_run(self, run_id: str, instance_ref: str) -> dict[str, Any]:
         """Fork a worker for ``run_id``; returns ``{"pid", "create_time"}``.
 

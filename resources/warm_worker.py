@@ -79,7 +79,6 @@ def _warm_up(serialized_ref: str | None, imports: str) -> None:
             continue
     if not serialized_ref:
         return
-    from dagster._core.execution.api import execute_run_iterator  # noqa: F401
     from dagster._core.executor.in_process import InProcessExecutor  # noqa: F401
     from dagster._core.instance import DagsterInstance, InstanceRef
     from dagster._serdes import deserialize_value
