@@ -55,7 +55,7 @@ def score_rows(est: pd.DataFrame, truth: pd.DataFrame, min_visitors: int = 30) -
 
 
 def run(lake: Any, days: list[str], history_days: int, verbose: bool = False) -> dict[str, Any]:
-    from near_assets.science.audience import audience_estimates, daily_ht, detection_rates
+    from near_assets.science.audience import daily_ht, detection_rates, project_audience
     from near_assets.science.demographics import device_demographics
     from near_assets.science.home import homes_by_day
     from near_assets.science.visits import PoiIndex
@@ -91,7 +91,7 @@ def run(lake: Any, days: list[str], history_days: int, verbose: bool = False) ->
         for name, (vis, det) in variants.items():
             h = hist[name][-history_days:] if history_days else []
             hp = hist_pairs[name][-history_days:] if history_days else []
-            est = audience_estimates(
+            est = project_audience(
                 vis,
                 home_areas,
                 areas,

@@ -109,7 +109,8 @@ def lake_for(root: Path, pings: float, seed: int) -> tuple[Any, dict]:
 def spark_job(
     function: str, inputs: list[str], output: str, params: dict, master: str, buckets: str = "auto"
 ) -> dict:
-    from resources.spark import APPLY_BY_DEVICE, LOCAL_CONF
+    from near_assets.spark_jobs import APPLY_BY_DEVICE
+    from resources.spark import LOCAL_CONF
 
     env = {
         **os.environ,
@@ -149,12 +150,12 @@ def chain(lake_root: str, engine: str, master: str, buckets: str = "auto") -> di
     import numpy as np
     import pandas as pd
 
-    from near_assets.mobility import read_day
     from near_assets.science import accuracy
     from near_assets.science.cleaning import clean_pings
     from near_assets.science.home import infer_homes
     from near_assets.science.stays import detect_stays
     from near_assets.science.visits import PoiIndex, match_visits
+    from near_assets.tables import CLEAN_PINGS
     from resources.lake import LakeResource
 
     lake = LakeResource(root=lake_root)
@@ -170,7 +171,7 @@ def chain(lake_root: str, engine: str, master: str, buckets: str = "auto") -> di
 
     t = time.perf_counter()
     if engine == "pandas":
-        day = read_day(lake, f"work/clean_pings/date={DAY}", dictionary=["device_id"])
+        day = CLEAN_PINGS.read(lake, DAY, dictionary=["device_id"])
         t_detect = time.perf_counter()
         stays = detect_stays(day)
         extra: dict[str, Any] = {

@@ -31,11 +31,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from near_assets.audience import REDIS_KEY, audience_audits, encode_for_redis
+from near_assets.audience import audience_audits, encode_for_redis
+from near_assets.tables import AUDIENCE_ESTIMATES, AUDIENCE_REDIS_KEY
+from publishing.redis_hash import RedisHashTarget
+from publishing.tables import published_keys
+from publishing.wap import run_audits
 from resources.lake import LakeResource
-from resources.redis_publish import RedisHashTarget
 from resources.redis_store import start_redis_server, stop_redis_server
-from resources.wap import run_audits
 
 DAY_A, DAY_B = "2024-06-01", "2024-06-02"
 
@@ -71,9 +73,9 @@ def reader(url: str, n_a: int, n_b: int, stop: mp.Event, ready: mp.Event, out: m
         t0 = time.time()
         try:
             if len(log) % 2:
-                ok = client.hlen(REDIS_KEY) in valid_len
+                ok = client.hlen(AUDIENCE_REDIS_KEY) in valid_len
             else:
-                value = client.hget(REDIS_KEY, f"poi{rnd.randrange(n_a):07d}")
+                value = client.hget(AUDIENCE_REDIS_KEY, f"poi{rnd.randrange(n_a):07d}")
                 ok = value is not None and json.loads(value)["date"] in valid_dates
         except Exception:
             ok = False
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         lake = LakeResource(root=str(tmp / "lake"))
         df_a, df_b = estimates(n_a, 1), estimates(n_b, 2)
 
-        first = RedisHashTarget(client, REDIS_KEY, encode_for_redis)
+        first = RedisHashTarget(client, AUDIENCE_REDIS_KEY, encode_for_redis)
         first.stage(df_a, DAY_A)
         first.publish(DAY_A)
 
@@ -113,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
 
         t0 = time.time()
-        lake.write_parquet(df_b, "staging/audience_estimates/date=2024-06-02")
+        staging, _, _ = published_keys(AUDIENCE_ESTIMATES.name, AUDIENCE_ESTIMATES.folder(DAY_B))
+        lake.write_parquet(df_b, staging)
         t1 = time.time()
-        target = RedisHashTarget(client, REDIS_KEY, encode_for_redis)
+        target = RedisHashTarget(client, AUDIENCE_REDIS_KEY, encode_for_redis)
         target.stage(df_b, DAY_B)
         t2 = time.time()
         audits = audience_audits([n_a] * 3, [float(n_a)] * 3, [float(df_a.visitors.sum())] * 3)
@@ -149,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             "read_p99_ms": round(float(np.percentile(latencies, 99)), 3),
             "read_max_ms": round(float(latencies.max()), 2),
             "failed_reads": sum(not r[2] for r in reads),
-            "live_rows": client.hlen(REDIS_KEY),
-            "backup_rows": client.hlen(f"{REDIS_KEY}:backup"),
-            "meta": client.hgetall(f"{REDIS_KEY}:meta"),
+            "live_rows": client.hlen(AUDIENCE_REDIS_KEY),
+            "backup_rows": client.hlen(f"{AUDIENCE_REDIS_KEY}:backup"),
+            "meta": client.hgetall(f"{AUDIENCE_REDIS_KEY}:meta"),
             "redis_used_memory": client.info("memory")["used_memory_human"],
         }
     finally:

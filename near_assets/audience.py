@@ -1,56 +1,81 @@
 """Audience estimates: people per POI per day, published to the lake and the serving Redis hash.
 
-One write-audit-publish (``resources/wap.py``) covers both copies: the lake partition
-``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (a
-``RedisHashTarget``). Both are staged, audited by the same blocking checks, and published only
-when every check passes; a failing day leaves both production copies untouched and alerts.
+One write-audit-publish (``publishing/wap.py``) covers both copies: the lake partition of
+``audience_estimates`` and the Redis hash ``audience:estimates`` (a ``RedisHashTarget``). Both
+are staged, audited by the same blocking checks, and published only when every check passes; a
+failing day leaves both production copies untouched and alerts. A run over several days (a
+backfill) publishes them one after the other, in day order.
 Restore: ``uv run python scripts/restore.py audience_estimates --date D``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from near_assets.partitions import daily_partitions
+from near_assets.partitions import daily_partitions, external_assets
 from near_assets.science.audience import (
     DETECTION_COLUMNS,
     DetectionParams,
     daily_ht,
     detection_rates,
-    score_against_truth,
+    project_audience,
 )
-from near_assets.science.audience import audience_estimates as project_audience
-from resources.alerts import AlertsResource
-from resources.lake import LakeResource
-from resources.redis_publish import RedisHashTarget, json_rows
-from resources.redis_store import RedisResource
-from resources.wap import (
+from near_assets.tables import (
+    AUDIENCE_ESTIMATES,
+    AUDIENCE_REDIS_KEY,
+    CLEAN_PINGS,
+    DEMOGRAPHICS,
+    RAW_PINGS,
+    REFERENCE_AREAS,
+    REFERENCE_POIS,
+    STAY_POINTS,
+    VISIT_DETECTION,
+    VISITS,
+    published_asset_args,
+)
+from publishing.redis_hash import RedisHashTarget, json_rows
+from publishing.tables import trailing_days
+from publishing.wap import (
     AuditFn,
     audit_specs,
+    clean_meta,
     covers_known,
     has_columns,
     no_nulls,
+    publish_days,
     row_count_band,
     rows_satisfy,
-    table_keys,
-    trailing_days,
     trailing_published,
     trailing_published_rows,
     unique_keys,
     value_band,
-    write_audit_publish,
 )
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
+from resources.redis_store import RedisResource
 
-TABLE = "audience_estimates"
-REDIS_KEY = "audience:estimates"
 CONTRACT_COLUMNS = ("poi_id", "visitors", "estimate", "estimate_low", "estimate_high")
-REDIS_CHECK = ("redis_staged_complete", f"The staged Redis hash {REDIS_KEY} holds every row.")
+REDIS_CHECK = (
+    "redis_staged_complete",
+    f"The staged Redis hash {AUDIENCE_REDIS_KEY} holds every row.",
+)
 ROW_BAND = (0.9, 1.1)
 VISITED_BAND = (0.6, 1.6)
-MIN_PANEL_VISITORS = 30
+HISTORY_DAYS = 6
+"""Trailing days blended with a day's estimate by default (``AudienceConfig.history_days``)."""
+
+# A day's estimate reads that day and its HISTORY_DAYS trailing days of pings (active devices:
+# clean, else raw), visits and home areas, and of stay points when a trailing day's
+# visit-detection rates are not cached yet. The dependencies are declared day to day (identity
+# mapping): a trailing mapping would make eager automation wait for every trailing day, so one
+# missing raw day would hold the estimates back for a week. The trailing reads use what exists.
+UPSTREAM = ("raw_pings", "clean_pings", "stay_points", "visits", "demographics")
+
+# The serving hash answers live requests: stricter than the daily tables' FRESHNESS_DAILY.
+SERVING_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30))
 
 encode_for_redis = json_rows(
     "poi_id",
@@ -122,31 +147,42 @@ def audience_audits(
 def known_pois(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[str]:
     """Reference POIs plus those of the latest published day (a POI does not vanish overnight)."""
     known = set(reference["poi_id"].astype(str)) if "poi_id" in reference else set()
-    for d in trailing_days(day, 7):
-        _, production, _ = table_keys(TABLE, f"date={d}")
-        if lake.exists(production):
-            known |= set(lake.read_parquet(production, columns=["poi_id"])["poi_id"].astype(str))
-            break
+    latest = AUDIENCE_ESTIMATES.latest(lake, trailing_days(day, 7)[::-1])
+    if latest:
+        known |= set(
+            AUDIENCE_ESTIMATES.read(lake, latest, columns=["poi_id"])["poi_id"].astype(str)
+        )
     return sorted(known)
 
 
-def active_devices(lake: LakeResource, day: str) -> pd.Series | None:
-    """Devices that sent at least one (clean, else raw) ping that day."""
-    for prefix in ("work/clean_pings", "raw/pings"):
-        key = f"{prefix}/date={day}"
-        if lake.parquet_files(key):
-            return lake.read_parquet(key, columns=["device_id"])["device_id"].dropna().unique()
+def day_audits(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[AuditFn]:
+    """``audience_audits`` with the history of the days published before ``day``."""
+    return audience_audits(
+        trailing_published_rows(lake, AUDIENCE_ESTIMATES, day),
+        trailing_published(lake, AUDIENCE_ESTIMATES, day, _visited, columns=["visitors"]),
+        trailing_published(lake, AUDIENCE_ESTIMATES, day, _total_visitors, columns=["visitors"]),
+        known_pois(lake, reference, day),
+    )
+
+
+def _frame(*columns: str, **dtypes: str) -> pd.DataFrame:
+    """An empty frame with typed columns (``str`` unless given)."""
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, str)) for c in columns})
+
+
+def active_devices(lake: LakeResource, day: str) -> Any:
+    """Devices that sent at least one (clean, else raw) ping that day; None without pings."""
+    for table in (CLEAN_PINGS, RAW_PINGS):
+        if table.exists(lake, day):
+            return table.read(lake, day, columns=["device_id"])["device_id"].dropna().unique()
     return None
 
 
 class AudienceConfig(dg.Config):
-    history_days: int = 6
+    history_days: int = HISTORY_DAYS
     """Trailing days blended with today's estimate (0: today's Horvitz-Thompson alone)."""
     detection_correction: bool = True
     """Divide each panel visitor by the estimated visit-detection rate of their device."""
-
-
-DETECTION_KEY = "work/visit_detection"
 
 
 def day_detection(
@@ -154,122 +190,77 @@ def day_detection(
 ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """The day's visit-detection rates (``science.audience.detection_rates``), cached.
 
-    Computed from the day's clean pings, stay points and visits and kept under
-    ``work/visit_detection/date=D`` so the trailing days blended later reuse them; ``refresh``
-    recomputes. None when the day has no clean pings or no stay points.
+    Computed from the day's clean pings, stay points and visits and kept in ``VISIT_DETECTION``
+    so the trailing days blended later reuse them; ``refresh`` recomputes. None when the day has
+    no clean pings or no stay points.
     """
-    key = f"{DETECTION_KEY}/date={day}"
-    if not refresh and lake.parquet_files(key):
-        return lake.read_parquet(key, columns=DETECTION_COLUMNS), {}
-    pings_key, stays_key = f"work/clean_pings/date={day}", f"curated/stay_points/date={day}"
-    if not lake.parquet_files(pings_key) or not lake.parquet_files(stays_key):
+    if not refresh and VISIT_DETECTION.exists(lake, day):
+        return VISIT_DETECTION.read(lake, day, columns=DETECTION_COLUMNS), {}
+    if not (CLEAN_PINGS.exists(lake, day) and STAY_POINTS.exists(lake, day)):
         return None, {}
-    pings = lake.read_parquet(pings_key, columns=["device_id", "ts", "lat", "lon"])
-    stays = lake.read_parquet(stays_key, columns=["device_id", "start_ts", "end_ts", "lat", "lon"])
-    visits = lake.read_parquet(
-        f"curated/visits/date={day}", columns=["device_id", "start_ts", "dwell_s"]
-    )
+    pings = CLEAN_PINGS.read(lake, day, columns=["device_id", "ts", "lat", "lon"])
+    stays = STAY_POINTS.read(lake, day, columns=["device_id", "start_ts", "end_ts", "lat", "lon"])
+    visits = VISITS.read_or_empty(lake, day, columns=["device_id", "start_ts", "dwell_s"])
     if visits.empty:
-        visits = pd.DataFrame(
-            {"device_id": pd.Series(dtype=str), "dwell_s": pd.Series(dtype=float)}
-        )
+        visits = _frame("device_id", "dwell_s", dwell_s="float")
     rates, summary = detection_rates(pings, stays, visits, DetectionParams())
     del pings
-    lake.write_parquet(rates, key)
+    VISIT_DETECTION.write(lake, rates, day)
     return rates, summary
 
 
 def day_inputs(lake: LakeResource, day: str) -> tuple[pd.DataFrame, pd.DataFrame, Any] | None:
     """(visits, device home areas, active devices) of one day; None without visits or homes."""
-    visits = lake.read_parquet(f"curated/visits/date={day}", columns=["device_id", "poi_id"])
-    homes = lake.read_parquet(f"work/demographics/date={day}", columns=["device_id", "area_id"])
+    visits = VISITS.read_or_empty(lake, day, columns=["device_id", "poi_id"])
+    homes = DEMOGRAPHICS.read_or_empty(lake, day, columns=["device_id", "area_id"])
     if visits.empty and homes.empty:
         return None
     if visits.empty:
-        visits = pd.DataFrame({"device_id": pd.Series(dtype=str), "poi_id": pd.Series(dtype=str)})
+        visits = _frame("device_id", "poi_id")
     if homes.empty:
-        homes = pd.DataFrame({"device_id": pd.Series(dtype=str), "area_id": pd.Series(dtype=str)})
+        homes = _frame("device_id", "area_id")
     return visits, homes, active_devices(lake, day)
 
 
-def redis_target(redis: RedisResource) -> RedisHashTarget:
-    return RedisHashTarget(
-        redis.get_client(), REDIS_KEY, encode_for_redis, meta_extra={"table": TABLE}
-    )
-
-
-@dg.asset(
-    name=TABLE,
-    group_name="audience",
-    partitions_def=daily_partitions,
-    deps=[dg.AssetDep("visits"), dg.AssetDep("demographics")],
-    check_specs=audit_specs(TABLE, audience_audits(), [REDIS_CHECK]),
-    automation_condition=dg.AutomationCondition.eager(),
-    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30)),
-    op_tags={"platform/lane": "batch"},
-    kinds={"pandas", "parquet", "redis"},
-)
-def audience_estimates(
-    context: dg.AssetExecutionContext,
-    config: AudienceConfig,
-    lake: LakeResource,
-    redis: RedisResource,
-    alerts: AlertsResource,
-) -> Any:
-    """People per POI for the day, projected from the panel by home-area coverage.
-
-    Horvitz-Thompson: each panel visitor stands for population / active panel devices of
-    their home area, divided by the estimated probability that their device's sampling that
-    day would have revealed a visit (visits without pings are missed; the rate is estimated
-    from the day's pings, stays and visits, no truth, and cached under
-    ``work/visit_detection/date=D``), blended with the trailing ``history_days`` days'
-    estimates by a random-effects predictor (a POI's audience moves little day to day, a day's
-    panel sample is small; the interval counts the real day-to-day change, the days' shared
-    panel and the detection model's error); 90% interval
-    from the gamma (scaled Poisson) method on the variance (``near_assets/science/audience.py``
-    documents the method). Every reference POI gets a row. Published through one write-audit-publish to
-    ``curated/audience_estimates/date=D`` and the Redis hash ``audience:estimates`` (+ ``:meta``,
-    ``:backup``): blocking checks (row count and visited-POI bands vs the trailing published
-    days, no null keys, estimate >= visitors, interval contains estimate, coverage of known
-    POIs, the staged Redis hash complete) gate both; a failure alerts and changes nothing.
-    Metadata: the mean detection rate, and with the generator's ``truth/poi_visitors`` the
-    median absolute error % and the 90% interval coverage for POIs with >= 30 panel visitors.
-    """
-    day = context.partition_key
-    areas = lake.read_parquet("reference/areas", columns=["area_id", "population"])
-    reference = lake.read_parquet("reference/pois", columns=["poi_id"])
-    poi_ids = reference["poi_id"].astype(str)
-    inputs = day_inputs(lake, day)
-    if inputs is None:
-        empty = pd.Series(dtype=str)
-        inputs = (
-            pd.DataFrame({"device_id": empty, "poi_id": empty}),
-            pd.DataFrame({"device_id": empty, "area_id": empty}),
-            None,
-        )
-    visits, homes, active = inputs
-    detection, detection_summary = (
-        day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
-    )
-    history, history_pairs = [], []
+def trailing_history(
+    lake: LakeResource, day: str, config: AudienceConfig, areas: pd.DataFrame, pois: pd.Series
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """``daily_ht`` estimates and weighted panel visitors of the trailing days that have data."""
+    history, pairs = [], []
     for d in trailing_days(day, max(config.history_days, 0)):
         past = day_inputs(lake, d)
         if past is not None:
-            past_detection = day_detection(lake, d)[0] if config.detection_correction else None
-            per_poi, _, pairs = daily_ht(past[0], past[1], areas, poi_ids, past[2], past_detection)
+            detection = day_detection(lake, d)[0] if config.detection_correction else None
+            per_poi, _, day_pairs = daily_ht(past[0], past[1], areas, pois, past[2], detection)
             history.append(per_poi)
-            history_pairs.append(pairs)
+            pairs.append(day_pairs)
+    return history, pairs
+
+
+def estimate_day(
+    lake: LakeResource, day: str, config: AudienceConfig, areas: pd.DataFrame, pois: pd.Series
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One day's estimates (every reference POI) and their metadata."""
+    visits, homes, active = day_inputs(lake, day) or (
+        _frame("device_id", "poi_id"),
+        _frame("device_id", "area_id"),
+        None,
+    )
+    detection, detection_summary = (
+        day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
+    )
+    history, history_pairs = trailing_history(lake, day, config, areas, pois)
     df = project_audience(
         visits,
         homes,
         areas,
-        pois=poi_ids,
+        pois=pois,
         active_devices=active,
         history=history,
         detection=detection,
         history_pairs=history_pairs,
     )
-    metadata: dict[str, Any] = {
+    metadata = {
         "pois": len(df),
         "visited_pois": int((df["visitors"] > 0).sum()),
         "panel_visitors": int(df["visitors"].sum()),
@@ -282,25 +273,73 @@ def audience_estimates(
         "detection_speed_mps": detection_summary.get("speed_mps"),
         "detection_mean_dwell_s": detection_summary.get("mean_dwell_s"),
     }
-    truth_key = f"truth/poi_visitors/date={day}"
-    if lake.parquet_files(truth_key):
-        score = score_against_truth(df, lake.read_parquet(truth_key), MIN_PANEL_VISITORS)
-        metadata |= {f"truth_{k}": round(v, 4) for k, v in score.items() if v == v}
-    audits = audience_audits(
-        trailing_published_rows(lake, TABLE, day),
-        trailing_published(lake, TABLE, day, _visited, columns=["visitors"]),
-        trailing_published(lake, TABLE, day, _total_visitors, columns=["visitors"]),
-        known_pois(lake, reference, day),
+    return df, clean_meta(metadata)
+
+
+def redis_target(redis: RedisResource) -> RedisHashTarget:
+    return RedisHashTarget(
+        redis.get_client(),
+        AUDIENCE_REDIS_KEY,
+        encode_for_redis,
+        meta_extra={"table": AUDIENCE_ESTIMATES.name},
     )
-    yield from write_audit_publish(
+
+
+@dg.asset(
+    group_name="audience",
+    partitions_def=daily_partitions,
+    deps=[
+        *UPSTREAM,
+        "reference_pois",
+        "reference_areas",
+    ],
+    check_specs=audit_specs(AUDIENCE_ESTIMATES.name, audience_audits(), [REDIS_CHECK]),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    automation_condition=dg.AutomationCondition.eager().ignore(external_assets),
+    op_tags={"platform/lane": "batch"},
+    kinds={"pandas", "parquet", "redis"},
+    **published_asset_args(AUDIENCE_ESTIMATES, freshness_policy=SERVING_FRESHNESS),
+)
+def audience_estimates(
+    context: dg.AssetExecutionContext,
+    config: AudienceConfig,
+    lake: LakeResource,
+    redis: RedisResource,
+    alerts: AlertsResource,
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """People per POI for the day, projected from the panel by home-area coverage.
+
+    Horvitz-Thompson: each panel visitor stands for population / active panel devices of
+    their home area, divided by the estimated probability that their device's sampling that
+    day would have revealed a visit (visits without pings are missed; the rate is estimated
+    from the day's pings, stays and visits, no truth, and cached in ``visit_detection``),
+    blended with the trailing ``history_days`` days' estimates by a random-effects predictor
+    (a POI's audience moves little day to day, a day's panel sample is small; the interval
+    counts the real day-to-day change, the days' shared panel and the detection model's
+    error); 90% interval from the gamma (scaled Poisson) method on the variance
+    (``near_assets/science/audience.py`` documents the method). Every reference POI gets a row.
+
+    Published through one write-audit-publish to the lake and the Redis hash
+    ``audience:estimates`` (+ ``:meta``, ``:backup``): blocking checks (row count and
+    visited-POI bands vs the trailing published days, no null keys, estimate >= visitors,
+    interval contains estimate, coverage of known POIs, the staged Redis hash complete) gate
+    both; a failure alerts and changes nothing. Metadata: the mean detection rate.
+    """
+    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "population"])
+    reference = REFERENCE_POIS.read_or_empty(lake, columns=["poi_id"])
+    pois = reference["poi_id"].astype(str)
+    frames, metadata = {}, {}
+    for day in context.partition_keys:  # day order: each is audited against those before it
+        frames[day], metadata[day] = estimate_day(lake, day, config, areas, pois)
+    yield from publish_days(
         context,
         lake,
         alerts,
-        TABLE,
-        f"date={day}",
-        df,
-        audits,
-        metadata={k: v for k, v in metadata.items() if v is not None},
+        AUDIENCE_ESTIMATES,
+        frames,
+        lambda day: day_audits(lake, reference, day),
+        metadata,
+        {},
         targets=[redis_target(redis)],
     )
 

@@ -1,12 +1,13 @@
 """Campaign insights: one dynamic partition per campaign file, refreshed daily while it is live.
 
-- ``campaign_sensor`` watches ``reference/campaigns/*.json`` in the lake (local or S3), adds a
-  ``campaigns`` partition per valid file and requests its first run once ``curated/visits`` has
-  the first day of the campaign window (until then the file is re-checked on every tick and the
-  skip reason says it is waiting for visits); a malformed file is reported (skip reason, log, one
-  Slack message per file version) and never blocks the others.
+- ``campaign_sensor`` watches the campaign files (``reference_campaigns``: one JSON per campaign,
+  in the lake, local or S3), adds a ``campaigns`` partition per valid file and requests its first
+  run once ``visits`` are published for the first day of the campaign window (until then the
+  file is re-checked on every tick and the skip reason says it is waiting for visits); a
+  malformed file is reported (skip reason, log, one Slack message per file version) and never
+  blocks the others.
 - ``campaign_insights`` measures the lift of exposed devices over a matched control group and
-  publishes it through write-audit-publish to ``curated/campaign_insights/campaign_id=<id>/``.
+  publishes it through write-audit-publish, one partition per campaign.
 - ``campaign_automation`` (declarative automation, evaluated in the code server because of the
   custom ``CampaignLive`` condition) refreshes each live campaign once a day after new visits land,
   and stops after the final figure.
@@ -15,131 +16,138 @@
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-import shapely
 from pydantic import Field
 
-from near_assets.partitions import daily_partitions
+from near_assets.partitions import daily_partitions, external_assets
 from near_assets.science.campaigns import (
     CampaignFileError,
     CampaignSpec,
+    LiftEstimate,
+    brand_poi_ids,
     build_panel,
     campaign_phase,
-    day_range,
+    exposed_until,
     insight_row,
     matched_lift,
     parse_campaign,
 )
+from near_assets.science.demographics import home_areas
+from near_assets.tables import (
+    CAMPAIGN_INSIGHTS,
+    HOME_LOCATION,
+    RAW_EXPOSURES,
+    REFERENCE_AREAS,
+    REFERENCE_CAMPAIGNS,
+    REFERENCE_POIS,
+    VISITS,
+    published_asset_args,
+)
+from publishing.tables import day_range
+from publishing.wap import Audit, audit_specs, has_columns, write_audit_publish
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
-from resources.wap import Audit, audit_specs, has_columns, write_audit_publish
 
-CAMPAIGNS_PREFIX = "reference/campaigns"
-TABLE = "campaign_insights"
-CONTRACT_COLUMNS = (
-    "brand",
-    "exposed_devices",
-    "control_devices",
-    "exposed_visit_rate",
-    "control_visit_rate",
-    "lift",
-    "lift_low",
-    "lift_high",
-    "as_of",
-)
+CONTRACT_COLUMNS = tuple(CAMPAIGN_INSIGHTS.columns)
 MIN_CONTROL_DEVICES = 30
 REFRESH_CRON = "0 6 * * *"
 
 campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
 
+# Freshness is judged on the latest materialization of any campaign. A live campaign is refreshed
+# every day (REFRESH_CRON): none for 30 h warns (expected between campaigns, when none is live);
+# none for a week fails (the refresh or the sensor is likely broken, or campaigns stopped coming).
+CAMPAIGN_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=7), warn_window=timedelta(hours=30)
+)
+
 
 # ---- reading the lake ---------------------------------------------------------------------------
 
 
-def campaign_key(campaign_id: str) -> str:
-    return f"{CAMPAIGNS_PREFIX}/{campaign_id}.json"
-
-
 def load_campaign(lake: LakeResource, campaign_id: str) -> CampaignSpec:
-    return parse_campaign(lake.read_bytes(campaign_key(campaign_id)), campaign_id)
+    return parse_campaign(lake.read_bytes(REFERENCE_CAMPAIGNS.key(campaign_id)), campaign_id)
 
 
-def _utc(ts: pd.Series) -> pd.Series:
-    if pd.api.types.is_integer_dtype(ts):
-        return pd.to_datetime(ts, unit="ms", utc=True)
-    out = pd.to_datetime(ts, utc=True)
-    return out
-
-
-def load_exposed(lake: LakeResource, campaign_id: str, until: date) -> pd.Series:
-    """Distinct devices exposed up to the end of ``until`` (later exposures are not yet known)."""
-    df = lake.read_parquet(f"raw/exposures/campaign_id={campaign_id}", columns=["device_id", "ts"])
-    if df.empty:
-        return pd.Series([], dtype="object")
-    df = df.dropna(subset=["device_id", "ts"])
-    cutoff = pd.Timestamp(until + timedelta(days=1), tz="UTC")
-    return pd.Series(df.loc[_utc(df["ts"]) < cutoff, "device_id"].astype(str).unique())
-
-
-def load_visit_days(lake: LakeResource, days: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Concatenated ``curated/visits/date=D`` for ``days`` and the days that are missing."""
-    frames, missing = [], []
-    for day in days:
-        df = lake.read_parquet(f"curated/visits/date={day}", columns=["device_id", "poi_id"])
-        if df.empty:
-            missing.append(day)
-        else:
-            frames.append(df)
-    if not frames:
-        return pd.DataFrame({"device_id": [], "poi_id": []}, dtype="object"), missing
-    return pd.concat(frames, ignore_index=True), missing
-
-
-def brand_poi_ids(lake: LakeResource, brand: str) -> pd.Index:
-    pois = lake.read_parquet("reference/pois", columns=["poi_id", "brand"])
-    return pd.Index(pois.loc[pois["brand"] == brand, "poi_id"].astype(str).unique())
-
-
-def home_areas(homes: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
-    """``device_id, home_area_id``: the area polygon containing each home (lat/lon, WGS84)."""
-    if homes.empty or areas.empty:
-        return pd.DataFrame({"device_id": [], "home_area_id": []}, dtype="object")
-    polys = shapely.from_wkt(areas["geometry_wkt"].to_numpy())
-    tree = shapely.STRtree(polys)
-    points = shapely.points(homes["lon"].to_numpy(float), homes["lat"].to_numpy(float))
-    pt_idx, poly_idx = tree.query(points, predicate="within")
-    out = pd.DataFrame(
-        {
-            "device_id": homes["device_id"].to_numpy()[pt_idx].astype(str),
-            "home_area_id": areas["area_id"].to_numpy()[poly_idx].astype(str),
-        }
-    )
-    return out.drop_duplicates("device_id").reset_index(drop=True)
+def lake_first_day() -> date:
+    """The first day of the daily partitions (``LAKE_START_DATE``)."""
+    return date.fromisoformat(daily_partitions.get_first_partition_key())
 
 
 def load_home_areas(lake: LakeResource, preferred: list[str]) -> tuple[pd.DataFrame, str | None]:
-    """Home areas from the first ``home_location`` day in ``preferred`` that exists."""
-    areas = lake.read_parquet("reference/areas", columns=["area_id", "geometry_wkt"])
+    """Home areas from the first ``home_location`` day in ``preferred`` that has rows."""
+    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "geometry_wkt"])
     for day in preferred:
-        homes = lake.read_parquet(
-            f"curated/home_location/date={day}", columns=["device_id", "lat", "lon"]
-        )
-        if not homes.empty:
+        homes = HOME_LOCATION.read(lake, day, columns=["device_id", "lat", "lon"])
+        if homes is not None and not homes.empty:
             return home_areas(homes, areas), day
     return home_areas(pd.DataFrame(), areas), None
 
 
-def planted_lift(lake: LakeResource, campaign_id: str) -> float | None:
-    key = f"truth/campaigns/{campaign_id}.json"
-    if not lake.exists(key):
-        return None
-    value = lake.read_json(key).get("planted_lift")
-    return None if value is None else float(value)
+@dataclass(frozen=True)
+class CampaignInputs:
+    """What one measurement of a campaign reads: visits of the window (up to ``as_of``, the last
+    day with visits) and of the pre-period, the panel's home areas, the exposed devices and the
+    brand's places."""
+
+    as_of: date
+    window: pd.DataFrame
+    present_days: list[str]
+    missing_window: list[str]
+    pre: pd.DataFrame
+    pre_days: list[str]
+    missing_pre: list[str]
+    devices: pd.DataFrame
+    home_day: str | None
+    exposed: pd.Series
+    brand_pois: pd.Index
+
+
+def load_inputs(
+    lake: LakeResource, spec: CampaignSpec, today: date, pre_days: int
+) -> CampaignInputs:
+    """The daily partitions of the window (from the start, or the lake's first day, to ``today``
+    capped at the end) and of the ``pre_days`` before the start, read by partition key."""
+    cid, first_day = spec.campaign_id, lake_first_day()
+    if today < spec.start_date:
+        raise dg.Failure(f"campaign {cid} starts on {spec.start_date}; nothing to measure")
+    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
+    pre_period = day_range(
+        max(spec.start_date - timedelta(days=pre_days), first_day),
+        spec.start_date - timedelta(days=1),
+    )
+    columns = ["device_id", "poi_id"]
+    window, present = VISITS.read_many(lake, window_days, columns)
+    missing_window = [d for d in window_days if d not in set(present)]
+    if not present:
+        raise dg.Failure(
+            f"no visits yet in the window of {cid} ({window_days[0] if window_days else '-'}"
+            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}"
+        )
+    as_of = date.fromisoformat(present[-1])
+    pre, pre_found = VISITS.read_many(lake, pre_period, columns)
+    devices, home_day = load_home_areas(lake, [*reversed(pre_period), *present])
+    exposures = RAW_EXPOSURES.read_or_empty(lake, cid, columns=["device_id", "ts"])
+    pois = REFERENCE_POIS.read_or_empty(lake, columns=["poi_id", "brand"])
+    return CampaignInputs(
+        as_of=as_of,
+        window=window,
+        present_days=present,
+        missing_window=missing_window,
+        pre=pre,
+        pre_days=pre_period,
+        missing_pre=[d for d in pre_period if d not in set(pre_found)],
+        devices=devices,
+        home_day=home_day,
+        exposed=exposed_until(exposures, as_of),
+        brand_pois=brand_poi_ids(pois, spec.brand),
+    )
 
 
 # ---- audits ---------------------------------------------------------------------------------------
@@ -217,7 +225,7 @@ class CampaignLive(dg.AutomationCondition):
 
 
 campaign_automation_condition = (
-    CampaignLive() & dg.AutomationCondition.on_cron(REFRESH_CRON)
+    CampaignLive() & dg.AutomationCondition.on_cron(REFRESH_CRON).ignore(external_assets)
 ).with_label(f"campaign live and on_cron({REFRESH_CRON})")
 
 
@@ -232,17 +240,66 @@ class CampaignInsightsConfig(dg.Config):
     )
 
 
+def _num(value: float) -> float | None:
+    return round(float(value), 6) if math.isfinite(value) else None
+
+
+def describe(
+    spec: CampaignSpec, est: LiftEstimate, inputs: CampaignInputs, final: bool
+) -> dict[str, Any]:
+    """Materialization metadata: the estimate, its inputs and the precision floor."""
+    return {
+        "campaign_id": spec.campaign_id,
+        "brand": spec.brand,
+        "window": f"{spec.start_date} .. {spec.end_date} ({spec.days} days)",
+        "as_of": inputs.as_of.isoformat(),
+        "final": final,
+        "lift": _num(est.lift),
+        "lift_interval": f"[{est.lift_low:.4f}, {est.lift_high:.4f}]",
+        "significant": est.significant,
+        "exposed_devices": est.exposed_devices,
+        "exposed_in_exposures": len(inputs.exposed),
+        "unmatched_exposed": est.unmatched_exposed,
+        "control_devices": est.control_devices,
+        "strata": est.strata,
+        "exposed_visit_rate": _num(est.exposed_visit_rate),
+        "control_visit_rate": _num(est.control_visit_rate),
+        "exposed_brand_visits": est.exposed_brand_visits,
+        "precision_floor_pp": _num(est.precision_floor_pp),
+        "brand_pois": len(inputs.brand_pois),
+        "window_days_read": len(inputs.present_days),
+        "window_days_missing": dg.MetadataValue.json(inputs.missing_window),
+        "pre_days_read": len(inputs.pre_days) - len(inputs.missing_pre),
+        "pre_days_missing": len(inputs.missing_pre),
+        "home_location_day": inputs.home_day or "none",
+    }
+
+
+# Dependencies: visits and home_location are daily, this asset is partitioned by campaign
+# (dynamic). Dagster has no built-in mapping from a dynamic key to a date range
+# (TimeWindowPartitionMapping needs time partitions on both sides; custom PartitionMapping
+# subclasses are deprecated and dropped from the asset graph the daemon sees, which would then
+# infer a wrong identity mapping; a daily upstream can only map to the same day of a
+# (campaign x day) multi-partitioned downstream). So the dependency is declared as
+# AllPartitionMapping (a campaign may need any day) and the asset reads exactly the daily
+# partitions of its window by partition key (load_inputs), never by listing the lake.
+#
 @dg.asset(
     partitions_def=campaign_partitions,
     deps=[
         dg.AssetDep("visits", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("home_location", partition_mapping=dg.AllPartitionMapping()),
+        "reference_campaigns",
+        "raw_exposures",
+        "reference_pois",
+        "reference_areas",
     ],
-    check_specs=audit_specs(TABLE, AUDITS),
+    check_specs=audit_specs(CAMPAIGN_INSIGHTS.name, AUDITS),
     automation_condition=campaign_automation_condition,
     group_name="campaigns",
     kinds={"pandas", "parquet"},
     op_tags={"platform/lane": "batch"},
+    **published_asset_args(CAMPAIGN_INSIGHTS, freshness_policy=CAMPAIGN_FRESHNESS),
 )
 def campaign_insights(
     context: dg.AssetExecutionContext,
@@ -252,108 +309,34 @@ def campaign_insights(
 ):
     """Lift of a campaign: exposed devices vs a matched control group, with a 95% interval.
 
-    One partition per campaign (``reference/campaigns/<id>.json``). Visit rate = the brand's
-    share of the place visits of a group during the campaign window (start .. as_of). Control =
-    devices never exposed, matched exactly on home area x pre-campaign brand visits (bucketed),
-    and standardised to the exposed group. Lift = exposed_rate / control_rate - 1 with a delta-method
-    interval. Daily while the campaign is live (``final`` false), a final figure once ``as_of``
-    reaches the end date. Metadata shows the estimated vs the planted lift when ``truth/`` exists.
+    One partition per campaign file (``reference_campaigns``). Visit rate = the brand's share of
+    the place visits of a group during the campaign window (start .. as_of). Control = devices
+    never exposed, matched exactly on home area x pre-campaign brand visits (bucketed), and
+    standardised to the exposed group. Lift = exposed_rate / control_rate - 1 with a
+    delta-method interval. Daily while the campaign is live (``final`` false), a final figure
+    once ``as_of`` reaches the end date.
 
-    Multi-day window. ``visits`` and ``home_location`` are daily; this asset is partitioned by
-    campaign (dynamic). Dagster 1.13 has no built-in mapping from a dynamic key to a date range:
-    ``TimeWindowPartitionMapping`` needs time partitions on both sides, and custom
-    ``PartitionMapping`` subclasses are deprecated and dropped from the asset graph the daemon
-    sees (it would then infer an identity mapping, which is wrong). So the dependency is declared
-    honestly as ``AllPartitionMapping`` (a campaign may need any day), and the asset reads exactly
-    the daily partitions of its window, from ``pre_days`` before the start to ``as_of``, computed
-    from the campaign file and bounded by the daily partitions definition (``LAKE_START_DATE``).
-    It reads them by partition key (``curated/visits/date=D``), never by listing the lake; missing
-    days are reported in the metadata. A (campaign x day) multi-partition would not help: a
-    daily upstream can only map to the same day of a multi-partitioned downstream.
+    Reads the daily ``visits`` of its window, from ``pre_days`` before the start to ``as_of``
+    (from ``LAKE_START_DATE`` at the earliest); missing days are reported in the metadata.
     """
-    campaign_id = context.partition_key
-    spec = load_campaign(lake, campaign_id)
+    spec = load_campaign(lake, context.partition_key)
     today = date.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC).date()
-    first_day = date.fromisoformat(daily_partitions.get_first_partition_key())
-    if today < spec.start_date:
-        raise dg.Failure(f"campaign {campaign_id} starts on {spec.start_date}; nothing to measure")
-    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
-    pre_days = day_range(
-        max(spec.start_date - timedelta(days=config.pre_days), first_day),
-        spec.start_date - timedelta(days=1),
+    inputs = load_inputs(lake, spec, today, config.pre_days)
+    panel = build_panel(
+        inputs.devices, inputs.exposed, inputs.window, inputs.pre, inputs.brand_pois
     )
-    window, missing_window = load_visit_days(lake, window_days)
-    present = [d for d in window_days if d not in set(missing_window)]
-    if not present:
-        raise dg.Failure(
-            f"no visits yet in the window of {campaign_id} ({window_days[0] if window_days else '-'}"
-            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}"
-        )
-    as_of = date.fromisoformat(present[-1])
-    pre, missing_pre = load_visit_days(lake, pre_days)
-    home_days = [*reversed(pre_days), *present]
-    devices, home_day = load_home_areas(lake, home_days)
-    exposed = load_exposed(lake, campaign_id, as_of)
-    brand_pois = brand_poi_ids(lake, spec.brand)
-
-    panel = build_panel(devices, exposed, window, pre, brand_pois)
     est = matched_lift(panel, confidence=config.confidence)
-    final = as_of >= spec.end_date
-    row = insight_row(spec, est, as_of, final)
-
-    truth = planted_lift(lake, campaign_id)
-    # Poisson noise of the exposed group's brand visits: the standard error (pp) no estimator can
-    # beat on this data; about half the interval's half-width when the control group is large
-    brand_visits = (
-        round(est.exposed_visit_rate * est.exposed_visits)
-        if math.isfinite(est.exposed_visit_rate)
-        else 0
-    )
-    floor_pp = 100 * (1 + est.lift) / math.sqrt(brand_visits) if brand_visits else math.nan
-    metadata: dict[str, Any] = {
-        "campaign_id": campaign_id,
-        "brand": spec.brand,
-        "window": f"{spec.start_date} .. {spec.end_date} ({spec.days} days)",
-        "as_of": as_of.isoformat(),
-        "final": final,
-        "lift": _num(est.lift),
-        "lift_interval": f"[{est.lift_low:.4f}, {est.lift_high:.4f}]",
-        "significant": est.significant,
-        "exposed_devices": est.exposed_devices,
-        "exposed_in_exposures": len(exposed),
-        "unmatched_exposed": est.unmatched_exposed,
-        "control_devices": est.control_devices,
-        "strata": est.strata,
-        "exposed_visit_rate": _num(est.exposed_visit_rate),
-        "control_visit_rate": _num(est.control_visit_rate),
-        "exposed_brand_visits": brand_visits,
-        "precision_floor_pp": _num(floor_pp),
-        "brand_pois": len(brand_pois),
-        "window_days_read": len(present),
-        "window_days_missing": dg.MetadataValue.json(missing_window),
-        "pre_days_read": len(pre_days) - len(missing_pre),
-        "pre_days_missing": len(missing_pre),
-        "home_location_day": home_day or "none",
-    }
-    if truth is not None:
-        metadata["planted_lift"] = truth
-        if math.isfinite(est.lift):
-            metadata["lift_error_pp"] = round(100 * (est.lift - truth), 2)
-        metadata["truth_in_interval"] = bool(est.lift_low <= truth <= est.lift_high)
+    final = inputs.as_of >= spec.end_date
     yield from write_audit_publish(
         context,
         lake,
         alerts,
-        TABLE,
-        f"campaign_id={campaign_id}",
-        row,
+        CAMPAIGN_INSIGHTS,
+        CAMPAIGN_INSIGHTS.folder(spec.campaign_id),
+        insight_row(spec, est, inputs.as_of, final),
         AUDITS,
-        metadata=metadata,
+        metadata=describe(spec, est, inputs, final),
     )
-
-
-def _num(value: float) -> float | None:
-    return round(float(value), 6) if math.isfinite(value) else None
 
 
 campaign_insights_job = dg.define_asset_job(
@@ -370,13 +353,11 @@ campaign_insights_job = dg.define_asset_job(
 def scan_campaign_files(
     lake: LakeResource, seen: dict[str, str]
 ) -> tuple[list[tuple[str, str, CampaignSpec]], list[tuple[str, str, str]]]:
-    """New or changed files under ``reference/campaigns``: (key, version, spec) for valid ones and
-    (key, version, reason) for malformed ones. ``seen`` maps key -> version already handled."""
+    """New or changed campaign files: (key, version, spec) for valid ones and (key, version,
+    reason) for malformed ones. ``seen`` maps key -> version already handled."""
     good, bad = [], []
-    for key in lake.list(CAMPAIGNS_PREFIX):
-        name = key.rsplit("/", 1)[-1]
-        if not name.endswith(".json") or "/" in key[len(CAMPAIGNS_PREFIX) + 1 :]:
-            continue
+    for campaign_id in REFERENCE_CAMPAIGNS.ids(lake):
+        key = REFERENCE_CAMPAIGNS.key(campaign_id)
         try:
             raw = lake.read_bytes(key)
         except Exception as exc:  # deleted between list and read
@@ -386,7 +367,7 @@ def scan_campaign_files(
         if seen.get(key) == version:
             continue
         try:
-            good.append((key, version, parse_campaign(raw, name[: -len(".json")])))
+            good.append((key, version, parse_campaign(raw, campaign_id)))
         except CampaignFileError as exc:
             bad.append((key, version, str(exc)))
     return good, bad
@@ -395,7 +376,7 @@ def scan_campaign_files(
 def first_window_day(spec: CampaignSpec) -> date | None:
     """The first day of the campaign window inside the lake's daily range (``LAKE_START_DATE``);
     ``None`` when the whole campaign ended before the lake starts."""
-    first = max(spec.start_date, date.fromisoformat(daily_partitions.get_first_partition_key()))
+    first = max(spec.start_date, lake_first_day())
     return first if first <= spec.end_date else None
 
 
@@ -409,27 +390,22 @@ def needed_days(spec: CampaignSpec, first: date, today: date) -> list[date]:
 
 
 def has_visits(lake: LakeResource, day: date) -> bool:
-    """``curated/visits/date=<day>`` has been published (at least one Parquet file)."""
-    return bool(lake.parquet_files(f"curated/visits/date={day.isoformat()}"))
+    """``visits`` of ``day`` have been published (at least one Parquet file)."""
+    return VISITS.exists(lake, day.isoformat())
 
 
 def has_home_locations(lake: LakeResource, first: date, last: date) -> bool:
-    """Some ``curated/home_location`` day the asset can use (it takes the latest of the
-    pre-period, else the earliest window day): from ``pre_days`` (default) before ``first``
-    to ``last``."""
+    """Some ``home_location`` day the asset can use (it takes the latest of the pre-period, else
+    the earliest window day): from ``pre_days`` (default) before ``first`` to ``last``."""
     low = first - timedelta(days=CampaignInsightsConfig.model_fields["pre_days"].default)
-    for name in lake.list_dirs("curated/home_location"):
+    for value in HOME_LOCATION.values(lake):
         try:
-            day = date.fromisoformat(name.removeprefix("date="))
+            day = date.fromisoformat(value)
         except ValueError:
             continue
-        if low <= day <= last and has_parquet(lake, f"curated/home_location/{name}"):
+        if low <= day <= last and HOME_LOCATION.exists(lake, value):
             return True
     return False
-
-
-def has_parquet(lake: LakeResource, key: str) -> bool:
-    return bool(lake.parquet_files(key))
 
 
 @dg.sensor(
@@ -437,9 +413,9 @@ def has_parquet(lake: LakeResource, key: str) -> bool:
     target=campaign_insights_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=15,
-    description="Adds a `campaigns` partition per valid reference/campaigns/<id>.json and "
-    "requests its first run once curated/visits has the window's first day; reports malformed "
-    "files (once per file version).",
+    description="Adds a `campaigns` partition per valid campaign file (reference_campaigns) and "
+    "requests its first run once visits are published for the window's first day; reports "
+    "malformed files (once per file version).",
 )
 def campaign_sensor(
     context: dg.SensorEvaluationContext, lake: LakeResource, alerts: AlertsResource
@@ -447,10 +423,9 @@ def campaign_sensor(
     """Each tick: list the campaign files, validate new or changed versions, add partitions.
 
     A valid file of a live or ended campaign gets its first run only when the lake has visits for
-    the first day of its window (``curated/visits/date=<start>``, or the lake's first day when the
-    campaign started earlier) and, for an ended campaign, for its last day too, and some
-    ``curated/home_location`` day it can match on. Until then the file stays out of the cursor and is checked again on
-    later ticks; the skip reason names the campaigns waiting for visits. Upcoming campaigns get
+    the first day of its window (its start, or the lake's first day when the campaign started
+    earlier) and, for an ended campaign, for its last day too, and some ``home_location`` day it
+    can match on. Until then the file stays out of the cursor and is checked again on later ticks; the skip reason names the campaigns waiting for visits. Upcoming campaigns get
     their partition only: ``campaign_automation`` refreshes them once they are live. A campaign
     that ended before the lake's first day can never be measured: reported, no run.
     """
@@ -470,9 +445,9 @@ def campaign_sensor(
             done.append((key, version))
         elif missing := [d for d in needed_days(spec, first, today) if not has_visits(lake, d)]:
             days = ", ".join(str(d) for d in missing)
-            waiting.append(f"{spec.campaign_id} (no curated/visits for {days} yet)")
+            waiting.append(f"{spec.campaign_id} (no {VISITS.prefix} for {days} yet)")
         elif not has_home_locations(lake, first, spec.end_date):
-            waiting.append(f"{spec.campaign_id} (no curated/home_location around {first} yet)")
+            waiting.append(f"{spec.campaign_id} (no {HOME_LOCATION.prefix} around {first} yet)")
         else:
             requests.append(
                 dg.RunRequest(

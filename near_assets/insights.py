@@ -29,19 +29,29 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, model_validator
 
-from near_assets.campaigns import home_areas
 from near_assets.partitions import daily_partitions
-from near_assets.science.campaigns import day_range
+from near_assets.science.demographics import home_areas
 from near_assets.science.insights import (
-    aggregate_insights as compute_insights,
-)
-from near_assets.science.insights import (
+    Insights,
     chart_png,
+    compute_insights,
     request_hash,
     segment_devices,
     select_pois,
     summary_markdown,
 )
+from near_assets.tables import (
+    AREA_COVERAGE,
+    BRAND_AFFINITY,
+    DEMOGRAPHICS,
+    HOME_LOCATION,
+    REFERENCE_AREAS,
+    REFERENCE_POIS,
+    VISITS,
+    insights_key,
+    internal_asset_args,
+)
+from publishing.tables import day_range
 from resources.lake import LakeResource
 
 MAX_RANGE_DAYS = 366
@@ -51,7 +61,7 @@ INLINE_CHART_MAX_BYTES = 120_000
 class AggregateInsightsConfig(dg.Config):
     """One insights request. Exactly one of ``brand``, ``category``, ``poi_ids``."""
 
-    brand: str | None = Field(None, description="Brand of the places (reference/pois.brand).")
+    brand: str | None = Field(None, description="Brand of the places (reference_pois.brand).")
     category: str | None = Field(None, description="Category of the places, e.g. grocery.")
     poi_ids: list[str] | None = Field(None, description="Explicit place ids.")
     start_date: str = Field(description="First day, YYYY-MM-DD (UTC).")
@@ -103,32 +113,36 @@ class AggregateInsightsConfig(dg.Config):
         }
 
 
-def latest_day(lake: LakeResource, prefix: str, days: list[str]) -> str | None:
-    """The last of ``days`` whose ``<prefix>/date=D`` partition exists."""
-    for day in reversed(days):
-        if lake.parquet_files(f"{prefix}/date={day}"):
-            return day
-    return None
+def request_days(config: AggregateInsightsConfig) -> list[str]:
+    """The request's days inside the daily partitions (``LAKE_START_DATE`` onwards)."""
+    first_day = date.fromisoformat(daily_partitions.get_first_partition_key())
+    start = max(date.fromisoformat(config.start_date), first_day)
+    return day_range(start, date.fromisoformat(config.end_date))
+
+
+def load_visits(
+    lake: LakeResource, days: list[str], poi_ids: set[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Visits to ``poi_ids`` on ``days`` and the days without published visits."""
+    visits, found = VISITS.read_many(lake, days, columns=["device_id", "poi_id", "dwell_s"])
+    missing = [d for d in days if d not in set(found)]
+    return visits[visits["poi_id"].astype(str).isin(poi_ids)].reset_index(drop=True), missing
 
 
 def load_homes_and_coverage(
     lake: LakeResource, days: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Home areas and area coverage from ``demographics`` (work/demographics, work/area_coverage);
+    """Home areas and area coverage from ``demographics`` (its device and area-coverage tables);
     without them, from ``home_location`` and the reference areas' population."""
-    day = latest_day(lake, "work/area_coverage", days)
+    day = AREA_COVERAGE.latest(lake, days)
     if day:
-        devices = lake.read_parquet(
-            f"work/demographics/date={day}", columns=["device_id", "area_id"]
-        )
-        cover = lake.read_parquet(
-            f"work/area_coverage/date={day}", columns=["area_id", "population", "panel_devices"]
-        )
+        devices = DEMOGRAPHICS.read_or_empty(lake, day, columns=["device_id", "area_id"])
+        cover = AREA_COVERAGE.read(lake, day, columns=["area_id", "population", "panel_devices"])
         return devices, cover, f"demographics {day}"
-    areas = lake.read_parquet("reference/areas", columns=["area_id", "geometry_wkt", "population"])
-    day = latest_day(lake, "curated/home_location", days)
+    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "geometry_wkt", "population"])
+    day = HOME_LOCATION.latest(lake, days)
     homes = (
-        lake.read_parquet(f"curated/home_location/date={day}", columns=["device_id", "lat", "lon"])
+        HOME_LOCATION.read(lake, day, columns=["device_id", "lat", "lon"])
         if day
         else pd.DataFrame(columns=["device_id", "lat", "lon"])
     )
@@ -141,11 +155,78 @@ def load_homes_and_coverage(
     return devices, cover, f"home_location {day}" if day else "none"
 
 
+def load_affinity(lake: LakeResource, days: list[str]) -> tuple[pd.DataFrame, str | None]:
+    """Brand affinity of the last day of ``days`` that has it, and that day."""
+    columns = ["device_id", "brand", "affinity"]
+    day = BRAND_AFFINITY.latest(lake, days)
+    if day is None:
+        return pd.DataFrame(columns=columns), None
+    return BRAND_AFFINITY.read(lake, day, columns=columns), day
+
+
+def write_outputs(
+    lake: LakeResource,
+    key: str,
+    request: dict[str, Any],
+    ins: Insights,
+    png: bytes,
+    summary: dict[str, Any],
+) -> None:
+    """The request's tables, chart, report and summary under ``key`` (``insights_key``)."""
+    lake.write_json(f"{key}/request.json", request)
+    lake.write_parquet(ins.visitors, f"{key}/visitors.parquet")
+    lake.write_parquet(ins.dwell, f"{key}/dwell.parquet")
+    lake.write_parquet(ins.home_mix, f"{key}/home_area_mix.parquet")
+    lake.write_parquet(ins.affinity, f"{key}/brand_affinity.parquet")
+    lake.write_bytes(f"{key}/chart.png", png)
+    md = summary_markdown(request, ins, None)
+    lake.write_bytes(f"{key}/summary.md", (md + "\n![chart](chart.png)\n").encode())
+    lake.write_json(f"{key}/summary.json", summary)
+
+
+def chart_title(config: AggregateInsightsConfig, places: int) -> str:
+    what = config.brand or config.category or f"{places} places"
+    return f"{what} {config.start_date}..{config.end_date}"
+
+
+def describe(
+    lake: LakeResource, key: str, ins: Insights, png: bytes, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Materialization metadata: the headline figures and the report (chart inline when small)."""
+    request = summary["request"]
+    inline = base64.b64encode(png).decode() if len(png) <= INLINE_CHART_MAX_BYTES else None
+    return {
+        "request_hash": key.rsplit("/", 1)[-1],
+        "request": dg.MetadataValue.json(request),
+        "dagster/row_count": len(ins.visitors),
+        "visitors": ins.summary["visitors"],
+        "visits": ins.summary["visits"],
+        "estimated_people": ins.summary["estimated_people"],
+        "median_dwell_s": ins.summary["dwell_s_quantiles"].get("p50"),
+        "places": summary["places"],
+        "days_read": summary["days"] - len(summary["missing_days"]),
+        "days_missing": len(summary["missing_days"]),
+        "home_source": summary["home_source"],
+        "summary": dg.MetadataValue.md(summary_markdown(request, ins, inline)),
+        "chart": dg.MetadataValue.path(lake.uri(f"{key}/chart.png")),
+        "output": dg.MetadataValue.path(lake.uri(key)),
+        "summary_json": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
+    }
+
+
 @dg.asset(
-    deps=["visits", "demographics", "brand_affinity"],
+    deps=[
+        "visits",
+        "demographics",
+        "home_location",
+        "brand_affinity",
+        "reference_pois",
+        "reference_areas",
+    ],
     group_name="insights",
     kinds={"pandas", "matplotlib"},
     op_tags={"platform/lane": "batch"},
+    **internal_asset_args(tags={"trigger": "on-demand"}),
 )
 def aggregate_insights(
     context: dg.AssetExecutionContext, config: AggregateInsightsConfig, lake: LakeResource
@@ -155,65 +236,27 @@ def aggregate_insights(
     segment (home areas, minimum brand affinity). On demand: launched with run config from the
     launchpad or the CLI; each request is written to ``insights/<request-hash>/``.
 
-    The config is validated (pydantic) before any data is read: exactly one place selector,
-    ISO dates, start <= end <= today, at most 366 days. Days come from the daily partitions
-    (``LAKE_START_DATE`` onwards); missing days are reported, not fatal.
+    The config is validated before any data is read: exactly one place selector, ISO dates,
+    start <= end <= today, at most 366 days. Days before ``LAKE_START_DATE`` are left out;
+    missing days are reported, not fatal.
     """
     request = config.request()
-    key = f"insights/{request_hash(request)}"
-    first_day = date.fromisoformat(daily_partitions.get_first_partition_key())
-    days = day_range(
-        max(date.fromisoformat(config.start_date), first_day), date.fromisoformat(config.end_date)
-    )
+    key = insights_key(request_hash(request))
+    days = request_days(config)
     pois = select_pois(
-        lake.read_parquet("reference/pois"), config.brand, config.category, config.poi_ids
+        REFERENCE_POIS.read_or_empty(lake), config.brand, config.category, config.poi_ids
     )
     if pois.empty:
         raise dg.Failure(f"no places match {request}", allow_retries=False)
     poi_ids = set(pois["poi_id"].astype(str))
-
-    frames, missing = [], []
-    for day in days:
-        df = lake.read_parquet(
-            f"curated/visits/date={day}", columns=["device_id", "poi_id", "dwell_s"]
-        )
-        if df.empty:
-            missing.append(day)
-        else:
-            frames.append(df[df["poi_id"].astype(str).isin(poi_ids)])
-    visits = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["device_id", "poi_id", "dwell_s"])
-    )
+    visits, missing = load_visits(lake, days, poi_ids)
     devices, coverage, home_source = load_homes_and_coverage(lake, days)
-    aff_day = latest_day(lake, "curated/brand_affinity", days)
-    affinity = (
-        lake.read_parquet(
-            f"curated/brand_affinity/date={aff_day}", columns=["device_id", "brand", "affinity"]
-        )
-        if aff_day
-        else pd.DataFrame(columns=["device_id", "brand", "affinity"])
-    )
+    affinity, affinity_day = load_affinity(lake, days)
     segment = segment_devices(
         devices, affinity, config.home_areas, request["affinity_brand"], config.min_affinity
     )
     ins = compute_insights(visits, devices, coverage, affinity, segment)
-
-    title = (
-        f"{config.brand or config.category or f'{len(poi_ids)} places'} "
-        f"{config.start_date}..{config.end_date}"
-    )
-    png = chart_png(ins, title)
-    inline = base64.b64encode(png).decode() if len(png) <= INLINE_CHART_MAX_BYTES else None
-    md = summary_markdown(request, ins, None)
-    lake.write_json(f"{key}/request.json", request)
-    lake.write_parquet(ins.visitors, f"{key}/visitors.parquet")
-    lake.write_parquet(ins.dwell, f"{key}/dwell.parquet")
-    lake.write_parquet(ins.home_mix, f"{key}/home_area_mix.parquet")
-    lake.write_parquet(ins.affinity, f"{key}/brand_affinity.parquet")
-    lake.write_bytes(f"{key}/chart.png", png)
-    lake.write_bytes(f"{key}/summary.md", (md + "\n![chart](chart.png)\n").encode())
+    png = chart_png(ins, chart_title(config, len(poi_ids)))
     summary = {
         **ins.summary,
         "request": request,
@@ -221,29 +264,12 @@ def aggregate_insights(
         "days": len(days),
         "missing_days": missing,
         "home_source": home_source,
-        "affinity_day": aff_day,
+        "affinity_day": affinity_day,
         "generated_at": datetime.now(UTC).isoformat(),
     }
-    lake.write_json(f"{key}/summary.json", summary)
+    write_outputs(lake, key, request, ins, png, summary)
     context.log.info(f"insights for {request} written to {lake.uri(key)}")
-    return dg.MaterializeResult(
-        metadata={
-            "request_hash": key.rsplit("/", 1)[-1],
-            "request": dg.MetadataValue.json(request),
-            "visitors": ins.summary["visitors"],
-            "visits": ins.summary["visits"],
-            "estimated_people": ins.summary["estimated_people"],
-            "median_dwell_s": ins.summary["dwell_s_quantiles"].get("p50"),
-            "places": len(poi_ids),
-            "days_read": len(days) - len(missing),
-            "days_missing": len(missing),
-            "home_source": home_source,
-            "summary": dg.MetadataValue.md(summary_markdown(request, ins, inline)),
-            "chart": dg.MetadataValue.path(lake.uri(f"{key}/chart.png")),
-            "output": dg.MetadataValue.path(lake.uri(key)),
-            "summary_json": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
-        }
-    )
+    return dg.MaterializeResult(metadata=describe(lake, key, ins, png, summary))
 
 
 aggregate_insights_job = dg.define_asset_job(

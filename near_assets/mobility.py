@@ -1,48 +1,63 @@
 """Mobility assets: stay points, visits, home location, demographics and brand affinity.
 
-Daily-partitioned, thin: load from the lake, call the science in ``near_assets.science``, publish
-through write-audit-publish (``curated/<table>/date=D/``) and report rows, devices, timing and,
-when the lake holds the generator's ``truth/``, accuracy. Every asset has an ``engine`` config
-(``pandas`` | ``spark``; default ``$NEAR_ENGINE`` or ``pandas``): the per-device science (stay
-detection, home inference) then runs through ``SparkResource.run_per_device`` around the same
-functions. Visits, demographics and brand affinity work on stays and homes (thousands of rows,
-not millions), so their joins run in-process under both engines.
+Daily-partitioned and thin: load from the lake (``near_assets.tables``), call the science in
+``near_assets.science``, publish through write-audit-publish and describe each day. Stay
+detection and home inference run on the engine of the asset's ``engine`` config
+(``near_assets.engine``: ``pandas`` in-process or one ``spark`` job); visits, demographics and
+brand affinity work on stays and homes (thousands of rows, not millions) and run in-process
+under both settings. Accuracy against the generator's ground truth is scored by asset checks in
+``near_assets.evaluation.mobility``.
 
-All assets use a single-run backfill policy and process every partition key of the run: a month
-backfill is one run (and one Spark job per Spark-backed asset), not thirty.
+Every asset uses a single-run backfill policy and processes every partition key of its run: a
+month backfill is one run (and one Spark job per Spark-backed asset), not thirty.
 """
 
-import io
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from near_assets.engine import EngineConfig, run_per_device
 from near_assets.partitions import daily_partitions, eager_any_day
-from near_assets.science import accuracy
-from near_assets.science.affinity import AffinityParams, brand_affinity
+from near_assets.science import affinity
 from near_assets.science.demographics import area_coverage, device_demographics
 from near_assets.science.home import HOME_COLUMNS, HomeParams, homes_by_day
 from near_assets.science.stays import STAY_COLUMNS, StayParams, detect_stays, stays_per_device
 from near_assets.science.visits import VISIT_COLUMNS, PoiIndex, VisitParams, match_visits
-from resources.lake import LakeResource
-from resources.settings import lake_timezone
-from resources.wap import (
+from near_assets.tables import (
+    AREA_COVERAGE,
+    BRAND_AFFINITY,
+    CLEAN_PINGS,
+    DEMOGRAPHICS,
+    HOME_LOCATION,
+    REFERENCE_AREAS,
+    REFERENCE_POIS,
+    STAY_POINTS,
+    VISITS,
+    internal_asset_args,
+    published_asset_args,
+)
+from publishing.tables import LakeTable, day_window, trailing_days, utc_days
+from publishing.wap import (
     AuditFn,
     audit_specs,
+    clean_meta,
     has_columns,
     no_nulls,
+    publish_days,
     row_count_band,
     rows_satisfy,
-    trailing_days,
     value_band,
-    write_audit_publish,
 )
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
+from resources.settings import lake_timezone
+from resources.spark import SparkResource
 
 GROUP = "mobility"
 HOME_WINDOW_DAYS = int(os.environ.get("NEAR_HOME_WINDOW_DAYS", "14"))
@@ -51,17 +66,21 @@ NORM_HISTORY_DAYS = 7
 RETRY = dg.RetryPolicy(
     max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-RESOURCES = {"lake", "alerts", "spark"}
-KINDS = {"pandas", "spark", "parquet"}
+ENGINE_KINDS = {"pandas", "spark", "parquet"}
+PANDAS_KINDS = {"pandas", "parquet"}
+PING_COLUMNS = ["device_id", "ts", "lat", "lon"]
+HOME_STAY_COLUMNS = ["device_id", "start_ts", "end_ts", "lat", "lon"]
 
-
-def default_engine() -> str:
-    return os.environ.get("NEAR_ENGINE", "pandas")
-
-
-class EngineConfig(dg.Config):
-    engine: str = default_engine()
-    """``pandas`` (in-process) or ``spark`` (``SparkResource.run_per_device``)."""
+# The trailing windows are declared as time-window partition mappings so that lineage and
+# automation see them; a mapping cannot be configured per run, so the config's window_days may
+# only shrink the window (min(config, mapping)). Days before the partitions' first day do not
+# exist upstream and are skipped (allow_nonexistent_upstream_partitions).
+HOME_MAPPING = dg.TimeWindowPartitionMapping(
+    start_offset=-(HOME_WINDOW_DAYS - 1), allow_nonexistent_upstream_partitions=True
+)
+AFFINITY_MAPPING = dg.TimeWindowPartitionMapping(
+    start_offset=-(AFFINITY_WINDOW_DAYS - 1), allow_nonexistent_upstream_partitions=True
+)
 
 
 class StayPointsConfig(EngineConfig):
@@ -75,15 +94,22 @@ class StayPointsConfig(EngineConfig):
     norm_high: float = 2.0
     """... or rise above this x the trailing median (7 published days, at least 3)."""
 
+    def params(self) -> dict[str, Any]:
+        return StayParams(
+            self.radius_m, self.min_duration_s, self.max_gap_s, self.min_pings, self.max_outliers
+        ).as_dict()
+
 
 class VisitsConfig(EngineConfig):
+    """Visits are matched in-process under both engines."""
+
     max_distance_m: float = VisitParams.max_distance_m
     min_dwell_s: float = VisitParams.min_dwell_s
 
 
 class HomeConfig(EngineConfig):
     window_days: int = HOME_WINDOW_DAYS
-    """Trailing days of stay points (at most the partition mapping's $NEAR_HOME_WINDOW_DAYS)."""
+    """Trailing days of stay points (at most $NEAR_HOME_WINDOW_DAYS)."""
     cell_m: float = HomeParams.cell_m
     night_start_h: int = HomeParams.night_start_h
     night_end_h: int = HomeParams.night_end_h
@@ -91,184 +117,68 @@ class HomeConfig(EngineConfig):
     hours_scale: float = HomeParams.hours_scale
     min_confidence: float = HomeParams.min_confidence
 
+    def params(self, days: Sequence[str], window_days: int) -> dict[str, Any]:
+        return {
+            "as_of": list(days),
+            "window_days": window_days,
+            "timezone": lake_timezone(),
+            "cell_m": self.cell_m,
+            "night_start_h": self.night_start_h,
+            "night_end_h": self.night_end_h,
+            "day_rest_ratio": self.day_rest_ratio,
+            "hours_scale": self.hours_scale,
+            "min_confidence": self.min_confidence,
+        }
+
 
 class AffinityConfig(EngineConfig):
+    """Brand affinity is computed in-process under both engines."""
+
     window_days: int = AFFINITY_WINDOW_DAYS
-    alpha: float = AffinityParams.alpha
-    beta: float = AffinityParams.beta
-    clip: float = AffinityParams.clip
+    """Trailing days of visits (at most $NEAR_AFFINITY_WINDOW_DAYS)."""
+    alpha: float = affinity.AffinityParams.alpha
+    beta: float = affinity.AffinityParams.beta
+    clip: float = affinity.AffinityParams.clip
 
 
-# ---- lake helpers ---------------------------------------------------------------------------
+# ---- loading and splitting ----------------------------------------------------------------
 
 
-def day_key(prefix: str, day: str) -> str:
-    return f"{prefix}/date={day}"
-
-
-def read_day(
-    lake: LakeResource, key: str, columns: list[str] | None = None, dictionary: Sequence[str] = ()
-) -> pd.DataFrame | None:
-    """Every Parquet file under ``key`` (None when the folder is missing or empty)."""
-    files = lake.parquet_files(key)
-    if not files:
-        return None
-    tables = [
-        pq.read_table(
-            io.BytesIO(lake.read_bytes(f)), columns=columns, read_dictionary=list(dictionary)
-        )
-        for f in files
+def read_pings(lake: LakeResource, days: Sequence[str]) -> pd.DataFrame:
+    """The clean pings of ``days`` (position columns only; device ids dictionary-encoded)."""
+    frames = [
+        df
+        for d in days
+        if (df := CLEAN_PINGS.read(lake, d, PING_COLUMNS, dictionary=["device_id"])) is not None
     ]
-    frames = [t.to_pandas() for t in tables]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if not frames:
+        return pd.DataFrame(columns=PING_COLUMNS)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def read_days(lake: LakeResource, prefix: str, days: Sequence[str]) -> tuple[pd.DataFrame, list]:
-    """Concatenate the days that exist; also return the list of days found."""
-    frames, found = [], []
-    for d in days:
-        df = read_day(lake, day_key(prefix, d))
-        if df is not None and len(df):
-            frames.append(df)
-            found.append(d)
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), found
+def split_days(df: pd.DataFrame, column: str, days: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The rows of each of ``days`` by the UTC day of ``column``."""
+    day_of = utc_days(df[column]) if len(df) else np.array([], dtype=object)
+    return {d: df[day_of == d] for d in days}
 
 
-def truth_day(lake: LakeResource, table: str, day: str) -> pd.DataFrame | None:
-    return read_day(lake, f"truth/{table}/date={day}")
+def devices_in_window(
+    stays: pd.DataFrame, stay_days: np.ndarray, days: Sequence[str]
+) -> np.ndarray:
+    """Devices with a stay starting on one of ``days`` (``stay_days``: each stay's UTC day)."""
+    return pd.unique(stays["device_id"][np.isin(stay_days, list(days))])
 
 
-def truth_homes(lake: LakeResource) -> pd.DataFrame | None:
-    return read_day(lake, "truth/homes")
+def published_days(table: LakeTable, lake: LakeResource, days: Sequence[str]) -> list[str]:
+    """The days of ``days`` whose partition of ``table`` holds a Parquet file."""
+    return [d for d in days if table.exists(lake, d)]
 
 
-def utc_day(ts: pd.Series) -> np.ndarray:
-    return pd.to_datetime(ts, utc=True).dt.strftime("%Y-%m-%d").to_numpy()
-
-
-def window(day: str, days: int) -> list[str]:
-    """The ``days`` UTC days ending with ``day``, oldest first."""
-    return [*reversed(trailing_days(day, days - 1)), day]
-
-
-# ---- engines --------------------------------------------------------------------------------
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ("pandas", "spark"):
-        raise dg.Failure(f"engine must be 'pandas' or 'spark', got {engine!r}")
-    return engine
-
-
-def run_per_device(
-    context: dg.AssetExecutionContext,
-    engine: str,
-    fn: Callable[..., pd.DataFrame],
-    inputs: list[str],
-    params: dict[str, Any],
-    load: Callable[[], pd.DataFrame],
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Run ``fn`` on the ``inputs`` lake keys: in-process on ``load()``, or as one Spark job."""
-    lake: LakeResource = context.resources.lake
-    if check_engine(engine) == "pandas" or not inputs:
-        return fn(load(), **params), {"engine": "pandas"}
-    output = f"work/_engine/{context.asset_key.to_python_identifier()}/run={context.run_id}"
-    lake.delete(output)
-    summary = context.resources.spark.run_per_device(
-        context,
-        function=fn,
-        inputs=inputs,
-        output=output,
-        params=params,
-        group_by=["device_id"],
-        lake=lake,
-    )
-    out = lake.read_parquet(output)
-    lake.delete(output)
-    for col in out.columns:
-        if isinstance(out[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
-            out[col]
-        ):
-            out[col] = pd.to_datetime(out[col], utc=True).dt.as_unit("ns")
-    meta = {"engine": "spark"}
-    meta.update(
-        {f"spark_{k}": v for k, v in (summary or {}).items() if isinstance(v, int | float | str)}
-    )
-    return out, meta
-
-
-# ---- publishing many partitions in one run --------------------------------------------------
-
-
-def publish_days(
-    context: dg.AssetExecutionContext,
-    table: str,
-    frames: dict[str, pd.DataFrame],
-    audits: Callable[[str], list[AuditFn]],
-    metadata: dict[str, dict[str, Any]],
-    run_meta: dict[str, Any],
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Write-audit-publish each day; one check result per audit and one materialization.
-
-    A run over several partitions (a backfill) publishes day by day; each check reports the
-    worst day, and the step fails on the first day whose audits fail (earlier days stay
-    published, that day and later ones are untouched).
-    """
-    lake, alerts = context.resources.lake, context.resources.alerts
-    checks: dict[str, list[dg.AssetCheckResult]] = {}
-    published: dict[str, dict[str, Any]] = {}
-    failure: dg.Failure | None = None
-    for day, df in frames.items():
-        events = write_audit_publish(
-            context, lake, alerts, table, f"date={day}", df, audits(day), metadata.get(day)
-        )
-        try:
-            for ev in events:
-                if isinstance(ev, dg.AssetCheckResult):
-                    checks.setdefault(ev.check_name, []).append(ev)
-                else:
-                    published[day] = dict(ev.metadata or {})
-        except dg.Failure as exc:
-            failure = exc
-            break
-    for name, results in checks.items():
-        worst = next((r for r in results if not r.passed), results[-1])
-        yield dg.AssetCheckResult(
-            asset_key=context.asset_key,
-            check_name=name,
-            passed=all(r.passed for r in results),
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=worst.description,
-            metadata={**dict(worst.metadata or {}), "days_checked": len(results)},
-        )
-    if failure is not None:
-        raise dg.Failure(
-            description=failure.description,
-            metadata=failure.metadata,
-            allow_retries=False,
-        )
-    if len(published) == 1:
-        (meta,) = published.values()
-    else:
-        meta = {
-            "days": len(published),
-            "rows": int(sum(len(df) for df in frames.values())),
-            "per_day": dg.MetadataValue.json(
-                {d: {k: _plain(v) for k, v in m.items()} for d, m in published.items()}
-            ),
-        }
-    yield dg.MaterializeResult(metadata={**meta, **run_meta})
-
-
-def _plain(v: Any) -> Any:
-    return v.value if isinstance(v, dg.MetadataValue) else v
-
-
-def clean_meta(figures: dict[str, Any]) -> dict[str, Any]:
-    """Drop missing figures; numpy scalars become plain Python numbers."""
-    return {
-        k: v.item() if isinstance(v, np.generic) else v for k, v in figures.items() if v is not None
-    }
+def single_or_per_day(per_day: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One day's figures as they are; several days as a count and a JSON table."""
+    if len(per_day) == 1:
+        return next(iter(per_day.values()))
+    return {"days": len(per_day), "per_day": dg.MetadataValue.json(per_day)}
 
 
 # ---- audits ---------------------------------------------------------------------------------
@@ -354,24 +264,123 @@ def trailing_stays_per_device(lake: LakeResource, day: str) -> list[float]:
     """Stays per device of the published ``stay_points`` days before ``day`` (newest first)."""
     out = []
     for d in trailing_days(day, NORM_HISTORY_DAYS):
-        df = read_day(lake, day_key("curated/stay_points", d), columns=["device_id"])
+        df = STAY_POINTS.read(lake, d, columns=["device_id"])
         if df is not None and len(df):
             out.append(_stays_per_device(df))
     return out
 
 
-def parquet_rows(lake: LakeResource, key: str) -> int:
-    """Rows of the Parquet files under ``key``, from their footers (0 when missing)."""
-    return sum(
-        pq.ParquetFile(io.BytesIO(lake.read_bytes(f))).metadata.num_rows
-        for f in lake.parquet_files(key)
+def trailing_visit_rows(lake: LakeResource, day: str) -> list[int]:
+    """Row counts of the published ``visits`` days before ``day`` (empty or missing: left out)."""
+    counts = [VISITS.rows(lake, d) for d in trailing_days(day, NORM_HISTORY_DAYS)]
+    return [c for c in counts if c]
+
+
+# ---- per-day results and figures ----------------------------------------------------------
+
+
+def stays_of_days(stays: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Each day's stays (by start, UTC) in contract order."""
+    return {
+        d: df[STAY_COLUMNS].sort_values(["device_id", "start_ts"]).reset_index(drop=True)
+        for d, df in split_days(stays, "start_ts", days).items()
+    }
+
+
+def describe_stays(df: pd.DataFrame, input_pings: int) -> dict[str, Any]:
+    return clean_meta(
+        {
+            "input_pings": input_pings,
+            "input": "present" if input_pings else "missing or empty",
+            "devices": int(df["device_id"].nunique()),
+            "stays_per_device": round(_stays_per_device(df), 3),
+            "median_duration_min": round(float(df["duration_s"].median() / 60), 1)
+            if len(df)
+            else None,
+        }
     )
 
 
-def trailing_rows(lake: LakeResource, table: str, day: str) -> list[int]:
-    """Row counts of the published days of ``table`` before ``day``."""
-    counts = [parquet_rows(lake, day_key(f"curated/{table}", d)) for d in trailing_days(day, 7)]
-    return [c for c in counts if c]
+def visits_of_day(
+    stays: pd.DataFrame | None, index: PoiIndex, config: VisitsConfig
+) -> pd.DataFrame:
+    """The day's visits in contract order (none without stays)."""
+    if stays is None or stays.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in VISIT_COLUMNS})
+    return match_visits(stays, index, config.max_distance_m, config.min_dwell_s)[VISIT_COLUMNS]
+
+
+def describe_visits(df: pd.DataFrame, stays: pd.DataFrame | None) -> dict[str, Any]:
+    return clean_meta(
+        {
+            "stays": 0 if stays is None else len(stays),
+            "devices": int(df["device_id"].nunique()),
+            "pois_visited": int(df["poi_id"].nunique()),
+            "median_dwell_min": round(float(df["dwell_s"].median() / 60), 1) if len(df) else None,
+        }
+    )
+
+
+def homes_of_days(homes: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Each day's homes (``date`` = as of) in contract order."""
+    return {
+        d: homes[homes["date"] == d][HOME_COLUMNS]
+        .sort_values("device_id", ignore_index=True)
+        .astype({"nights": np.int32, "hours": np.int32})
+        for d in days
+    }
+
+
+def describe_homes(
+    df: pd.DataFrame, eligible: np.ndarray, window: Sequence[str], present: Sequence[str]
+) -> dict[str, Any]:
+    return clean_meta(
+        {
+            "window_days_found": len(set(window) & set(present)),
+            "devices_in_window": len(eligible),
+            "homes": len(df),
+            "coverage": round(len(df) / len(eligible), 4) if len(eligible) else None,
+            "night_shift_fallbacks": int((df["method"] == "day_rest").sum()),
+            "median_confidence": round(float(df["confidence"].median()), 3) if len(df) else None,
+        }
+    )
+
+
+def describe_demographics(
+    homes: pd.DataFrame, devices: pd.DataFrame, cover: pd.DataFrame
+) -> dict[str, Any]:
+    return clean_meta(
+        {
+            "devices": len(devices),
+            "homes_outside_areas": len(homes) - len(devices),
+            "areas": len(cover),
+            "areas_without_panel": int((cover["panel_devices"] == 0).sum()),
+            "median_area_coverage": round(float(cover["coverage"].median()), 5)
+            if len(cover)
+            else None,
+        }
+    )
+
+
+def affinity_of_window(visits: pd.DataFrame, config: AffinityConfig) -> pd.DataFrame:
+    """Brand affinity of the window's visits (none without branded visits)."""
+    if visits.empty or "brand" not in visits:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in AFFINITY_CONTRACT})
+    return affinity.brand_affinity(visits, config.alpha, config.beta, config.clip)
+
+
+def describe_affinity(
+    df: pd.DataFrame, visits: pd.DataFrame, window: Sequence[str], found: Sequence[str]
+) -> dict[str, Any]:
+    return clean_meta(
+        {
+            "visits_in_window": len(visits),
+            "window_days_found": len(set(window) & set(found)),
+            "devices": int(df["device_id"].nunique()),
+            "brands": int(df["brand"].nunique()),
+            "share_positive": round(float((df["affinity"] > 0).mean()), 4) if len(df) else None,
+        }
+    )
 
 
 # ---- assets ---------------------------------------------------------------------------------
@@ -381,312 +390,218 @@ def trailing_rows(lake: LakeResource, table: str, day: str) -> list[int]:
     group_name=GROUP,
     partitions_def=daily_partitions,
     deps=[dg.AssetDep("clean_pings")],
-    check_specs=audit_specs("stay_points", stay_audits()),
+    check_specs=audit_specs(STAY_POINTS.name, stay_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    required_resource_keys=RESOURCES,
-    kinds=KINDS,
+    kinds=ENGINE_KINDS,
+    **published_asset_args(STAY_POINTS),
 )
 def stay_points(
-    context: dg.AssetExecutionContext, config: StayPointsConfig
+    context: dg.AssetExecutionContext,
+    config: StayPointsConfig,
+    lake: LakeResource,
+    alerts: AlertsResource,
+    spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Stay points: where each device stood still (radius + minimum duration), per UTC day.
 
     From ``clean_pings``: a stay is a run of pings within ``radius_m`` of their centroid lasting
     at least ``min_duration_s``, from its first to its last ping inside the radius (a travel
     ping followed by a long sampling gap is not a stay). Published to ``curated/stay_points``;
-    a blocking audit fails a day whose stays per device leave the trailing norm. With
-    ``truth/`` in the lake the metadata carries stay precision and recall.
+    a blocking audit fails a day whose stays per device leave the trailing norm.
     """
-    lake: LakeResource = context.resources.lake
     started = time.perf_counter()
     days = list(context.partition_keys)
-    inputs = [day_key("work/clean_pings", d) for d in days]
-    present = [k for k in inputs if lake.parquet_files(k)]
-    params = StayParams(
-        config.radius_m,
-        config.min_duration_s,
-        config.max_gap_s,
-        config.min_pings,
-        config.max_outliers,
-    ).as_dict()
-    pings_n = {d: parquet_rows(lake, day_key("work/clean_pings", d)) for d in days}
-    loaded: dict[str, pd.DataFrame] = {}
-
-    def load_day(d: str, columns: list[str]) -> pd.DataFrame | None:
-        if d not in loaded:
-            df = read_day(lake, day_key("work/clean_pings", d), columns, dictionary=["device_id"])
-            if df is None:
-                return None
-            loaded[d] = df
-        return loaded[d]
-
-    def load() -> pd.DataFrame:
-        cols = ["device_id", "ts", "lat", "lon"]
-        frames = [f for d in days if (f := load_day(d, cols)) is not None]
-        if not frames:
-            return pd.DataFrame(columns=cols)
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-
-    stays, engine_meta = run_per_device(context, config.engine, detect_stays, present, params, load)
+    params = config.params()
+    input_pings = {d: CLEAN_PINGS.rows(lake, d) for d in days}
+    inputs = [CLEAN_PINGS.key(d) for d in published_days(CLEAN_PINGS, lake, days)]
+    load = partial(read_pings, lake, days)
+    stays, engine_meta = run_per_device(
+        context, lake, spark, config.engine, detect_stays, inputs, params, load
+    )
     seconds = round(time.perf_counter() - started, 3)
-    by_day = utc_day(stays["start_ts"]) if len(stays) else np.array([], dtype=object)
-    frames: dict[str, pd.DataFrame] = {}
-    metadata: dict[str, dict[str, Any]] = {}
-    for d in days:
-        df = stays[by_day == d][STAY_COLUMNS].sort_values(["device_id", "start_ts"])
-        df = df.reset_index(drop=True)
-        frames[d] = df
-        figures: dict[str, Any] = {
-            "input_pings": pings_n[d],
-            "input": "present" if pings_n[d] else "missing or empty",
-            "devices": int(df["device_id"].nunique()),
-            "stays_per_device": round(_stays_per_device(df), 3),
-            "median_duration_min": round(float(df["duration_s"].median() / 60), 1)
-            if len(df)
-            else None,
-        }
-        truth = truth_day(lake, "stays", d)
-        pings = load_day(d, ["device_id", "ts"]) if truth is not None else None
-        if truth is not None and pings is not None:
-            figures.update(
-                accuracy.stay_accuracy(
-                    df, truth, d, min_duration_s=config.min_duration_s, pings=pings
-                )
-            )
-        metadata[d] = clean_meta(figures)
-        loaded.pop(d, None)
+    frames = stays_of_days(stays, days)
+    metadata = {d: describe_stays(df, input_pings[d]) for d, df in frames.items()}
 
     def audits(d: str) -> list:
-        history = trailing_stays_per_device(lake, d) if pings_n[d] else []
+        history = trailing_stays_per_device(lake, d) if input_pings[d] else []
         return stay_audits(history, config.norm_low, config.norm_high)
 
     run_meta = {
         "seconds": seconds,
-        "pings_per_s": round(sum(pings_n.values()) / max(seconds, 1e-9)),
+        "pings_per_s": round(sum(input_pings.values()) / max(seconds, 1e-9)),
         "params": dg.MetadataValue.json(params),
         **engine_meta,
     }
-    yield from publish_days(context, "stay_points", frames, audits, metadata, run_meta)
+    yield from publish_days(
+        context, lake, alerts, STAY_POINTS.name, frames, audits, metadata, run_meta
+    )
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[dg.AssetDep("stay_points")],
-    check_specs=audit_specs("visits", visit_audits()),
+    deps=[dg.AssetDep("stay_points"), "reference_pois"],
+    check_specs=audit_specs(VISITS.name, visit_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    required_resource_keys=RESOURCES,
-    kinds=KINDS,
+    kinds=PANDAS_KINDS,
+    **published_asset_args(VISITS),
 )
 def visits(
-    context: dg.AssetExecutionContext, config: VisitsConfig
+    context: dg.AssetExecutionContext,
+    config: VisitsConfig,
+    lake: LakeResource,
+    alerts: AlertsResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Visits: stay points matched to POI polygons (STRtree on stay centroids), with dwell time.
 
     A stay whose centroid lies in (or within ``max_distance_m`` of) a place's polygon and that
     lasts at least ``min_dwell_s`` is a visit to the nearest such place. Published to
-    ``curated/visits`` (plus ``brand`` and ``distance_m``); with ``truth/`` the metadata
-    carries visit precision and recall.
+    ``curated/visits`` (plus ``brand`` and ``distance_m``).
     """
-    lake: LakeResource = context.resources.lake
-    check_engine(config.engine)
     started = time.perf_counter()
-    pois = lake.read_parquet("reference/pois")
+    pois = REFERENCE_POIS.read_or_empty(lake)
     index = PoiIndex(pois)
     frames, metadata = {}, {}
     for d in context.partition_keys:
-        stays = read_day(lake, day_key("curated/stay_points", d))
-        if stays is None or stays.empty:
-            df = pd.DataFrame({c: pd.Series(dtype=object) for c in VISIT_COLUMNS})
-        else:
-            df = match_visits(stays, index, config.max_distance_m, config.min_dwell_s)
-        frames[d] = df[VISIT_COLUMNS]
-        figures: dict[str, Any] = {
-            "stays": 0 if stays is None else len(stays),
-            "devices": int(df["device_id"].nunique()),
-            "pois_visited": int(df["poi_id"].nunique()),
-            "median_dwell_min": round(float(df["dwell_s"].median() / 60), 1) if len(df) else None,
-        }
-        truth = truth_day(lake, "stays", d)
-        if truth is not None:
-            pings = read_day(
-                lake, day_key("work/clean_pings", d), ["device_id", "ts"], dictionary=["device_id"]
-            )
-            figures.update(accuracy.visit_accuracy(df, truth, d, config.min_dwell_s, pings))
-        metadata[d] = clean_meta(figures)
+        stays = STAY_POINTS.read(lake, d)
+        frames[d] = visits_of_day(stays, index, config)
+        metadata[d] = describe_visits(frames[d], stays)
     run_meta = {
         "seconds": round(time.perf_counter() - started, 3),
         "pois": len(pois),
-        "engine": config.engine,
+        "params": dg.MetadataValue.json(
+            VisitParams(config.max_distance_m, config.min_dwell_s).as_dict()
+        ),
+        "engine": "pandas",
     }
     yield from publish_days(
         context,
-        "visits",
+        lake,
+        alerts,
+        VISITS.name,
         frames,
-        lambda d: visit_audits(trailing_rows(lake, "visits", d)),
+        lambda d: visit_audits(trailing_visit_rows(lake, d)),
         metadata,
         run_meta,
     )
-
-
-HOME_MAPPING = dg.TimeWindowPartitionMapping(
-    start_offset=-(HOME_WINDOW_DAYS - 1), allow_nonexistent_upstream_partitions=True
-)
-AFFINITY_MAPPING = dg.TimeWindowPartitionMapping(
-    start_offset=-(AFFINITY_WINDOW_DAYS - 1), allow_nonexistent_upstream_partitions=True
-)
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
     deps=[dg.AssetDep("stay_points", partition_mapping=HOME_MAPPING)],
-    check_specs=audit_specs("home_location", home_audits()),
+    check_specs=audit_specs(HOME_LOCATION.name, home_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    required_resource_keys=RESOURCES,
-    kinds=KINDS,
+    kinds=ENGINE_KINDS,
+    **published_asset_args(HOME_LOCATION),
 )
 def home_location(
-    context: dg.AssetExecutionContext, config: HomeConfig
+    context: dg.AssetExecutionContext,
+    config: HomeConfig,
+    lake: LakeResource,
+    alerts: AlertsResource,
+    spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Home location as of each day, from the trailing window of stay points.
 
-    The window (``window_days``, default 14, through a time-window partition mapping; days
-    before the lake's first day are skipped) is expanded to distinct hours per ~150 m cell; the
+    The window (``window_days``, default 14) is expanded to distinct hours per ~150 m cell; the
     home is the cell with most night-time (22-07 local, ``LAKE_TIMEZONE``) hours, or the
     day-time rest cell for night-shift workers, with a ``confidence`` in 0..1. Devices below
-    ``min_confidence`` are left out. With ``truth/`` the metadata carries the share of homes
-    within 200 m, coverage, and the confidence threshold that gives 98% precision.
+    ``min_confidence`` are left out.
     """
-    lake: LakeResource = context.resources.lake
     started = time.perf_counter()
     days = list(context.partition_keys)
-    upstream = list(context.asset_partition_keys_for_input("stay_points"))
     window_days = min(config.window_days, HOME_WINDOW_DAYS)
-    present = [d for d in upstream if lake.parquet_files(day_key("curated/stay_points", d))]
-    inputs = [day_key("curated/stay_points", d) for d in present]
-    params = {
-        "as_of": days,
-        "window_days": window_days,
-        "timezone": lake_timezone(),
-        "cell_m": config.cell_m,
-        "night_start_h": config.night_start_h,
-        "night_end_h": config.night_end_h,
-        "day_rest_ratio": config.day_rest_ratio,
-        "hours_scale": config.hours_scale,
-        "min_confidence": config.min_confidence,
-    }
-    cols = ["device_id", "start_ts", "end_ts", "lat", "lon"]
-    all_stays, _ = read_days(lake, "curated/stay_points", present)
-    all_stays = all_stays[cols] if len(all_stays) else pd.DataFrame(columns=cols)
+    upstream = list(context.asset_partition_keys_for_input("stay_points"))
+    present = published_days(STAY_POINTS, lake, upstream)
+    stays, _ = STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)
+    inputs = [STAY_POINTS.key(d) for d in present]
+    params = config.params(days, window_days)
     homes, engine_meta = run_per_device(
-        context, config.engine, homes_by_day, inputs, params, lambda: all_stays
+        context, lake, spark, config.engine, homes_by_day, inputs, params, lambda: stays
     )
     seconds = round(time.perf_counter() - started, 3)
-    stay_day = utc_day(all_stays["start_ts"]) if len(all_stays) else np.array([], dtype=object)
-    truth = truth_homes(lake)
-    frames, metadata = {}, {}
-    for d in days:
-        df = homes[homes["date"] == d][HOME_COLUMNS].sort_values("device_id", ignore_index=True)
-        df["nights"] = df["nights"].astype(np.int32)
-        df["hours"] = df["hours"].astype(np.int32)
-        frames[d] = df
-        span = set(window(d, window_days))
-        eligible = pd.unique(all_stays["device_id"][np.isin(stay_day, list(span))])
-        figures: dict[str, Any] = {
-            "window_days_found": len(span & set(present)),
-            "devices_in_window": len(eligible),
-            "homes": len(df),
-            "coverage": round(len(df) / len(eligible), 4) if len(eligible) else None,
-            "night_shift_fallbacks": int((df["method"] == "day_rest").sum()),
-            "median_confidence": round(float(df["confidence"].median()), 3) if len(df) else None,
-        }
-        if truth is not None and len(df):
-            figures.update(accuracy.home_accuracy(df, truth, eligible))
-        metadata[d] = clean_meta(figures)
+    frames = homes_of_days(homes, days)
+    stay_days = utc_days(stays["start_ts"]) if len(stays) else np.array([], dtype=object)
+    metadata = {}
+    for d, df in frames.items():
+        window = day_window(d, window_days)
+        eligible = devices_in_window(stays, stay_days, window)
+        metadata[d] = describe_homes(df, eligible, window, present)
     run_meta = {"seconds": seconds, "window_days": window_days, **engine_meta}
     yield from publish_days(
-        context, "home_location", frames, lambda d: home_audits(), metadata, run_meta
+        context,
+        lake,
+        alerts,
+        HOME_LOCATION.name,
+        frames,
+        lambda d: home_audits(),
+        metadata,
+        run_meta,
     )
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[dg.AssetDep("home_location")],
+    deps=[dg.AssetDep("home_location"), "reference_areas"],
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    required_resource_keys=RESOURCES,
-    kinds=KINDS,
+    kinds=PANDAS_KINDS,
+    **internal_asset_args(DEMOGRAPHICS),
 )
-def demographics(context: dg.AssetExecutionContext, config: EngineConfig) -> dg.MaterializeResult:
+def demographics(
+    context: dg.AssetExecutionContext, config: EngineConfig, lake: LakeResource
+) -> dg.MaterializeResult:
     """Demographics per device (attributes of its home's area) and panel coverage per area.
 
     Writes ``work/demographics/date=D`` (device_id, confidence, area_id, population and the
     area's attributes) and ``work/area_coverage/date=D`` (area_id, population, panel_devices,
     coverage = panel devices / population), which audience projection divides by.
     """
-    lake: LakeResource = context.resources.lake
-    check_engine(config.engine)
     started = time.perf_counter()
-    areas = lake.read_parquet("reference/areas")
-    truth = truth_homes(lake)
-    per_day: dict[str, dict[str, Any]] = {}
+    areas = REFERENCE_AREAS.read_or_empty(lake)
+    per_day, rows = {}, 0
     for d in context.partition_keys:
-        homes = read_day(lake, day_key("curated/home_location", d))
-        if homes is None:
-            homes = pd.DataFrame(columns=HOME_COLUMNS)
+        homes = HOME_LOCATION.read_or_empty(lake, d, HOME_COLUMNS)
         devices = device_demographics(homes, areas)
         cover = area_coverage(devices, areas)
-        lake.write_parquet(devices, day_key("work/demographics", d))
-        lake.write_parquet(cover, day_key("work/area_coverage", d))
-        figures: dict[str, Any] = {
-            "devices": len(devices),
-            "homes_outside_areas": len(homes) - len(devices),
-            "areas": len(cover),
-            "areas_without_panel": int((cover["panel_devices"] == 0).sum()),
-            "median_area_coverage": round(float(cover["coverage"].median()), 5)
-            if len(cover)
-            else None,
-        }
-        if truth is not None and len(devices) and "home_area_id" in truth:
-            t = truth.set_index("device_id")["home_area_id"].astype(str)
-            matched = devices["device_id"].map(t)
-            figures["area_correct"] = round(
-                float((matched == devices["area_id"].astype(str)).mean()), 4
-            )
-        per_day[d] = clean_meta(figures)
-    meta: dict[str, Any] = (
-        next(iter(per_day.values()))
-        if len(per_day) == 1
-        else {"days": len(per_day), "per_day": dg.MetadataValue.json(per_day)}
-    )
-    return dg.MaterializeResult(
-        metadata={**meta, "seconds": round(time.perf_counter() - started, 3)}
-    )
+        DEMOGRAPHICS.write(lake, devices, d)
+        AREA_COVERAGE.write(lake, cover, d)
+        per_day[d] = describe_demographics(homes, devices, cover)
+        rows += len(devices)
+    metadata = {
+        **single_or_per_day(per_day),
+        "dagster/row_count": rows,
+        "seconds": round(time.perf_counter() - started, 3),
+        "engine": "pandas",
+    }
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
-    name="brand_affinity",
     group_name=GROUP,
     partitions_def=daily_partitions,
     deps=[dg.AssetDep("visits", partition_mapping=AFFINITY_MAPPING)],
-    check_specs=audit_specs("brand_affinity", affinity_audits()),
+    check_specs=audit_specs(BRAND_AFFINITY.name, affinity_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    required_resource_keys=RESOURCES,
-    kinds=KINDS,
+    kinds=PANDAS_KINDS,
+    **published_asset_args(BRAND_AFFINITY),
 )
-def brand_affinity_scores(
-    context: dg.AssetExecutionContext, config: AffinityConfig
+def brand_affinity(
+    context: dg.AssetExecutionContext,
+    config: AffinityConfig,
+    lake: LakeResource,
+    alerts: AlertsResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Brand affinity per device and brand over the trailing window of visits.
 
@@ -695,36 +610,31 @@ def brand_affinity_scores(
     drawn to the brand; sort descending to pick an audience. Published to
     ``curated/brand_affinity`` (plus visits, dwell_s, lift).
     """
-    lake: LakeResource = context.resources.lake
-    check_engine(config.engine)
     started = time.perf_counter()
-    upstream = list(context.asset_partition_keys_for_input("visits"))
     window_days = min(config.window_days, AFFINITY_WINDOW_DAYS)
-    all_visits, found = read_days(lake, "curated/visits", upstream)
-    visit_day = utc_day(all_visits["start_ts"]) if len(all_visits) else np.array([])
+    upstream = list(context.asset_partition_keys_for_input("visits"))
+    all_visits, found = VISITS.read_many(lake, upstream)
+    visit_days = utc_days(all_visits["start_ts"]) if len(all_visits) else np.array([])
     frames, metadata = {}, {}
     for d in context.partition_keys:
-        span = window(d, window_days)
-        sel = all_visits[np.isin(visit_day, span)] if len(all_visits) else all_visits
-        if sel.empty or "brand" not in sel:
-            df = pd.DataFrame(
-                {c: pd.Series(dtype=object) for c in ["device_id", "brand", "affinity"]}
-            )
-        else:
-            df = brand_affinity(sel, config.alpha, config.beta, config.clip)
-        frames[d] = df
-        metadata[d] = clean_meta(
-            {
-                "visits_in_window": len(sel),
-                "window_days_found": len(set(span) & set(found)),
-                "devices": int(df["device_id"].nunique()),
-                "brands": int(df["brand"].nunique()),
-                "share_positive": round(float((df["affinity"] > 0).mean()), 4) if len(df) else None,
-            }
-        )
-    run_meta = {"seconds": round(time.perf_counter() - started, 3), "window_days": window_days}
+        window = day_window(d, window_days)
+        in_window = all_visits[np.isin(visit_days, window)] if len(all_visits) else all_visits
+        frames[d] = affinity_of_window(in_window, config)
+        metadata[d] = describe_affinity(frames[d], in_window, window, found)
+    run_meta = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "window_days": window_days,
+        "engine": "pandas",
+    }
     yield from publish_days(
-        context, "brand_affinity", frames, lambda d: affinity_audits(), metadata, run_meta
+        context,
+        lake,
+        alerts,
+        BRAND_AFFINITY.name,
+        frames,
+        lambda d: affinity_audits(),
+        metadata,
+        run_meta,
     )
 
 
@@ -737,6 +647,6 @@ mobility_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[stay_points, visits, home_location, demographics, brand_affinity_scores],
+    assets=[stay_points, visits, home_location, demographics, brand_affinity],
     jobs=[mobility_job],
 )

@@ -1,45 +1,34 @@
 """ "Sensible numbers" monitors on the inputs, every 15 minutes, alerting Slack when they fail.
 
-Like TVTime's ``data_quality.sensible_number_of_sessions`` (``*/15 * * * *``):
-
 - ``raw_pings_volume`` (check on ``raw_pings``): today's pings so far, counted from the Parquet
-  footers under ``raw/pings/date=<today UTC>``, against the median of the trailing 7 full days
+  footers of today's (UTC) raw pings folder, against the median of the trailing 7 full days
   scaled by the share of the day elapsed; fails below ``MIN_RATIO`` x expected (pings stopped
   arriving) or above ``MAX_RATIO`` x a full day (a duplicated delivery).
-- ``poi_reference_not_empty`` (check on ``reference_pois``, the ``reference/pois`` input):
+- ``poi_reference_not_empty`` (check on ``reference_pois``, ``near_assets.reference``):
   at least one POI, every ``poi_id`` present and unique.
-- freshness: ``raw_pings`` and ``audience_estimates`` must have their latest daily partition
-  materialised by 06:00 UTC (``build_time_partition_freshness_checks``, evaluated by the
-  freshness sensor).
 
-All of these are non-blocking ERROR checks: ``sensors/alerts.py``'s check-failure sensor posts
-each failure (Slack with ``SLACK_BOT_TOKEN``, else the log) with its figures and a run link.
-This module also carries the code location's run-failure alert sensor.
+Both are non-blocking ERROR checks: ``sensors/alerts.py``'s check-failure sensor posts each
+failure (Slack with ``SLACK_BOT_TOKEN``, else the log) with its figures and a run link.
+Freshness is not a monitor here: ``raw_pings`` and every published table carry a
+``FreshnessPolicy`` (``near_assets.tables.FRESHNESS_DAILY``).
 """
 
-import io
 import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import dagster as dg
-import pyarrow.parquet as pq
 
+from near_assets.reference import reference_pois
+from near_assets.tables import RAW_PINGS, REFERENCE_POIS
+from publishing.tables import trailing_days
+from publishing.wap import Audit
 from resources.lake import LakeResource
-from resources.wap import Audit, trailing_days
-from sensors.alerts import alert_sensors
 
 MIN_RATIO = 0.5
 MAX_RATIO = 3.0
 TRAILING_DAYS = 7
 EVERY_15_MINUTES = "*/15 * * * *"
-
-reference_pois = dg.AssetSpec(
-    "reference_pois",
-    description="Places of interest delivered upstream under reference/pois/*.parquet (CONTRACTS).",
-    group_name="reference",
-    kinds={"parquet"},
-)
 
 
 def ping_volume_audit(
@@ -70,14 +59,6 @@ def ping_volume_audit(
     return Audit("raw_pings_volume", True, f"{today_rows} pings, expected ~{expected:.0f}", figures)
 
 
-def day_rows(lake: LakeResource, day: str) -> int | None:
-    """Rows under ``raw/pings/date=D`` from the Parquet footers (None: no folder)."""
-    files = lake.parquet_files(f"raw/pings/date={day}")
-    if not files:
-        return None
-    return sum(pq.ParquetFile(io.BytesIO(lake.read_bytes(f))).metadata.num_rows for f in files)
-
-
 def _result(audit: Audit) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=audit.passed,
@@ -88,25 +69,25 @@ def _result(audit: Audit) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset="raw_pings",
+    asset=RAW_PINGS.name,
     description="Today's raw pings arrive at the expected volume vs the trailing 7 days.",
 )
 def raw_pings_volume(lake: LakeResource) -> dg.AssetCheckResult:
     now = datetime.now(UTC)
     today = now.date().isoformat()
-    history = [day_rows(lake, d) for d in trailing_days(today, TRAILING_DAYS)]
+    history = [RAW_PINGS.rows(lake, d) for d in trailing_days(today, TRAILING_DAYS)]
     elapsed = (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
     audit = ping_volume_audit(
-        day_rows(lake, today) or 0, [h for h in history if h], elapsed / 86400
+        RAW_PINGS.rows(lake, today), [h for h in history if h], elapsed / 86400
     )
     return _result(audit)
 
 
 @dg.asset_check(
-    asset="reference_pois", description="reference/pois holds POIs with unique, non-null ids."
+    asset=reference_pois.key, description="The reference POIs exist, with unique, non-null ids."
 )
 def poi_reference_not_empty(lake: LakeResource) -> dg.AssetCheckResult:
-    pois = lake.read_parquet("reference/pois")
+    pois = REFERENCE_POIS.read_or_empty(lake)
     ids = pois.get("poi_id")
     rows = len(pois)
     nulls = int(ids.isna().sum()) if ids is not None else rows
@@ -127,7 +108,7 @@ def poi_reference_not_empty(lake: LakeResource) -> dg.AssetCheckResult:
 sensible_numbers_job = dg.define_asset_job(
     "sensible_numbers",
     selection=dg.AssetSelection.checks(raw_pings_volume, poi_reference_not_empty),
-    description="Input monitors (TVTime's sensible_number_of_sessions), every 15 minutes.",
+    description="Input monitors (sensible numbers of pings and POIs), every 15 minutes.",
 )
 
 sensible_numbers_schedule = dg.ScheduleDefinition(
@@ -138,24 +119,8 @@ sensible_numbers_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
 )
 
-freshness_checks = dg.build_time_partition_freshness_checks(
-    assets=["raw_pings", "audience_estimates"],
-    deadline_cron="0 6 * * *",
-    timezone="UTC",
-    severity=dg.AssetCheckSeverity.ERROR,
-)
-
-freshness_sensor = dg.build_sensor_for_freshness_checks(
-    freshness_checks=freshness_checks,
-    name="input_freshness_checks",
-    minimum_interval_seconds=15 * 60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-
 defs = dg.Definitions(
-    assets=[reference_pois],
-    asset_checks=[raw_pings_volume, poi_reference_not_empty, *freshness_checks],
+    asset_checks=[raw_pings_volume, poi_reference_not_empty],
     jobs=[sensible_numbers_job],
     schedules=[sensible_numbers_schedule],
-    sensors=[freshness_sensor, *alert_sensors("near_assets")],
 )

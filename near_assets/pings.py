@@ -1,10 +1,10 @@
 """Raw and clean pings: the first two assets of the location graph, one partition per UTC day.
 
-``raw_pings`` registers what upstream delivered under ``raw/pings/date=D/`` (it copies nothing:
-materialising it means "these files were observed"); ``clean_pings`` reads them, quarantines the
-dirt (``near_assets.science.cleaning``) and writes ``work/clean_pings/date=D/part-0.parquet``
-plus ``quarantine/pings/date=D/part-0.parquet``. ``raw_pings_sensor`` notices new or changed day
-folders and runs both for those days, so new data flows without clicks.
+``raw_pings`` registers what upstream delivered under ``raw/pings/date=D/`` (``RAW_PINGS``; it
+copies nothing: materialising it means "these files were observed"); ``clean_pings`` reads them,
+quarantines the dirt (``near_assets.science.cleaning``) and writes ``CLEAN_PINGS`` plus
+``QUARANTINED_PINGS`` for the day. ``raw_pings_sensor`` notices new or changed day folders and
+runs both for those days, so new data flows without clicks.
 
 What counts as *bad* for the blocking check: every quarantined row except duplicates. A duplicate
 is a delivery retry whose first copy is kept, so no information is lost; a share of bad rows
@@ -29,23 +29,23 @@ import pyarrow.parquet as pq
 
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import cleaning
+from near_assets.tables import (
+    CLEAN_PINGS,
+    FRESHNESS_DAILY,
+    QUARANTINED_PINGS,
+    RAW_PINGS,
+    internal_asset_args,
+)
 from resources.lake import LakeResource
 
 GROUP = "pings"
-RAW_PREFIX = "raw/pings"
-CLEAN_PREFIX = "work/clean_pings"
-QUARANTINE_PREFIX = "quarantine/pings"
 LANE_TAGS = {"platform/lane": "batch"}
 DEFAULT_MAX_BAD_SHARE = 0.2
 SENSOR_MAX_DAYS_PER_RUN = 14
 RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-_DAY_FOLDER = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-
-
-def day_key(prefix: str, day: str) -> str:
-    return f"{prefix}/date={day}"
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def max_bad_share_from_env() -> float:
@@ -103,7 +103,7 @@ def _read_table(parquet: pq.ParquetFile, columns: Sequence[str] | None = None) -
 def read_raw_day(lake: LakeResource, day: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Every raw file of ``day`` normalised and concatenated, plus one summary per file."""
     frames, files = [], []
-    for key in lake.parquet_files(day_key(RAW_PREFIX, day)):
+    for key in RAW_PINGS.files(lake, day):
         parquet, size = _parquet_file(lake, key)
         frame = cleaning.normalize_pings(_read_table(parquet))
         frames.append(frame)
@@ -160,9 +160,9 @@ def _status(files: Sequence[Any], rows: int) -> str:
 
 def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
     """What upstream delivered for ``day``: files, bytes, rows, devices and time range."""
-    folder = day_key(RAW_PREFIX, day)
+    folder = RAW_PINGS.key(day)
     files, devices, ts_min, ts_max, entries = [], set(), [], [], []
-    for key in lake.parquet_files(folder):
+    for key in RAW_PINGS.files(lake, day):
         parquet, size = _parquet_file(lake, key)
         part = _read_table(parquet, ["device_id", "ts"])
         ts = cleaning.normalize_ts(part["ts"])
@@ -200,12 +200,13 @@ def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
     check_specs=[
         dg.AssetCheckSpec(
             "day_delivered",
-            asset="raw_pings",
+            asset=RAW_PINGS.name,
             description="Warns when a day folder is missing or holds no rows.",
         )
     ],
     kinds={"parquet"},
     op_tags=LANE_TAGS,
+    **internal_asset_args(RAW_PINGS, tags={"tier": "input"}, freshness_policy=FRESHNESS_DAILY),
 )
 def raw_pings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Raw mobile pings as upstream delivered them, one folder per UTC day (``raw/pings/date=D``).
@@ -266,8 +267,8 @@ def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[st
         hdp_decimals=config.hdp_decimals,
     )
     clean_s = time.perf_counter() - started - read_s
-    clean_key = lake.write_parquet(clean, day_key(CLEAN_PREFIX, day))
-    quarantine_key = lake.write_parquet(quarantine, day_key(QUARANTINE_PREFIX, day))
+    clean_key = CLEAN_PINGS.write(lake, clean, day)
+    quarantine_key = QUARANTINED_PINGS.write(lake, quarantine, day)
     write_s = time.perf_counter() - started - read_s - clean_s
     counts = cleaning.reason_counts(quarantine)
     return {
@@ -288,7 +289,8 @@ def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[st
     }
 
 
-def clean_metadata(lake: LakeResource, figures: dict[str, Any], threshold: float) -> dict:
+def describe_clean_day(lake: LakeResource, figures: dict[str, Any], threshold: float) -> dict:
+    """Materialization metadata of one cleaned day (``clean_day``'s figures)."""
     seconds = figures["seconds"]
     total_s = sum(seconds.values())
     return {
@@ -357,7 +359,7 @@ def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.Ass
     check_specs=[
         dg.AssetCheckSpec(
             "bad_share_below_threshold",
-            asset="clean_pings",
+            asset=CLEAN_PINGS.name,
             blocking=True,
             description=(
                 "Fails when the share of bad rows (every quarantine reason except duplicate) "
@@ -367,6 +369,7 @@ def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.Ass
     ],
     kinds={"pandas", "parquet"},
     op_tags=LANE_TAGS,
+    **internal_asset_args(CLEAN_PINGS),
 )
 def clean_pings(
     context: dg.AssetExecutionContext, config: CleanPingsConfig, lake: LakeResource
@@ -389,7 +392,7 @@ def clean_pings(
     for day in context.partition_keys:
         figures = clean_day(lake, day, config)
         days[day] = figures
-        context.add_asset_metadata(clean_metadata(lake, figures, threshold), partition_key=day)
+        context.add_asset_metadata(describe_clean_day(lake, figures, threshold), partition_key=day)
         context.log.info(
             f"{day}: {figures['rows_in']:,} rows in, {figures['rows_out']:,} clean, "
             f"bad share {figures['bad_share']:.2%}, dropped {figures['counts']}"
@@ -415,7 +418,7 @@ def registered_fingerprints(instance: dg.DagsterInstance, days: Sequence[str]) -
     out: dict[str, str] = {}
     for day in days:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_pings"), asset_partitions=[day]),
+            dg.AssetRecordsFilter(asset_key=raw_pings.key, asset_partitions=[day]),
             limit=1,
         ).records
         if not records or records[0].asset_materialization is None:
@@ -427,13 +430,13 @@ def registered_fingerprints(instance: dg.DagsterInstance, days: Sequence[str]) -
 
 
 def raw_day_fingerprints(lake: LakeResource) -> dict[str, str]:
-    """``{day: fingerprint of its Parquet file names}`` for every day folder under raw/pings."""
+    """``{day: fingerprint of its Parquet file names}`` for every day folder of ``RAW_PINGS``."""
     by_day: dict[str, list[str]] = {}
-    for key in lake.list(RAW_PREFIX):
-        parts = key[len(RAW_PREFIX) + 1 :].split("/")
-        match = _DAY_FOLDER.match(parts[0]) if len(parts) > 1 else None
-        if match and key.endswith(".parquet"):
-            by_day.setdefault(match.group(1), []).append(key)
+    for key in lake.list(RAW_PINGS.prefix):
+        parts = key[len(RAW_PINGS.prefix) + 1 :].split("/")
+        day = RAW_PINGS.value_of(parts[0]) if len(parts) > 1 else None
+        if day and _DAY.fullmatch(day) and key.endswith(".parquet"):
+            by_day.setdefault(day, []).append(key)
     return {day: fingerprint(keys) for day, keys in sorted(by_day.items())}
 
 
@@ -468,13 +471,15 @@ def raw_pings_sensor(
     current = raw_day_fingerprints(lake)
     valid = {d: f for d, f in current.items() if daily_partitions.has_partition_key(d)}
     for day in sorted(set(current) - set(valid)):
-        context.log.warning(f"raw/pings/date={day} is outside the daily partitions; ignored")
+        context.log.warning(f"{RAW_PINGS.key(day)} is outside the daily partitions; ignored")
     # Days the cursor does not know (first tick, or a reset DAGSTER_HOME with a kept database...):
     # a day whose raw_pings materialization already registered these very files is not re-run.
     seen.update(registered_fingerprints(context.instance, [d for d in valid if d not in seen]))
     changed = [d for d, f in valid.items() if seen.get(d) != f]
     if not changed:
-        return dg.SkipReason(f"no new or changed day folders among {len(valid)} under raw/pings")
+        return dg.SkipReason(
+            f"no new or changed day folders among {len(valid)} under {RAW_PINGS.prefix}"
+        )
     requests = []
     for first, last in day_ranges(changed, SENSOR_MAX_DAYS_PER_RUN):
         span = [d for d in changed if first <= d <= last]

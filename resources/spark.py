@@ -1,4 +1,4 @@
-"""Spark: the platform's PySpark job scripts, run locally (default) or on EMR, the same script.
+"""Spark: run PySpark job scripts locally (default) or on EMR, the same script.
 
 Back end, from the environment (``SparkResource.from_env``):
 
@@ -15,10 +15,11 @@ Back end, from the environment (``SparkResource.from_env``):
 | ``EMR_STEP_TIMEOUT_S`` | give up (and cancel the step) after this many seconds, default 6 h |
 | ``AWS_ENDPOINT_URL`` | S3/EMR endpoint override (tests: moto) |
 
-Locally the script runs in a ``python`` subprocess under ``dg.PipesSubprocessClient``. With an S3
-lake and no cluster, inputs are staged through a temporary folder. On EMR, the step runs
-``apply_by_device.py`` from ``EMR_SCRIPTS_S3``; Pipes context and messages go through S3 and
-the bootstrap parameters are passed as ``--dagster-pipes-*`` arguments (``deploy/emr/``).
+The caller names the job script (a local path; on EMR its file name under ``EMR_SCRIPTS_S3``)
+and the Spark settings the job needs in every session (``job_conf``). Locally the script runs in
+a ``python`` subprocess under ``dg.PipesSubprocessClient``; with an S3 lake and no cluster, inputs
+are staged through a temporary folder. On EMR, Pipes context and messages go through S3 and the
+bootstrap parameters are passed as ``--dagster-pipes-*`` arguments (``resources.emr``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,12 +36,11 @@ from typing import Any
 
 import dagster as dg
 
-from near_assets.spark_jobs import JOB_SCRIPTS
+from resources.emr import PipesEMRStepClient, prefixed_s3_message_reader, s3_parts
 from resources.lake import LakeResource
 
-JOBS_DIR = Path(__file__).resolve().parent.parent / "near_assets" / "spark_jobs"
-APPLY_BY_DEVICE = JOBS_DIR / "apply_by_device.py"
-BOOTSTRAP = JOBS_DIR.parent.parent / "deploy" / "emr" / "bootstrap.sh"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""Local job scripts run from here, with it on ``PYTHONPATH`` (they import the project's code)."""
 
 LOCAL_CONF = {
     "spark.ui.enabled": "false",
@@ -62,7 +61,7 @@ EMR_DEFAULT_CONF = {
     "spark.sql.shuffle.partitions": "96",
     "spark.sql.adaptive.enabled": "true",
 }
-STEP_DONE, STEP_FAILED = {"COMPLETED"}, {"FAILED", "CANCELLED", "INTERRUPTED", "CANCEL_PENDING"}
+Script = str | os.PathLike[str]
 
 
 def function_path(function: Callable[..., Any] | str) -> str:
@@ -77,135 +76,6 @@ def function_path(function: Callable[..., Any] | str) -> str:
     if not module or not qualname or "<locals>" in qualname or module == "__main__":
         raise ValueError(f"{path!r} is not importable by a Spark job: use a module-level function")
     return path
-
-
-def s3_parts(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` -> (``bucket``, ``some/key``)."""
-    if "://" not in uri:
-        raise ValueError(f"not an S3 URI: {uri!r}")
-    bucket, _, key = uri.split("://", 1)[1].partition("/")
-    return bucket, key
-
-
-def build_py_files(dest: str | os.PathLike[str]) -> Path:
-    """Zip what the cluster imports: the ``near_assets`` package and ``dagster_pipes``."""
-    import dagster_pipes
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    roots = [JOBS_DIR.parent, Path(dagster_pipes.__file__).parent]
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
-        for root in roots:
-            for path in sorted(root.rglob("*.py")):
-                if "__pycache__" not in path.parts:
-                    zf.write(path, path.relative_to(root.parent).as_posix())
-    return dest
-
-
-def prefixed_s3_message_reader(*, prefix: str = "", **kwargs: Any) -> dg.PipesMessageReader:
-    """A ``PipesS3MessageReader`` whose message chunks live under ``prefix/`` in the bucket.
-
-    dagster_aws is imported here, not at module import, so code locations that never talk to
-    EMR (every run worker of ``risk_assets``) do not pay for it.
-    """
-    from dagster_aws.pipes import PipesS3MessageReader
-
-    class PrefixedS3MessageReader(PipesS3MessageReader):
-        def __init__(self, *, prefix: str = "", **kw: Any):
-            super().__init__(**kw)
-            self.prefix = prefix.strip("/")
-
-        @contextmanager
-        def get_params(self) -> Iterator[dict[str, Any]]:
-            with super().get_params() as params:
-                key = params["key_prefix"]
-                yield {**params, "key_prefix": f"{self.prefix}/{key}" if self.prefix else key}
-
-    return PrefixedS3MessageReader(prefix=prefix, **kwargs)
-
-
-class PipesEMRStepClient(dg.PipesClient):
-    """Run one step on a running EMR cluster with Pipes (``PipesEMRClient`` starts a new cluster).
-
-    The bootstrap parameters are appended to the step's arguments as
-    ``--dagster-pipes-context``/``--dagster-pipes-messages``; the job script reads them with
-    ``PipesCliArgsParamsLoader`` and talks to S3.
-    """
-
-    def __init__(
-        self,
-        *,
-        cluster_id: str,
-        client: Any,
-        context_injector: dg.PipesContextInjector,
-        message_reader: dg.PipesMessageReader,
-        poll_interval_s: float = 30.0,
-        timeout_s: float = 6 * 3600.0,
-        forward_termination: bool = True,
-    ):
-        self.cluster_id = cluster_id
-        self.client = client
-        self.context_injector = context_injector
-        self.message_reader = message_reader
-        self.poll_interval_s = poll_interval_s
-        self.timeout_s = timeout_s
-        self.forward_termination = forward_termination
-
-    def run(  # type: ignore[override]
-        self,
-        *,
-        context: dg.AssetExecutionContext | dg.OpExecutionContext,
-        step: Mapping[str, Any],
-        extras: dict[str, Any] | None = None,
-    ) -> dg.PipesClientCompletedInvocation:
-        with dg.open_pipes_session(
-            context=context,
-            context_injector=self.context_injector,
-            message_reader=self.message_reader,
-            extras=extras,
-        ) as session:
-            submitted = with_pipes_arguments(step, session.get_bootstrap_cli_arguments())
-            response = self.client.add_job_flow_steps(JobFlowId=self.cluster_id, Steps=[submitted])
-            step_id = response["StepIds"][0]
-            session.report_launched({"extras": {"cluster_id": self.cluster_id, "step_id": step_id}})
-            context.log.info(f"[pipes] EMR step {step_id} added to cluster {self.cluster_id}")
-            try:
-                self._wait(context, step_id)
-            except dg.DagsterExecutionInterruptedError:
-                if self.forward_termination:
-                    self._cancel(context, step_id)
-                raise
-        return dg.PipesClientCompletedInvocation(
-            session, metadata={"emr_cluster_id": self.cluster_id, "emr_step_id": step_id}
-        )
-
-    def _wait(self, context: Any, step_id: str) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            step = self.client.describe_step(ClusterId=self.cluster_id, StepId=step_id)["Step"]
-            state = step["Status"]["State"]
-            if state in STEP_DONE:
-                context.log.info(f"[pipes] EMR step {step_id} completed")
-                return
-            if state in STEP_FAILED:
-                details = step["Status"].get("FailureDetails", {})
-                raise dg.Failure(
-                    f"EMR step {step_id} on {self.cluster_id} ended {state}",
-                    metadata={k: str(v) for k, v in details.items()},
-                )
-            if time.monotonic() > deadline:
-                self._cancel(context, step_id)
-                raise TimeoutError(
-                    f"EMR step {step_id} still {state} after {self.timeout_s:.0f} s; cancelled"
-                )
-            time.sleep(self.poll_interval_s)
-
-    def _cancel(self, context: Any, step_id: str) -> None:
-        try:
-            self.client.cancel_steps(ClusterId=self.cluster_id, StepIds=[step_id])
-            context.log.warning(f"[pipes] cancelled EMR step {step_id}")
-        except Exception as exc:  # best effort: the step may already be over
-            context.log.warning(f"[pipes] could not cancel EMR step {step_id}: {exc}")
 
 
 @contextmanager
@@ -226,13 +96,6 @@ def summary_only_pipes(context: Any) -> Iterator[None]:
         yield
     finally:
         step._requires_typed_event_stream, step._typed_event_stream_error_message = saved
-
-
-def with_pipes_arguments(step: Mapping[str, Any], pipes_args: Mapping[str, str]) -> dict:
-    """A copy of ``step`` whose spark-submit arguments end with the Pipes bootstrap arguments."""
-    jar = dict(step["HadoopJarStep"])
-    jar["Args"] = [*jar["Args"], *(x for kv in pipes_args.items() for x in kv)]
-    return {**step, "HadoopJarStep": jar}
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -294,7 +157,7 @@ class SparkResource(dg.ConfigurableResource):
             raise ValueError("EMR_SCRIPTS_S3 (e.g. s3://bucket/platform/jobs/) is not set")
         return self.scripts_s3.rstrip("/") + "/"
 
-    def script_uri(self, script: str | os.PathLike[str]) -> str:
+    def script_uri(self, script: Script) -> str:
         return self._scripts_s3() + Path(script).name
 
     def py_files_uri(self) -> str:
@@ -303,8 +166,8 @@ class SparkResource(dg.ConfigurableResource):
     def _pipes_bucket(self) -> str:
         return self.pipes_bucket or s3_parts(self._scripts_s3())[0]
 
-    def cluster_conf(self) -> dict[str, str]:
-        """Spark settings of a cluster run: session settings, seed-sized defaults, overrides."""
+    def cluster_conf(self, job_conf: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Spark settings of a cluster run: the job's settings, seed-sized defaults, overrides."""
         region = (
             {
                 f"spark.yarn.appMasterEnv.{v}": self.region
@@ -313,9 +176,7 @@ class SparkResource(dg.ConfigurableResource):
             if self.region
             else {}
         )
-        from near_assets.spark_jobs.apply_by_device import BASE_CONF
-
-        return {**BASE_CONF, **EMR_DEFAULT_CONF, **region, **self.spark_conf}
+        return {**(job_conf or {}), **EMR_DEFAULT_CONF, **region, **self.spark_conf}
 
     def local_conf(self) -> dict[str, str]:
         return {
@@ -344,7 +205,7 @@ class SparkResource(dg.ConfigurableResource):
         group_by: Sequence[str] | None = None,
         buckets: int | None = None,
     ) -> list[str]:
-        """Arguments of ``apply_by_device.py`` for input/output URIs (``buckets``: None = auto)."""
+        """Arguments of a per-device job script for input/output URIs (``buckets``: None = auto)."""
         extra = [] if buckets is None else ["--buckets", str(int(buckets))]
         return [
             "--function",
@@ -360,9 +221,12 @@ class SparkResource(dg.ConfigurableResource):
             *extra,
         ]
 
-    def spark_submit_args(self, script: str | os.PathLike[str], args: Sequence[str]) -> list[str]:
+    def spark_submit_args(
+        self, script: Script, args: Sequence[str], job_conf: Mapping[str, str] | None = None
+    ) -> list[str]:
         """``spark-submit --deploy-mode cluster --py-files ... --conf ... s3://.../script args``."""
-        confs = [x for k, v in sorted(self.cluster_conf().items()) for x in ("--conf", f"{k}={v}")]
+        conf = self.cluster_conf(job_conf)
+        confs = [x for k, v in sorted(conf.items()) for x in ("--conf", f"{k}={v}")]
         return [
             "spark-submit",
             "--deploy-mode",
@@ -375,7 +239,11 @@ class SparkResource(dg.ConfigurableResource):
         ]
 
     def script_step(
-        self, script: str | os.PathLike[str], args: Sequence[str], name: str | None = None
+        self,
+        script: Script,
+        args: Sequence[str],
+        name: str | None = None,
+        job_conf: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The EMR step for any job script (before the Pipes arguments are appended)."""
         return {
@@ -383,19 +251,21 @@ class SparkResource(dg.ConfigurableResource):
             "ActionOnFailure": "CONTINUE",
             "HadoopJarStep": {
                 "Jar": "command-runner.jar",
-                "Args": self.spark_submit_args(script, args),
+                "Args": self.spark_submit_args(script, args, job_conf),
             },
         }
 
     def emr_step(
         self,
         *,
+        script: Script,
         function: Callable[..., Any] | str,
         inputs: list[str],
         output: str,
         lake: LakeResource,
         params: dict | None = None,
         group_by: list[str] | None = None,
+        job_conf: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Exactly the step ``run_per_device`` adds to ``EMR_CLUSTER_ID`` for these lake keys.
 
@@ -405,11 +275,12 @@ class SparkResource(dg.ConfigurableResource):
         args = self._remote_arguments(
             function, inputs, output, lake, params, group_by, self.device_buckets
         )
-        return self.script_step(APPLY_BY_DEVICE, args, name=self._step_name(function, output))
+        name = self._step_name(script, function, output)
+        return self.script_step(script, args, name=name, job_conf=job_conf)
 
     @staticmethod
-    def _step_name(function: Callable[..., Any] | str, output: str) -> str:
-        return f"apply_by_device {function_path(function)} -> {output}"
+    def _step_name(script: Script, function: Callable[..., Any] | str, output: str) -> str:
+        return f"{Path(script).stem} {function_path(function)} -> {output}"
 
     def _remote_arguments(
         self,
@@ -427,9 +298,12 @@ class SparkResource(dg.ConfigurableResource):
         out = self.spark_uri(lake, output)
         return self.job_arguments(function, uris, out, params, group_by, buckets)
 
-    def emr_serverless_job(self, script: str | os.PathLike[str], args: Sequence[str]) -> dict:
+    def emr_serverless_job(
+        self, script: Script, args: Sequence[str], job_conf: Mapping[str, str] | None = None
+    ) -> dict:
         """``start_job_run`` parameters for EMR Serverless (before Pipes adds its driver env)."""
-        confs = " ".join(f"--conf {k}={v}" for k, v in sorted(self.cluster_conf().items()))
+        conf = self.cluster_conf(job_conf)
+        confs = " ".join(f"--conf {k}={v}" for k, v in sorted(conf.items()))
         return {
             "applicationId": self.emr_serverless_app_id,
             "executionRoleArn": self.emr_serverless_role_arn,
@@ -448,6 +322,7 @@ class SparkResource(dg.ConfigurableResource):
         self,
         context: dg.AssetExecutionContext | dg.OpExecutionContext,
         *,
+        script: Script,
         function: Callable | str,
         inputs: list[str],
         output: str,
@@ -455,9 +330,12 @@ class SparkResource(dg.ConfigurableResource):
         group_by: list[str] | None = None,
         lake: LakeResource,
         buckets: int | None = None,
+        job_conf: Mapping[str, str] | None = None,
     ) -> dict:
         """Run a per-device function over lake keys ``inputs``; write Parquet parts to ``output``.
 
+        ``script`` is the per-device job script (it takes ``job_arguments``), ``job_conf`` the
+        Spark settings it needs in every session (passed explicitly to cluster runs).
         ``buckets`` overrides ``device_buckets`` for this call (None: the resource's setting).
 
         Read the result back with ``lake.read_parquet(output)``. Inputs holding no Parquet file
@@ -478,18 +356,19 @@ class SparkResource(dg.ConfigurableResource):
             return {
                 **base,
                 **self._run_local_per_device(
-                    context, fn, present, output, params, group_by, lake, buckets
+                    context, script, fn, present, output, params, group_by, lake, buckets
                 ),
             }
         args = self._remote_arguments(fn, present, output, lake, params, group_by, buckets)
-        name = self._step_name(fn, output)
-        return {**base, **self._run_remote(context, APPLY_BY_DEVICE, args, name)}
+        name = self._step_name(script, fn, output)
+        return {**base, **self._run_remote(context, script, args, name, job_conf)}
 
     def run_script(
         self,
         context: dg.AssetExecutionContext | dg.OpExecutionContext,
-        script_path: str | os.PathLike[str],
+        script_path: Script,
         args: Sequence[str],
+        job_conf: Mapping[str, str] | None = None,
     ) -> dict:
         """Run any dagster-pipes job script (locally by path; on EMR from ``EMR_SCRIPTS_S3``).
 
@@ -497,9 +376,9 @@ class SparkResource(dg.ConfigurableResource):
         """
         if self.backend == "local":
             return self._run_local(context, script_path, list(args))
-        return self._run_remote(context, script_path, list(args))
+        return self._run_remote(context, script_path, list(args), job_conf=job_conf)
 
-    def _local_command(self, script: str | os.PathLike[str], args: list[str]) -> list[str]:
+    def _local_command(self, script: Script, args: list[str]) -> list[str]:
         return [
             sys.executable,
             str(script),
@@ -510,8 +389,8 @@ class SparkResource(dg.ConfigurableResource):
             json.dumps(self.local_conf(), sort_keys=True),
         ]
 
-    def _run_local(self, context: Any, script: str | os.PathLike[str], args: list[str]) -> dict:
-        root = str(JOBS_DIR.parent.parent)
+    def _run_local(self, context: Any, script: Script, args: list[str]) -> dict:
+        root = str(PROJECT_ROOT)
         env = {
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
@@ -535,6 +414,7 @@ class SparkResource(dg.ConfigurableResource):
     def _run_local_per_device(
         self,
         context: Any,
+        script: Script,
         fn: str,
         inputs: list[str],
         output: str,
@@ -547,7 +427,7 @@ class SparkResource(dg.ConfigurableResource):
             args = self.job_arguments(
                 fn, [lake.uri(k) for k in inputs], lake.uri(output), params, group_by, buckets
             )
-            return self._run_local(context, APPLY_BY_DEVICE, args)
+            return self._run_local(context, script, args)
         with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
             staged = []
             for i, key in enumerate(inputs):
@@ -559,7 +439,7 @@ class SparkResource(dg.ConfigurableResource):
                 staged.append(str(folder))
             out = Path(tmp, "out")
             args = self.job_arguments(fn, staged, str(out), params, group_by, buckets)
-            summary = self._run_local(context, APPLY_BY_DEVICE, args)
+            summary = self._run_local(context, script, args)
             lake.delete(output)
             for part in sorted(out.rglob("*.parquet")):
                 lake.write_bytes(f"{output}/{part.relative_to(out).as_posix()}", part.read_bytes())
@@ -584,20 +464,26 @@ class SparkResource(dg.ConfigurableResource):
     def _run_remote(
         self,
         context: Any,
-        script: str | os.PathLike[str],
+        script: Script,
         args: list[str],
         name: str | None = None,
+        job_conf: Mapping[str, str] | None = None,
     ) -> dict:
         with summary_only_pipes(context):
-            return self._run_remote_pipes(context, script, args, name)
+            return self._run_remote_pipes(context, script, args, name, job_conf)
 
     def _run_remote_pipes(
-        self, context: Any, script: str | os.PathLike[str], args: list[str], name: str | None
+        self,
+        context: Any,
+        script: Script,
+        args: list[str],
+        name: str | None,
+        job_conf: Mapping[str, str] | None,
     ) -> dict:
         injector, reader = self._s3_pipes()
         started = time.perf_counter()
         if self.backend == "emr":
-            step = self.script_step(script, args, name)
+            step = self.script_step(script, args, name, job_conf)
             invocation = PipesEMRStepClient(
                 cluster_id=str(self.emr_cluster_id),
                 client=self._boto("emr"),
@@ -610,7 +496,7 @@ class SparkResource(dg.ConfigurableResource):
         else:
             from dagster_aws.pipes import PipesEMRServerlessClient
 
-            job = self.emr_serverless_job(script, args)
+            job = self.emr_serverless_job(script, args, job_conf)
             invocation = PipesEMRServerlessClient(
                 client=self._boto("emr-serverless"),
                 context_injector=injector,
@@ -627,37 +513,13 @@ class SparkResource(dg.ConfigurableResource):
         }
 
     # ---- deployment -------------------------------------------------------------------------
-    def deploy_scripts(self, zip_path: str | os.PathLike[str] | None = None) -> list[str]:
-        """Upload the job scripts, the bootstrap action and the ``--py-files`` zip to S3."""
+    def upload(self, scripts: Sequence[Script], py_files: Script) -> list[str]:
+        """Upload job scripts (and side files, e.g. a bootstrap action) to ``EMR_SCRIPTS_S3`` and
+        the ``--py-files`` archive to its URI; returns the URIs written."""
         s3 = self._boto("s3")
-        uploads = [(JOBS_DIR / name, self.script_uri(name)) for name in JOB_SCRIPTS]
-        uploads.append((BOOTSTRAP, self.script_uri(BOOTSTRAP)))
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = build_py_files(zip_path or Path(tmp, "platform.zip"))
-            uploads.append((archive, self.py_files_uri()))
-            for path, uri in uploads:
-                bucket, key = s3_parts(uri)
-                s3.upload_file(str(path), bucket, key)
+        uploads = [(Path(p), self.script_uri(p)) for p in scripts]
+        uploads.append((Path(py_files), self.py_files_uri()))
+        for path, uri in uploads:
+            bucket, key = s3_parts(uri)
+            s3.upload_file(str(path), bucket, key)
         return [uri for _, uri in uploads]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m resources.spark deploy`` | ``python -m resources.spark build-zip PATH``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m resources.spark", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("deploy", help="upload job scripts, bootstrap and zip to EMR_SCRIPTS_S3")
-    build = sub.add_parser("build-zip", help="build the --py-files zip locally")
-    build.add_argument("path", nargs="?", default="dist/platform.zip")
-    args = parser.parse_args(argv)
-    if args.command == "build-zip":
-        print(build_py_files(args.path))
-    else:
-        for uri in SparkResource.from_env().deploy_scripts():
-            print(uri)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

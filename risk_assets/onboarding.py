@@ -11,6 +11,7 @@ A run may cover several applicants (a contiguous range of ``applicants`` partiti
 JSON object per applicant to ``work/onboarding/<asset>/<partition>.json`` in the lake.
 """
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,15 +22,15 @@ from resources.bank import BankDataResource
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 from risk_assets import science, streams
-from risk_assets.periodic import FRAUD_DISTRIBUTIONS_KEY, RISK_MODEL_KEY
-from risk_assets.validation import signup_id_of, validate_signup
-from sensors.signups import (
+from risk_assets.signups import (
     APPLICANTS,
     ONBOARDING_JOB,
     RUN_TAGS,
     build_onboarding_failure_sensor,
     build_signup_sensor,
 )
+from risk_assets.tables import FRAUD_DISTRIBUTIONS, LATEST, ONBOARDING, RISK_MODEL, asset_args
+from risk_assets.validation import signup_id_of, validate_signup
 
 applicants = dg.DynamicPartitionsDefinition(name=APPLICANTS)
 RETRY = dg.RetryPolicy(
@@ -38,24 +39,19 @@ RETRY = dg.RetryPolicy(
 Values = dict[str, Any]
 
 
-def lake_key(asset: str, partition: str) -> str:
-    return f"work/onboarding/{asset}/{partition}.json"
-
-
-def load_each(lake: LakeResource, asset: str, partitions: list[str]) -> Values:
-    return {p: lake.read_json(lake_key(asset, p)) for p in partitions}
-
-
 def write_each(lake: LakeResource, asset: str, values: Values) -> None:
-    import json
-
+    """One compact JSON object per applicant partition (``risk_assets.tables.ONBOARDING``)."""
+    objects = ONBOARDING[asset]
     for p, value in values.items():
         data = json.dumps(value, separators=(",", ":"), default=str).encode()
-        lake.write_bytes(lake_key(asset, p), data)
+        lake.write_bytes(objects.key(p), data)
 
 
-class Stage:
-    """Inputs of one run: resources, the partitions, and upstream values (lake-backed)."""
+class OnboardingRunState:
+    """What the stages of one onboarding run share: the resources, the run's applicant
+    partitions, each asset's values per partition (computed in this run, or read back from the
+    lake on first use), and the metadata of the stage being computed.
+    """
 
     def __init__(self, lake: LakeResource, redis: RedisResource, bank: BankDataResource, keys):
         self.lake, self.redis, self.bank, self.keys = lake, redis, bank, list(keys)
@@ -64,14 +60,15 @@ class Stage:
 
     def __getitem__(self, asset: str) -> Values:
         if asset not in self.values:
-            self.values[asset] = load_each(self.lake, asset, self.keys)
+            objects = ONBOARDING[asset]
+            self.values[asset] = {p: objects.read(self.lake, p) for p in self.keys}
         return self.values[asset]
 
 
-def application(s: Stage) -> Values:
+def application(state: OnboardingRunState) -> Values:
     """The validated signup payload of the applicant, read back from the ``signups`` stream."""
-    ids = {p: signup_id_of(p) for p in s.keys}
-    fields = streams.signup_fields(s.redis.get_client(), list(ids.values()))
+    ids = {p: signup_id_of(p) for p in state.keys}
+    fields = streams.signup_fields(state.redis.get_client(), list(ids.values()))
     out = {}
     for p, sid in ids.items():
         verdict = validate_signup(sid, fields[sid])
@@ -81,54 +78,52 @@ def application(s: Stage) -> Values:
     return out
 
 
-def bank_features(s: Stage) -> Values:
+def bank_features(state: OnboardingRunState) -> Values:
     """Cash-flow features from 12 months of bank history (the ``bank`` provider resource)."""
-    s.meta["backend"] = s.bank.backend
+    state.meta["backend"] = state.bank.backend
     out = {}
-    for p, app in s["application"].items():
+    for p, app in state["application"].items():
         revenue = float(app["annual_revenue"])
-        out[p] = science.bank_features(s.bank.summary(app["user_id"], revenue), revenue)
+        out[p] = science.bank_features(state.bank.summary(app["user_id"], revenue), revenue)
     return out
 
 
-def fraud_features(s: Stage) -> Values:
+def fraud_features(state: OnboardingRunState) -> Values:
     """Anomaly of the applicant against recent applications (``fraud_distributions``)."""
-    lake = s.lake
-    dist = (
-        lake.read_json(FRAUD_DISTRIBUTIONS_KEY)
-        if lake.exists(FRAUD_DISTRIBUTIONS_KEY)
-        else science.fraud_distributions([])
-    )
-    s.meta["distribution_n"] = dist["n"]
-    apps, banks = s["application"], s["bank_features"]
-    return {p: science.fraud_features(apps[p], banks[p], dist) for p in s.keys}
+    dist = FRAUD_DISTRIBUTIONS.read_if_exists(state.lake, LATEST)
+    if dist is None:
+        dist = science.fraud_distributions([])
+    state.meta["distribution_n"] = dist["n"]
+    apps, banks = state["application"], state["bank_features"]
+    return {p: science.fraud_features(apps[p], banks[p], dist) for p in state.keys}
 
 
-def credit_features(s: Stage) -> Values:
+def credit_features(state: OnboardingRunState) -> Values:
     """Affordability of the requested amount: monthly payment, debt-service coverage, cap."""
-    apps, banks = s["application"], s["bank_features"]
-    return {p: science.credit_features(apps[p], banks[p]) for p in s.keys}
+    apps, banks = state["application"], state["bank_features"]
+    return {p: science.credit_features(apps[p], banks[p]) for p in state.keys}
 
 
-def risk_score(s: Stage) -> Values:
+def risk_score(state: OnboardingRunState) -> Values:
     """Probability of default in 0..1 from ``risk_model`` (a prior model until it is trained)."""
-    lake = s.lake
-    model = lake.read_json(RISK_MODEL_KEY) if lake.exists(RISK_MODEL_KEY) else science.PRIOR_MODEL
-    s.meta["model_version"] = model["version"]
-    apps, banks = s["application"], s["bank_features"]
+    model = RISK_MODEL.read_if_exists(state.lake, LATEST)
+    if model is None:
+        model = science.PRIOR_MODEL
+    state.meta["model_version"] = model["version"]
+    apps, banks = state["application"], state["bank_features"]
     return {
         p: {"score": round(science.score(model, science.model_inputs(apps[p], banks[p])), 4)}
-        for p in s.keys
+        for p in state.keys
     }
 
 
-def decision(s: Stage) -> Values:
+def decision(state: OnboardingRunState) -> Values:
     """Approve / decline / review by score band, published once per signup to ``decisions``."""
-    client = s.redis.get_client()
-    apps, scores = s["application"], s["risk_score"]
-    frauds, credits = s["fraud_features"], s["credit_features"]
+    client = state.redis.get_client()
+    apps, scores = state["application"], state["risk_score"]
+    frauds, credits = state["fraud_features"], state["credit_features"]
     out, counts, republished = {}, Counter(), 0
-    for p in s.keys:
+    for p in state.keys:
         app = apps[p]
         verdict = science.decide(app, scores[p]["score"], frauds[p], credits[p])
         record = {
@@ -141,11 +136,11 @@ def decision(s: Stage) -> Values:
         republished += not created
         out[p] = {**record, "decisions_entry": entry_id, "published_by_this_run": created}
         counts[verdict["decision"]] += 1
-    s.meta.update(dict(counts), already_published=republished)
+    state.meta.update(dict(counts), already_published=republished)
     return out
 
 
-STAGES: list[tuple[Callable[[Stage], Values], list[str]]] = [
+STAGES: list[tuple[Callable[[OnboardingRunState], Values], list[str]]] = [
     (application, []),
     (bank_features, ["application"]),
     (fraud_features, ["application", "bank_features", "fraud_distributions"]),
@@ -165,6 +160,7 @@ STAGES: list[tuple[Callable[[Stage], Values], list[str]]] = [
             group_name="onboarding",
             kinds={"python"},
             skippable=True,
+            **asset_args(ONBOARDING[fn.__name__]),
         )
         for fn, deps in STAGES
     ],
@@ -181,22 +177,22 @@ def onboarding_assets(
     """All onboarding stages of the selected applicants, in one step."""
     keys = context.partition_keys
     selected = {k.to_user_string() for k in context.selected_asset_keys}
-    stage = Stage(lake, redis, bank, keys)
+    state = OnboardingRunState(lake, redis, bank, keys)
     for fn, _ in STAGES:
         name = fn.__name__
         if name not in selected:
             continue
-        stage.meta = {}
+        state.meta = {}
         try:
-            stage.values[name] = fn(stage)
+            state.values[name] = fn(state)
         except dg.Failure:
             raise
         except Exception as exc:
             raise RuntimeError(f"{name}: {exc}") from exc
-        write_each(lake, name, stage.values[name])
+        write_each(lake, name, state.values[name])
         yield dg.MaterializeResult(
             asset_key=name,
-            metadata={"applicants": len(keys), "first": keys[0], "last": keys[-1], **stage.meta},
+            metadata={"applicants": len(keys), "first": keys[0], "last": keys[-1], **state.meta},
         )
 
 

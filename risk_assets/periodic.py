@@ -11,10 +11,9 @@ import dagster as dg
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 from risk_assets import science, streams
+from risk_assets.tables import FRAUD_DISTRIBUTIONS, LATEST, RISK_MODEL, asset_args
 from risk_assets.validation import validate_signup
 
-FRAUD_DISTRIBUTIONS_KEY = "work/onboarding/fraud_distributions/latest.json"
-RISK_MODEL_KEY = "work/onboarding/risk_model/latest.json"
 RECENT_SIGNUPS = 5000
 HISTORY_SIZE = 6000
 
@@ -24,6 +23,7 @@ HISTORY_SIZE = 6000
     kinds={"python", "redis"},
     automation_condition=dg.AutomationCondition.on_cron("*/5 * * * *")
     | dg.AutomationCondition.on_missing(),
+    **asset_args(FRAUD_DISTRIBUTIONS),
 )
 def fraud_distributions(redis: RedisResource, lake: LakeResource) -> dg.MaterializeResult:
     """Quantiles of declared revenue, tenure and amount-to-revenue, and country shares, over the
@@ -33,12 +33,12 @@ def fraud_distributions(redis: RedisResource, lake: LakeResource) -> dg.Material
     apps = [v.application for sid, f in entries if (v := validate_signup(sid, f)).ok]
     dist = science.fraud_distributions(apps)
     dist["as_of"] = streams.now_iso()
-    lake.write_json(FRAUD_DISTRIBUTIONS_KEY, dist)
+    key = FRAUD_DISTRIBUTIONS.write(lake, LATEST, dist)
     return dg.MaterializeResult(
         metadata={
             "applications": dist["n"],
             "countries": len(dist["country_share"]),
-            "path": dg.MetadataValue.path(lake.uri(FRAUD_DISTRIBUTIONS_KEY)),
+            "path": dg.MetadataValue.path(lake.uri(key)),
         }
     )
 
@@ -48,6 +48,7 @@ def fraud_distributions(redis: RedisResource, lake: LakeResource) -> dg.Material
     kinds={"python", "scikitlearn"},
     automation_condition=dg.AutomationCondition.on_cron("0 3 * * *")
     | dg.AutomationCondition.on_missing(),
+    **asset_args(RISK_MODEL),
 )
 def risk_model(lake: LakeResource) -> dg.MaterializeResult:
     """Probability-of-default model: standardised L2 logistic regression over nine cash-flow and
@@ -58,7 +59,7 @@ def risk_model(lake: LakeResource) -> dg.MaterializeResult:
     rows, labels = science.synthetic_history(HISTORY_SIZE)
     model = science.train_risk_model(rows, labels)
     model["trained_at"] = streams.now_iso()
-    lake.write_json(RISK_MODEL_KEY, model)
+    RISK_MODEL.write(lake, LATEST, model)
     return dg.MaterializeResult(
         metadata={
             "auc_test": model["auc_test"],

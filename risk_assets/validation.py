@@ -92,11 +92,11 @@ def validate_signup(signup_id: str, fields: dict[str, str] | None) -> Verdict:
 
 def partition_key(user_id: str, signup_id: str) -> str:
     """``<user slug>_<signup id>``: unique per signup, no spaces, newlines or slashes."""
-    if not _SIGNUP_ID_RE.match(signup_id):
+    if not _SIGNUP_ID_RE.fullmatch(signup_id):
         raise ValueError(f"not a stream entry id: {signup_id!r}")
     slug = _UNSAFE.sub("-", user_id.strip()).strip("-.")[:60] or "user"
     key = f"{slug}_{signup_id}"
-    if not PARTITION_KEY_RE.match(key):
+    if not PARTITION_KEY_RE.fullmatch(key):
         raise ValueError(f"invalid partition key {key!r}")
     return key
 
@@ -104,6 +104,6 @@ def partition_key(user_id: str, signup_id: str) -> str:
 def signup_id_of(partition: str) -> str:
     """The ``signups`` entry id a partition key was made from."""
     signup_id = partition.rsplit("_", 1)[-1]
-    if not _SIGNUP_ID_RE.match(signup_id):
+    if not _SIGNUP_ID_RE.fullmatch(signup_id):
         raise ValueError(f"partition {partition!r} does not end with a signup id")
     return signup_id

@@ -6,7 +6,7 @@ command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 # Bytecode compiled once at install: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
 # process would otherwise compile Dagster from source again (run worker start 5.7 s -> 1.5 s).
 uv sync --frozen --compile-bytecode
-uv run python -m compileall -q near_assets risk_assets resources sensors >/dev/null
+uv run python -m compileall -q near_assets risk_assets resources sensors publishing instance_plugins >/dev/null
 
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
 mkdir -p "$DAGSTER_HOME"

@@ -5,11 +5,11 @@
     uv run python scripts/restore.py stay_points --date 2024-03-05
 
 Each copy is swapped with its backup atomically (lake: ``backup/<table>/date=D`` <->
-``curated/<table>/date=D``; Redis: ``audience:estimates`` <-> ``audience:estimates:backup``,
-with their ``:meta``), so running the same command again undoes the restore. A copy without a backup (e.g. the
-first publish of that day in the lake) is reported and left as is; the others are restored
-(exit 1 only when nothing was restored). The lake and
-Redis are found like the platform finds them (``LAKE_ROOT`` / ``LAKE_BUCKET``, ``REDIS_URL``).
+``curated/<table>/date=D``; Redis: the table's serving hash (``near_assets.tables.REDIS_HASHES``)
+<-> ``<hash>:backup``, with their ``:meta``), so running the same command again undoes the
+restore. A copy without a backup (e.g. the first publish of that day in the lake) is reported and
+left as is; the others are restored (exit 1 only when nothing was restored). The lake and Redis
+are found like the platform finds them (``LAKE_ROOT`` / ``LAKE_BUCKET``, ``REDIS_URL``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
+from near_assets.tables import REDIS_HASHES
+from publishing.redis_hash import restore_hash
+from publishing.tables import LakeTable
+from publishing.wap import restore_table
 from resources.lake import LakeResource
-from resources.redis_publish import restore_hash
 from resources.redis_store import RedisResource
-from resources.wap import restore_table
-
-REDIS_HASHES = {"audience_estimates": "audience:estimates"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = []
     if lake_too:
         try:
-            out |= restore_table(LakeResource.from_env(), args.table, f"date={args.date}")
+            table = LakeTable.curated(args.table)
+            out |= restore_table(LakeResource.from_env(), table, table.folder(args.date))
         except FileNotFoundError as exc:  # first publish of that day: nothing to go back to
             errors.append(f"lake: {exc}")
     if redis_key:

@@ -9,7 +9,9 @@
   Either way the text names the location, job, partition and error and links the run
   (``DAGSTER_UI_URL``).
 - ``<location>_check_failure_alert``: every failed *non-blocking* asset check of the location
-  (monitors, freshness checks) posts through the ``alerts`` resource (Slack or the log).
+  (input monitors) posts through the ``alerts`` resource (Slack or the log).
+- ``<location>_freshness_alert``: an asset whose ``FreshnessPolicy`` turns FAIL (or WARN) posts
+  once per transition, and once more when it is fresh again.
   Blocking checks are write-audit-publish gates, which alert on their own with every failed
   figure, so they are not repeated here.
 
@@ -182,7 +184,7 @@ def check_failure_alert_sensor(
         name=f"{location}_check_failure_alert",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Posts failed non-blocking asset checks (monitors, freshness) to Slack/log.",
+        description="Posts failed non-blocking asset checks (input monitors) to Slack/log.",
     )
     def check_failure_alert(
         context: dg.SensorEvaluationContext, alerts: AlertsResource
@@ -200,11 +202,66 @@ def check_failure_alert_sensor(
     return check_failure_alert
 
 
+ALERTING_FRESHNESS = {"WARN", "FAIL"}
+
+
+def freshness_transitions(
+    states: dict[str, str], previous: dict[str, str]
+) -> list[tuple[str, str, str | None]]:
+    """(asset, new state, old state) for each asset whose freshness changed to or from an
+    alerting state (WARN/FAIL) since ``previous``."""
+    out = []
+    for asset, state in sorted(states.items()):
+        old = previous.get(asset)
+        if state != old and (state in ALERTING_FRESHNESS or old in ALERTING_FRESHNESS):
+            out.append((asset, state, old))
+    return out
+
+
+def freshness_text(location: str, asset: str, state: str, old: str | None) -> str:
+    if state in ALERTING_FRESHNESS:
+        return (
+            f":hourglass: *{asset}* ({location}) is {state} against its freshness policy: "
+            f"no new materialization within the window (see the asset's Overview in "
+            f"{ui_base_url()})."
+        )
+    return f":white_check_mark: *{asset}* ({location}) is fresh again ({old} -> {state})."
+
+
+def freshness_alert_sensor(
+    location: str, minimum_interval_seconds: int = 300
+) -> dg.SensorDefinition:
+    """Alert when an asset of the location goes stale against its ``FreshnessPolicy``."""
+
+    @dg.sensor(
+        name=f"{location}_freshness_alert",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Posts assets that turn WARN/FAIL against their freshness policy.",
+    )
+    def freshness_alert(
+        context: dg.SensorEvaluationContext, alerts: AlertsResource
+    ) -> dg.SensorResult:
+        graph = context.repository_def.asset_graph if context.repository_def else None
+        keys = [
+            key
+            for key in (graph.get_all_asset_keys() if graph else [])
+            if graph.get(key).freshness_policy is not None
+        ]
+        records = context.instance.get_freshness_state_records(keys) if keys else {}
+        states = {k.to_user_string(): r.freshness_state.value for k, r in records.items()}
+        previous = json.loads(context.cursor) if context.cursor else {}
+        for asset, state, old in freshness_transitions(states, previous):
+            alerts.send(freshness_text(location, asset, state, old), context.log)
+        return dg.SensorResult(cursor=json.dumps({**previous, **states}))
+
+    return freshness_alert
+
+
 def alert_sensors(location: str) -> Sequence[dg.SensorDefinition]:
-    """The alert sensors a code location includes (run failures and failed checks)."""
-    return [run_failure_alert_sensor(location), check_failure_alert_sensor(location)]
-
-
-def alert_definitions(location: str) -> dg.Definitions:
-    """``alert_sensors`` as ``Definitions`` to merge into a code location's definitions."""
-    return dg.Definitions(sensors=alert_sensors(location))
+    """The alert sensors a code location includes (failed runs, failed checks, stale assets)."""
+    return [
+        run_failure_alert_sensor(location),
+        check_failure_alert_sensor(location),
+        freshness_alert_sensor(location),
+    ]

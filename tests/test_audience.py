@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 import redis
 
-from near_assets.audience import REDIS_KEY, TABLE, audience_estimates, day_detection
-from near_assets.science.audience import audience_estimates as project
-from near_assets.science.audience import score_against_truth
+from near_assets.audience import audience_estimates, day_detection
+from near_assets.evaluation.audience import audience_truth
+from near_assets.science.audience import project_audience, score_against_truth
+from near_assets.tables import AUDIENCE_ESTIMATES, AUDIENCE_REDIS_KEY
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 
 REPO = Path(__file__).resolve().parents[1]
+TABLE, REDIS_KEY = AUDIENCE_ESTIMATES.name, AUDIENCE_REDIS_KEY
 
 # ---- science ---------------------------------------------------------------------------------
 
@@ -27,7 +29,9 @@ def test_each_visitor_stands_for_population_over_active_panel_of_home_area() -> 
     areas = pd.DataFrame({"area_id": ["a", "b"], "population": [100, 1000]})
     homes = pd.DataFrame({"device_id": ["d1", "d2", "d3", "d4"], "area_id": ["a", "a", "b", "b"]})
     visits = pd.DataFrame({"device_id": ["d1", "d1", "d3"], "poi_id": ["p", "p", "p"]})
-    out = project(visits, homes, areas, active_devices=["d1", "d2", "d3"]).set_index("poi_id")
+    out = project_audience(visits, homes, areas, active_devices=["d1", "d2", "d3"]).set_index(
+        "poi_id"
+    )
     assert out.loc["p", "visitors"] == 2  # repeats count once
     assert out.loc["p", "estimate"] == 100 / 2 + 1000 / 1  # d4 was not active: b's weight is 1000
 
@@ -36,7 +40,7 @@ def test_unknown_home_visitors_count_as_visitors_and_estimate_is_at_least_visito
     areas = pd.DataFrame({"area_id": ["a"], "population": [10]})
     homes = pd.DataFrame({"device_id": ["d1", "d2"], "area_id": ["a", "a"]})
     visits = pd.DataFrame({"device_id": [f"x{i}" for i in range(8)], "poi_id": "p"})
-    out = project(visits, homes, areas).iloc[0]
+    out = project_audience(visits, homes, areas).iloc[0]
     assert out["visitors"] == 8 and out["estimate"] >= 8
     assert out["estimate_low"] >= 8
 
@@ -45,7 +49,7 @@ def test_every_known_poi_gets_a_row_with_an_interval_around_the_estimate() -> No
     areas = pd.DataFrame({"area_id": ["a"], "population": [1000]})
     homes = pd.DataFrame({"device_id": [f"d{i}" for i in range(10)], "area_id": "a"})
     visits = pd.DataFrame({"device_id": ["d1", "d2"], "poi_id": ["p1", "p1"]})
-    out = project(visits, homes, areas, pois=["p1", "p2"]).set_index("poi_id")
+    out = project_audience(visits, homes, areas, pois=["p1", "p2"]).set_index("poi_id")
     assert list(out.index) == ["p1", "p2"]
     assert out.loc["p2", ["visitors", "estimate", "estimate_low"]].tolist() == [0, 0, 0]
     assert out.loc["p2", "estimate_high"] > 0
@@ -121,7 +125,7 @@ def simulated_day(
 
 def test_projection_is_accurate_and_the_interval_calibrated_on_a_sampled_panel() -> None:
     visits, homes, areas, pois, truth = simulated_day(3)
-    score = score_against_truth(project(visits, homes, areas, pois=pois), truth)
+    score = score_against_truth(project_audience(visits, homes, areas, pois=pois), truth)
     assert score["pois_scored"] > 50
     assert score["median_abs_pct_error"] < 10
     assert 0.85 <= score["interval_coverage"] <= 0.97
@@ -139,9 +143,9 @@ def test_blending_trailing_days_cuts_the_error_and_keeps_the_interval_calibrated
         history.append(per_poi)
         pairs.append(day_pairs)
     visits, homes, areas, pois, truth = simulated_day(5, 300, 6)
-    alone = score_against_truth(project(visits, homes, areas, pois=pois), truth)
+    alone = score_against_truth(project_audience(visits, homes, areas, pois=pois), truth)
     kw = {"pois": pois, "history": history, "history_pairs": pairs}
-    blended = score_against_truth(project(visits, homes, areas, **kw), truth)
+    blended = score_against_truth(project_audience(visits, homes, areas, **kw), truth)
     assert blended["median_abs_pct_error"] < alone["median_abs_pct_error"]
     assert blended["median_abs_pct_error"] < 6
     assert 0.85 <= blended["interval_coverage_all"] <= 0.97
@@ -158,7 +162,7 @@ def test_one_trailing_day_with_real_changes_keeps_the_interval_calibrated() -> N
         per_poi, _, day_pairs = daily_ht(visits, homes, areas, pois)
         visits, homes, areas, pois, truth = simulated_day(seed, 400, 1, change=0.25)
         kw = {"pois": pois, "history": [per_poi], "history_pairs": [day_pairs]}
-        covered.append(score_against_truth(project(visits, homes, areas, **kw), truth))
+        covered.append(score_against_truth(project_audience(visits, homes, areas, **kw), truth))
     assert all(0.85 <= s["interval_coverage"] <= 0.97 for s in covered)
     assert all(0.85 <= s["interval_coverage_all"] <= 0.97 for s in covered)
 
@@ -289,6 +293,92 @@ def test_restore_command_rolls_back_the_lake_partition_and_the_redis_hash(
     assert redis_client.hgetall(REDIS_KEY) == first_redis
 
 
+def run_days(lake: LakeResource, redis_url: str, alerts: AlertsResource, first: str, last: str):
+    """One run over the partitions ``first`` .. ``last`` (what a single-run backfill launches)."""
+    return dg.materialize(
+        [audience_estimates, audience_truth],
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+        resources={"lake": lake, "redis": RedisResource(url=redis_url), "alerts": alerts},
+        raise_on_error=False,
+    )
+
+
+def test_the_month_backfill_can_select_audience_estimates() -> None:
+    assert audience_estimates.backfill_policy == dg.BackfillPolicy.single_run()
+    upstream = {k.to_user_string() for k in audience_estimates.dependency_keys}
+    assert upstream >= {"clean_pings", "stay_points", "visits", "demographics", "reference_pois"}
+
+
+def test_a_multi_day_run_publishes_each_day_in_order_with_its_own_history(
+    world: LakeResource, redis_url: str, redis_client: redis.Redis, slack_server
+) -> None:
+    """Days 1-3 are published one after the other (lake and Redis); day 4 sees them as its
+    trailing history, so its visited-POI band is enforced and fails it: days 1-3 stay
+    published, day 4 is not."""
+    alerts = AlertsResource(token="xoxb-test", api_url=slack_server.url)
+    for i, day in enumerate(DAYS[:3]):
+        write_inputs(world, day, seed=i)
+    write_inputs(world, DAYS[3], seed=3, drop_half_pois=True)
+
+    result = run_days(world, redis_url, alerts, DAYS[0], DAYS[3])
+
+    assert not result.success
+    assert all(world.parquet_files(f"curated/{TABLE}/date={d}") for d in DAYS[:3])
+    assert not world.parquet_files(f"curated/{TABLE}/date={DAYS[3]}")
+    assert redis_client.hget(f"{REDIS_KEY}:meta", "date") == DAYS[2]
+    assert redis_client.hget(f"{REDIS_KEY}:backup:meta", "date") == DAYS[1]  # swapped per day
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "visited_pois_band" in failed
+    (message,) = slack_server.messages()
+    assert f"date={DAYS[3]}" in message
+
+    write_inputs(world, DAYS[3], seed=3)
+    write_inputs(world, DAYS[4], seed=4)
+    again = run_days(world, redis_url, alerts, DAYS[3], DAYS[4])
+    assert again.success
+    mats = again.asset_materializations_for_node(TABLE)
+    assert sorted(m.partition for m in mats) == DAYS[3:5]
+    assert all("dagster/row_count" in m.metadata for m in mats)
+    assert redis_client.hget(f"{REDIS_KEY}:meta", "date") == DAYS[4]
+    assert redis_client.hget(f"{REDIS_KEY}:backup:meta", "date") == DAYS[3]
+    assert redis_client.hlen(REDIS_KEY) == len(POIS)
+
+
+def test_truth_scoring_is_a_non_blocking_check_in_the_same_run(
+    world: LakeResource, redis_url: str, redis_client: redis.Redis
+) -> None:
+    day = DAYS[0]
+    write_inputs(world, day, seed=1)
+    truth = pd.DataFrame(
+        {"poi_id": POIS, "panel_visitors": 40, "true_people": np.arange(len(POIS)) * 30 + 3000}
+    )
+    world.write_parquet(truth, f"truth/poi_visitors/date={day}")
+    assert audience_truth.check_specs and not next(iter(audience_truth.check_specs)).blocking
+
+    result = dg.materialize(
+        [audience_estimates, audience_truth],
+        partition_key=day,
+        resources={
+            "lake": world,
+            "redis": RedisResource(url=redis_url),
+            "alerts": AlertsResource(),
+        },
+    )
+
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "audience_estimates_accuracy"
+    ]
+    assert check.passed and check.partition == day
+    assert check.metadata["truth_pois_scored"].value == len(POIS)
+    assert {"truth_median_abs_pct_error", "truth_interval_coverage"} <= set(check.metadata)
+    (mat,) = result.asset_materializations_for_node(TABLE)
+    assert mat.metadata["dagster/row_count"].value == len(POIS)
+    assert not any(k.startswith("truth_") for k in mat.metadata)
+
+
 # ---- the real chain: generator -> clean -> stays -> visits -> homes -> audience ---------------
 
 CHAIN_DAYS = ["2024-03-04", "2024-03-05", "2024-03-06"]
@@ -363,9 +453,9 @@ def test_visit_detection_correction_brings_the_real_chain_to_the_true_population
     args = (visits, chain["homes"], chain["areas"])
     kw = {"pois": chain["pois"], "active_devices": pd.unique(pings["device_id"])}
     truth = chain["truth"]
-    plain_est = project(*args, **kw)
+    plain_est = project_audience(*args, **kw)
     plain = score_against_truth(plain_est, truth, min_panel_visitors=10)
-    fixed_est = project(*args, **kw, detection=rates)
+    fixed_est = project_audience(*args, **kw, detection=rates)
     fixed = score_against_truth(fixed_est, truth, min_panel_visitors=10)
 
     def total_ratio(est: pd.DataFrame) -> float:

@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 LINEAGE_CHAIN = ["raw_pings", "clean_pings", "stay_points", "visits", "audience_estimates"]
+AUDIENCE_INPUTS = ["demographics", "reference_pois"]  # beside the chain, upstream of audience
 ONBOARDING = [
     "application",
     "bank_features",
@@ -232,13 +233,13 @@ def test_global_lineage_shows_the_location_chain_and_onboarding_assets(platform:
         assert parent in deps or any(parent in d for d in deps), f"{parent} -> {child} missing"
 
     dom = rendered_dom(platform, "/asset-groups")
-    for group in ("pings", "mobility", "audience", "onboarding"):
+    for group in ("reference", "pings", "mobility", "audience", "onboarding"):
         assert f">{group}<" in dom, f"group {group} not rendered on /asset-groups"
 
     chain = "/assets/audience_estimates?view=lineage&lineageScope=upstream&lineageDepth=5"
     screenshot(platform, chain, "lineage_audience_estimates.png")
     dom = rendered_dom(platform, chain)
-    for key in LINEAGE_CHAIN:
+    for key in LINEAGE_CHAIN + AUDIENCE_INPUTS:
         assert key in dom, f"{key} not rendered upstream of audience_estimates"
 
 

@@ -15,8 +15,8 @@ from near_assets.campaigns import (
     campaign_insights,
     campaign_partitions,
     campaign_sensor,
-    home_areas,
 )
+from near_assets.evaluation.campaigns import campaign_truth
 from near_assets.science.campaigns import (
     CampaignFileError,
     build_panel,
@@ -24,6 +24,8 @@ from near_assets.science.campaigns import (
     matched_lift,
     parse_campaign,
 )
+from near_assets.science.demographics import home_areas
+from near_assets.tables import CAMPAIGN_INSIGHTS
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 
@@ -398,7 +400,7 @@ def test_campaign_insights_materializes_and_publishes_through_wap(tmp_lake, monk
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [cid])
         result = dg.materialize(
-            [campaign_insights],
+            [campaign_insights, campaign_truth],
             partition_key=cid,
             instance=instance,
             resources={"lake": tmp_lake, "alerts": AlertsResource()},
@@ -413,8 +415,27 @@ def test_campaign_insights_materializes_and_publishes_through_wap(tmp_lake, monk
     assert row["lift_low"] <= row["lift"] <= row["lift_high"]
     assert bool(row["final"]) and str(row["as_of"].date()) == spec["end_date"]
     (mat,) = result.asset_materializations_for_node("campaign_insights")
-    assert "planted_lift" in mat.metadata and "lift_error_pp" in mat.metadata
     assert mat.metadata["precision_floor_pp"].value > 0
-    checks = result.get_asset_check_evaluations()
-    assert {c.check_name for c in checks} >= {"control_size", "interval_sanity"}
-    assert all(c.passed for c in checks)
+    assert mat.metadata["dagster/row_count"].value == 1
+    assert "planted_lift" not in mat.metadata  # truth lives in the evaluation check
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) >= {"control_size", "interval_sanity", "campaign_insights_accuracy"}
+    assert all(checks[name].passed for name in ("control_size", "interval_sanity"))
+    truth = checks["campaign_insights_accuracy"]
+    assert truth.partition == cid and not truth.blocking
+    assert "planted_lift" in truth.metadata and "lift_error_pp" in truth.metadata
+    assert truth.passed and "truth_in_interval" in truth.metadata
+
+
+def test_campaign_insights_declares_what_it_reads():
+    upstream = {k.to_user_string() for k in campaign_insights.dependency_keys}
+    assert upstream == {
+        "visits",
+        "home_location",
+        "reference_campaigns",
+        "raw_exposures",
+        "reference_pois",
+        "reference_areas",
+    }
+    spec = campaign_insights.specs_by_key[campaign_insights.key]
+    assert spec.metadata["dagster/column_schema"] == CAMPAIGN_INSIGHTS.column_schema()

@@ -29,6 +29,7 @@ PRODUCTION_ENV = {
     "EMR_CLUSTER_ID": "j-TEST",
 }
 ENVIRONMENTS = {"default": {}, "production": PRODUCTION_ENV}
+REFERENCE = ["reference_pois", "reference_areas", "reference_campaigns", "raw_exposures"]
 MARKER = "DEFINITIONS-LOAD-REPORT "
 SIDE_EFFECTS = (
     "socket.connect",
@@ -156,7 +157,7 @@ def test_code_location_loads_without_touching_the_network(
 def test_near_assets_location_has_the_pings_graph(reports: dict[tuple[str, str], dict]) -> None:
     for env_name in ENVIRONMENTS:
         report = reports[("near_assets.definitions", env_name)]
-        assert {"raw_pings", "clean_pings"} <= set(report["assets"])
+        assert {"raw_pings", "clean_pings", *REFERENCE} <= set(report["assets"])
         assert "pings_daily" in report["jobs"]
         assert "raw_pings_sensor" in report["sensors"]
 

@@ -10,8 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from near_assets.insights import AggregateInsightsConfig, aggregate_insights, aggregate_insights_job
-from near_assets.science.insights import aggregate_insights as compute
-from near_assets.science.insights import request_hash, segment_devices
+from near_assets.science.insights import compute_insights, request_hash, segment_devices
 from tests.test_campaigns import lake_with_upstream_tables
 
 TODAY = datetime.now(UTC).date()
@@ -78,7 +77,7 @@ def test_aggregate_insights_science_counts_people_by_area_coverage():
     affinity = pd.DataFrame(
         {"device_id": ["a", "b", "q"], "brand": ["B1", "B1", "B1"], "affinity": [1.0, 0.0, -1.0]}
     )
-    ins = compute(visits, devices, coverage, affinity)
+    ins = compute_insights(visits, devices, coverage, affinity)
     assert ins.summary["visitors"] == 4 and ins.summary["visits"] == 5
     # a, b: 100 people each (area X); c: 100 (area Y); z: unknown home -> region 1300/13 = 100
     assert ins.summary["estimated_people"] == 400
@@ -89,7 +88,7 @@ def test_aggregate_insights_science_counts_people_by_area_coverage():
     assert b1["mean_affinity"] == pytest.approx(0.5) and b1["index"] == pytest.approx(0.5)
     seg = segment_devices(devices, affinity, ["X"], "B1", 0.5)
     assert list(seg) == ["a"]
-    assert compute(visits, devices, coverage, affinity, seg).summary["visitors"] == 1
+    assert compute_insights(visits, devices, coverage, affinity, seg).summary["visitors"] == 1
 
 
 def test_aggregate_insights_job_writes_tables_summary_and_chart(tmp_lake, monkeypatch):
@@ -112,3 +111,4 @@ def test_aggregate_insights_job_writes_tables_summary_and_chart(tmp_lake, monkey
     assert mat.metadata["visitors"].value > 0
     assert mat.metadata["estimated_people"].value >= mat.metadata["visitors"].value
     assert "data:image/png;base64," in mat.metadata["summary"].value
+    assert mat.metadata["dagster/row_count"].value == mat.metadata["visitors"].value

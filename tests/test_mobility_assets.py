@@ -9,6 +9,10 @@ import pandas as pd
 import pytest
 
 from near_assets import mobility
+from near_assets.engine import default_engine
+from near_assets.evaluation.mobility import checks as accuracy_checks
+from near_assets.evaluation.mobility import stay_points_accuracy
+from near_assets.science import accuracy
 from near_assets.science.stays import to_utc
 from near_assets.synth import generate
 from resources.alerts import AlertsResource
@@ -22,7 +26,7 @@ ASSETS = [
     mobility.visits,
     mobility.home_location,
     mobility.demographics,
-    mobility.brand_affinity_scores,
+    mobility.brand_affinity,
 ]
 
 
@@ -56,7 +60,7 @@ def materialize_range(
     lake: LakeResource, first: str, last: str, **kwargs
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        ASSETS,
+        [*ASSETS, *accuracy_checks],
         resources=resources(lake),
         tags={
             "dagster/asset_partition_range_start": first,
@@ -71,10 +75,36 @@ def materialization(result: dg.ExecuteInProcessResult, key: str) -> dict:
     return {k: v.value for k, v in events[-1].metadata.items()}
 
 
+def check_metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
+    (evaluation,) = [c for c in result.get_asset_check_evaluations() if c.check_name == name]
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def daily_job_run(lake: LakeResource, day: str) -> dg.ExecuteInProcessResult:
+    """One day through the location's asset job, accuracy checks included (as with truth/)."""
+    defs = dg.Definitions(
+        assets=ASSETS,
+        asset_checks=accuracy_checks,
+        jobs=[mobility.mobility_job],
+        resources=resources(lake),
+    )
+    return defs.resolve_job_def(mobility.mobility_job.name).execute_in_process(partition_key=day)
+
+
+def test_default_engine_comes_from_the_environment_and_is_validated(monkeypatch):
+    monkeypatch.setenv("NEAR_ENGINE", "spark")
+    assert default_engine() == "spark"
+    monkeypatch.setenv("NEAR_ENGINE", "dask")
+    with pytest.raises(ValueError, match="NEAR_ENGINE must be one of pandas, spark"):
+        default_engine()
+
+
 def test_backfill_run_then_daily_run_publish_every_table_with_accuracy(mobility_lake):
     backfill = materialize_range(mobility_lake, DATES[0], DATES[1])
     assert backfill.success
-    result = dg.materialize(ASSETS, resources=resources(mobility_lake), partition_key=DATES[2])
+    days = check_metadata(backfill, "stay_points_accuracy")
+    assert days["days"] == 2 and set(days["per_day"]) == set(DATES[:2])
+    result = daily_job_run(mobility_lake, DATES[2])
     for table in ("stay_points", "visits", "home_location", "brand_affinity"):
         for day in DATES:
             assert mobility_lake.parquet_files(f"curated/{table}/date={day}"), (table, day)
@@ -92,20 +122,44 @@ def test_backfill_run_then_daily_run_publish_every_table_with_accuracy(mobility_
     affinity = mobility_lake.read_parquet(f"curated/brand_affinity/date={DATES[-1]}")
     assert np.isfinite(affinity["affinity"]).all()
 
-    stays = materialization(result, "stay_points")
+    stays = check_metadata(result, "stay_points_accuracy")
     assert stays["stay_precision"] >= 0.97
     assert stays["stay_recall"] >= 0.93
-    visits = materialization(result, "visits")
+    visits = check_metadata(result, "visits_accuracy")
     assert visits["visit_precision"] >= 0.9
     assert visits["visit_recall"] >= 0.9
-    home = materialization(result, "home_location")
-    assert home["window_days_found"] == 3
+    assert materialization(result, "home_location")["window_days_found"] == 3
+    home = check_metadata(result, "home_location_accuracy")
     assert home["home_within_200m"] >= 0.95
     assert home["home_coverage"] >= 0.95
-    demo = materialization(result, "demographics")
+    demo = check_metadata(result, "demographics_accuracy")
     assert demo["area_correct"] >= 0.95
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    checks = {
+        (c.asset_key.to_user_string(), c.check_name): c.passed
+        for c in result.get_asset_check_evaluations()
+    }
+    assert len(checks) == 14 + len(accuracy_checks)  # audits and accuracy, in the same run
     assert all(checks.values()), checks
+
+
+def test_stay_accuracy_scores_with_the_parameters_the_asset_ran_with(mobility_lake):
+    day, min_duration_s = DATES[0], 1800.0
+    result = dg.materialize(
+        [mobility.stay_points, stay_points_accuracy],
+        resources=resources(mobility_lake),
+        partition_key=day,
+        run_config={"ops": {"stay_points": {"config": {"min_duration_s": min_duration_s}}}},
+    )
+    expected = accuracy.stay_accuracy(
+        mobility_lake.read_parquet(f"curated/stay_points/date={day}"),
+        mobility_lake.read_parquet(f"truth/stays/date={day}"),
+        day,
+        min_duration_s=min_duration_s,
+        pings=mobility_lake.read_parquet(f"work/clean_pings/date={day}", ["device_id", "ts"]),
+    )
+    assert check_metadata(result, "stay_points_accuracy") == {
+        k: v for k, v in expected.items() if v is not None
+    }
 
 
 def test_home_window_reads_the_mapped_partitions_and_skips_days_before_the_lake(mobility_lake):
@@ -141,6 +195,16 @@ def test_collapsed_day_fails_the_blocking_norm_check_and_keeps_production(mobili
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["stays_per_device_within_norm"] is False
     assert not mobility_lake.parquet_files(f"curated/stay_points/date={day}")
+
+
+def test_in_process_assets_report_the_engine_that_ran_not_the_configured_one(mobility_lake):
+    result = dg.materialize(
+        [mobility.stay_points, mobility.visits],
+        resources=resources(mobility_lake),
+        partition_key=DATES[0],
+        run_config={"ops": {"visits": {"config": {"engine": "spark"}}}},
+    )
+    assert materialization(result, "visits")["engine"] == "pandas"
 
 
 def test_missing_input_day_is_reported_not_a_crash(mobility_lake):

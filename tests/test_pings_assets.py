@@ -9,15 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from near_assets.pings import (
-    CLEAN_PREFIX,
-    QUARANTINE_PREFIX,
-    clean_pings,
-    pings_job,
-    raw_pings,
-    raw_pings_sensor,
-)
+from near_assets.pings import clean_pings, pings_job, raw_pings, raw_pings_sensor
 from near_assets.science.cleaning import REASONS
+from near_assets.tables import CLEAN_PINGS, QUARANTINED_PINGS
 from resources.lake import LakeResource
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -105,10 +99,10 @@ def test_clean_day_passes_the_check(tmp_lake: LakeResource) -> None:
     assert "| device_id | ts |" in clean["preview"]
     assert check(result, "bad_share_below_threshold").passed
     assert check(result, "day_delivered").passed
-    out = tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}")
+    out = tmp_lake.read_parquet(CLEAN_PINGS.key(DAY))
     assert len(out) == 1000
     assert str(out["ts"].dtype) == "datetime64[ns, UTC]"
-    assert len(tmp_lake.read_parquet(f"{QUARANTINE_PREFIX}/date={DAY}")) == 0
+    assert len(tmp_lake.read_parquet(QUARANTINED_PINGS.key(DAY))) == 0
 
 
 def test_day_with_30_percent_malformed_rows_fails_the_blocking_check(
@@ -139,9 +133,9 @@ def test_day_with_30_percent_malformed_rows_fails_the_blocking_check(
     assert figures["bad_rows"] == 300
     assert figures["dropped/zero_zero"] == 60
     assert not result.asset_materializations_for_node("downstream")
-    quarantine = tmp_lake.read_parquet(f"{QUARANTINE_PREFIX}/date={DAY}")
+    quarantine = tmp_lake.read_parquet(QUARANTINED_PINGS.key(DAY))
     assert quarantine["reason"].value_counts().to_dict() == {r: n for r, n in expected.items() if n}
-    assert len(tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}")) == 700
+    assert len(tmp_lake.read_parquet(CLEAN_PINGS.key(DAY))) == 700
 
 
 def test_threshold_comes_from_env_and_run_config(
@@ -174,7 +168,7 @@ def test_missing_day_is_reported_not_a_crash(tmp_lake: LakeResource) -> None:
     clean = metadata(result, "clean_pings")
     assert (clean["status"], clean["rows_in"], clean["rows_out"]) == ("missing", 0, 0)
     assert check(result, "bad_share_below_threshold").passed
-    assert tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date={DAY}").empty
+    assert tmp_lake.read_parquet(CLEAN_PINGS.key(DAY)).empty
 
 
 def test_file_without_a_required_column_fails_with_its_name(tmp_lake: LakeResource) -> None:
@@ -293,7 +287,7 @@ def test_sensor_run_request_executes_the_pings_job(tmp_lake: LakeResource) -> No
     assert result.success
     assert result.dagster_run.tags["platform/lane"] == "batch"
     assert len(result.asset_materializations_for_node("clean_pings")) == 2
-    assert len(tmp_lake.read_parquet(f"{CLEAN_PREFIX}/date=2024-03-06")) == 30
+    assert len(tmp_lake.read_parquet(CLEAN_PINGS.key("2024-03-06"))) == 30
 
 
 def test_sensor_with_a_lost_cursor_skips_days_already_registered(tmp_lake: LakeResource) -> None:

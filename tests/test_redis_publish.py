@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import redis
 
-from resources.redis_publish import RedisHashTarget, json_rows, restore_hash
+from publishing.redis_hash import RedisHashTarget, json_rows, restore_hash
 
 KEY = "audience:estimates"
 encode = json_rows("poi_id", {"visitors": "visitors", "estimate": "estimate"})

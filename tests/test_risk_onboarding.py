@@ -14,7 +14,7 @@ from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 from risk_assets import streams
 from risk_assets.onboarding import ONBOARDING_ASSETS, onboarding_job
-from sensors.signups import (
+from risk_assets.signups import (
     RUN_KEY_TAG,
     build_onboarding_failure_sensor,
     build_signup_sensor,

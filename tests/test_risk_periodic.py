@@ -7,12 +7,11 @@ import dagster as dg
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
 from risk_assets import science
-from risk_assets.periodic import (
-    FRAUD_DISTRIBUTIONS_KEY,
-    RISK_MODEL_KEY,
-    fraud_distributions,
-    risk_model,
-)
+from risk_assets.periodic import fraud_distributions, risk_model
+
+# the physical keys onboarding runs read (risk_assets.tables declares them)
+FRAUD_DISTRIBUTIONS_KEY = "work/onboarding/fraud_distributions/latest.json"
+RISK_MODEL_KEY = "work/onboarding/risk_model/latest.json"
 
 
 def test_fraud_distributions_summarise_recent_valid_signups(redis_client, redis_url, tmp_lake):
@@ -52,3 +51,14 @@ def test_risk_model_reports_held_out_auc_and_scores_like_sklearn(tmp_lake: LakeR
 def test_automation_conditions_are_declared_on_cron():
     assert "*/5 * * * *" in str(fraud_distributions.automation_conditions_by_key)
     assert "0 3 * * *" in str(risk_model.automation_conditions_by_key)
+
+
+def test_risk_assets_are_owned_by_risk_and_say_where_they_live():
+    from risk_assets.onboarding import onboarding_assets
+
+    for spec in [*onboarding_assets.specs, *fraud_distributions.specs, *risk_model.specs]:
+        name = spec.key.to_user_string()
+        assert spec.owners == ["team:risk"], name
+        assert spec.tags["domain"] == "risk", name
+        assert spec.description, name
+        assert spec.metadata["lake_prefix"] == f"work/onboarding/{name}"

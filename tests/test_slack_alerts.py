@@ -80,8 +80,9 @@ def test_each_code_location_gets_its_own_named_sensors(monkeypatch) -> None:
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
     near = {s.name for s in alert_sensors("near_assets")}
     risk = {s.name for s in alert_sensors("risk_assets")}
-    assert near == {"near_assets_run_failure_alert", "near_assets_check_failure_alert"}
-    assert risk == {"risk_assets_run_failure_alert", "risk_assets_check_failure_alert"}
+    kinds = ("run_failure_alert", "check_failure_alert", "freshness_alert")
+    assert near == {f"near_assets_{kind}" for kind in kinds}
+    assert risk == {f"risk_assets_{kind}" for kind in kinds}
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-env")
     assert run_failure_alert_sensor("near_assets").name == "near_assets_run_failure_alert"
 
@@ -167,3 +168,16 @@ def test_input_monitors_alert_slack_when_todays_pings_are_short(
     assert "poi_reference_not_empty" in texts and "0 POIs" in texts
     if not evaluations["raw_pings_volume"].passed:
         assert "raw_pings_volume" in texts and "expected about" in texts
+
+
+def test_freshness_alerts_fire_once_per_transition_to_and_from_stale() -> None:
+    from sensors.alerts import freshness_text, freshness_transitions
+
+    first = freshness_transitions({"visits": "PASS", "stay_points": "FAIL"}, {})
+    assert first == [("stay_points", "FAIL", None)]
+    seen = {"visits": "PASS", "stay_points": "FAIL"}
+    assert freshness_transitions(seen, seen) == []
+    back = freshness_transitions({"visits": "WARN", "stay_points": "PASS"}, seen)
+    assert back == [("stay_points", "PASS", "FAIL"), ("visits", "WARN", "PASS")]
+    assert "FAIL against its freshness policy" in freshness_text("near_assets", *first[0])
+    assert "fresh again" in freshness_text("near_assets", *back[0])

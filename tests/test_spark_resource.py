@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from near_assets.spark_jobs import apply_by_device
+from near_assets.spark_jobs import APPLY_BY_DEVICE, apply_by_device
+from near_assets.spark_jobs.apply_by_device import BASE_CONF
+from near_assets.spark_jobs.deploy import build_py_files, deploy_scripts
 from near_assets.spark_jobs.examples import count_pings
 from resources.lake import LakeResource
-from resources.spark import APPLY_BY_DEVICE, SparkResource, build_py_files, function_path
+from resources.spark import SparkResource, function_path
 
 CLUSTER_JSON = Path(__file__).resolve().parent.parent / "deploy" / "emr" / "cluster.json"
 DAY = "2024-01-01"
@@ -66,9 +68,10 @@ def test_from_env_switches_to_emr_with_cluster_id(monkeypatch: pytest.MonkeyPatc
     assert spark.backend == "emr"
     assert spark.script_uri(APPLY_BY_DEVICE) == "s3://art/platform/jobs/apply_by_device.py"
     assert spark.py_files_uri() == "s3://art/platform/jobs/platform.zip"
-    assert spark.cluster_conf()["spark.executor.instances"] == "40"
-    assert spark.cluster_conf()["spark.sql.session.timeZone"] == "UTC"
-    assert spark.cluster_conf()["spark.yarn.appMasterEnv.AWS_REGION"] == "eu-west-1"
+    conf = spark.cluster_conf(BASE_CONF)
+    assert conf["spark.executor.instances"] == "40"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.yarn.appMasterEnv.AWS_REGION"] == "eu-west-1"
 
 
 def test_function_path_refuses_functions_a_spark_job_cannot_import() -> None:
@@ -85,6 +88,7 @@ def test_run_per_device_without_input_clears_output_and_reports_zero(
     tmp_lake.write_parquet(pings(10), "work/pings_per_device/date=2024-01-01")
     summary = SparkResource().run_per_device(
         dg.build_asset_context(),
+        script=APPLY_BY_DEVICE,
         function=count_pings,
         inputs=["work/clean_pings/date=2023-12-31"],
         output="work/pings_per_device/date=2024-01-01",
@@ -108,6 +112,7 @@ def test_local_run_per_device_in_materialize_matches_in_process(tmp_lake: LakeRe
         """Pings per device and day, computed by Spark."""
         summary = spark.run_per_device(
             context,
+            script=APPLY_BY_DEVICE,
             function=count_pings,
             inputs=[f"work/clean_pings/date={d}" for d in days],
             output="work/pings_per_device_day",
@@ -168,7 +173,7 @@ def test_deploy_scripts_uploads_job_script_bootstrap_and_zip(
     moto_endpoint: str, artifacts: str, tmp_path: Path
 ) -> None:
     spark = emr_resource(moto_endpoint, artifacts)
-    uris = spark.deploy_scripts(zip_path=tmp_path / "platform.zip")
+    uris = deploy_scripts(spark, zip_path=tmp_path / "platform.zip")
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     key = "platform/jobs/apply_by_device.py"
@@ -184,7 +189,7 @@ def test_deploy_scripts_uploads_job_script_bootstrap_and_zip(
 def test_emr_step_needs_an_s3_lake(tmp_lake: LakeResource) -> None:
     with pytest.raises(ValueError, match="LAKE_BUCKET"):
         SparkResource(emr_cluster_id="j-1", scripts_s3="s3://b/jobs/").emr_step(
-            function=count_pings, inputs=["a"], output="b", lake=tmp_lake
+            script=APPLY_BY_DEVICE, function=count_pings, inputs=["a"], output="b", lake=tmp_lake
         )
 
 
@@ -216,6 +221,8 @@ def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
         moto_endpoint, artifacts, emr_cluster, poll_interval_s=0.2, step_timeout_s=3
     )
     call = {
+        "script": APPLY_BY_DEVICE,
+        "job_conf": BASE_CONF,
         "function": count_pings,
         "inputs": [f"work/clean_pings/date={DAY}"],
         "output": f"work/pings_per_device/date={DAY}",
@@ -305,7 +312,7 @@ def test_emr_serverless_job_runs_the_same_script_with_the_same_settings() -> Non
         scripts_s3=f"s3://{artifacts}/platform/jobs/",
     )
     args = SparkResource.job_arguments(count_pings, ["s3a://lake/in"], "s3a://lake/out")
-    job = spark.emr_serverless_job(APPLY_BY_DEVICE, args)
+    job = spark.emr_serverless_job(APPLY_BY_DEVICE, args, BASE_CONF)
 
     assert spark.backend == "emr-serverless"
     driver = job["jobDriver"]["sparkSubmit"]

@@ -7,24 +7,27 @@ import pandas as pd
 import pytest
 import redis
 
-from resources.alerts import AlertsResource
-from resources.lake import LakeResource
-from resources.redis_publish import RedisHashTarget, json_rows
-from resources.wap import (
+from publishing.redis_hash import RedisHashTarget, json_rows
+from publishing.tables import LakeTable
+from publishing.wap import (
     Audit,
     PublishTarget,
     audit_specs,
     covers_known,
     has_columns,
     no_nulls,
+    publish_days,
     restore_table,
     row_count_band,
     rows_satisfy,
+    trailing_published,
     trailing_published_rows,
     unique_keys,
     value_band,
     write_audit_publish,
 )
+from resources.alerts import AlertsResource
+from resources.lake import LakeResource
 
 TABLE = "scores"
 KEY = "scores:live"
@@ -213,3 +216,70 @@ def test_trailing_published_rows_reads_footers(tmp_lake: LakeResource) -> None:
     for day, n in [("2024-05-01", 4), ("2024-04-29", 7)]:
         tmp_lake.write_parquet(frame(n), f"curated/{TABLE}/date={day}")
     assert sorted(trailing_published_rows(tmp_lake, TABLE, "2024-05-02")) == [4, 7]
+    empty = frame(0)
+    tmp_lake.write_parquet(empty, f"curated/{TABLE}/date=2024-04-30")
+    assert sorted(trailing_published_rows(tmp_lake, TABLE, "2024-05-02")) == [0, 4, 7]
+    declared = LakeTable.curated(TABLE)
+    assert sorted(trailing_published_rows(tmp_lake, declared, "2024-05-02")) == [0, 4, 7]
+    assert sorted(trailing_published(tmp_lake, declared, "2024-05-02", len)) == [0.0, 4.0, 7.0]
+
+
+def test_every_publish_reports_the_published_rows_as_dagster_row_count(
+    tmp_lake: LakeResource,
+) -> None:
+    declared = LakeTable.curated(TABLE)
+
+    @dg.asset(name=TABLE, check_specs=audit_specs(TABLE, audits()))
+    def one_day(context, lake: LakeResource, alerts: AlertsResource):
+        yield from write_audit_publish(
+            context, lake, alerts, declared, declared.folder("2024-05-02"), frame(5), audits()
+        )
+
+    result = run(one_day, tmp_lake)
+    assert result.success
+    (mat,) = result.asset_materializations_for_node(TABLE)
+    assert mat.metadata["dagster/row_count"].value == 5 == mat.metadata["rows"].value
+    assert len(tmp_lake.read_parquet(f"curated/{TABLE}/{PART}")) == 5
+
+    days = {"2024-05-03": frame(3), "2024-05-04": frame(4)}
+
+    @dg.asset(name=TABLE, check_specs=audit_specs(TABLE, audits()))
+    def two_days(context, lake: LakeResource, alerts: AlertsResource):
+        yield from publish_days(
+            context, lake, alerts, declared, days, lambda day: audits(), {}, {"run": "x"}
+        )
+
+    result = run(two_days, tmp_lake)
+    assert result.success
+    (mat,) = result.asset_materializations_for_node(TABLE)
+    assert mat.metadata["dagster/row_count"].value == 7 == mat.metadata["rows"].value
+    assert mat.metadata["days"].value == 2
+    for day, df in days.items():
+        assert len(tmp_lake.read_parquet(f"curated/{TABLE}/date={day}")) == len(df)
+
+    daily = dg.DailyPartitionsDefinition(start_date="2024-05-01")
+
+    @dg.asset(
+        name=TABLE,
+        partitions_def=daily,
+        check_specs=audit_specs(TABLE, audits()),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def daily_days(context, lake: LakeResource, alerts: AlertsResource):
+        frames = {d: frame(n) for d, n in zip(context.partition_keys, (2, 6), strict=True)}
+        yield from publish_days(context, lake, alerts, declared, frames, lambda d: audits(), {}, {})
+
+    result = dg.materialize(
+        [daily_days],
+        resources={"lake": tmp_lake, "alerts": AlertsResource()},
+        tags={
+            "dagster/asset_partition_range_start": "2024-05-05",
+            "dagster/asset_partition_range_end": "2024-05-06",
+        },
+    )
+    assert result.success
+    per_partition = {
+        m.partition: m.metadata["dagster/row_count"].value
+        for m in result.asset_materializations_for_node(TABLE)
+    }
+    assert per_partition == {"2024-05-05": 2, "2024-05-06": 6}

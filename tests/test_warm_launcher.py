@@ -15,7 +15,7 @@ from dagster._core.launcher.base import WorkerStatus
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from resources.run_launcher import PID_TAG
+from instance_plugins.run_launcher import PID_TAG
 from tests.daemon_helpers import running_daemon
 from tests.daemon_helpers import wait_for as _wait_for
 
@@ -46,7 +46,7 @@ def quick_job():
 INSTANCE = """
 telemetry: {enabled: false}
 run_launcher:
-  module: resources.run_launcher
+  module: instance_plugins.run_launcher
   class: WarmRunLauncher
   config: {lanes: [onboarding]}
 run_coordinator:

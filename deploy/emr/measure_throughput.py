@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from near_assets.spark_jobs import APPLY_BY_DEVICE
 from near_assets.spark_jobs.examples import count_pings
 from resources.lake import LakeResource
 from resources.spark import SparkResource
@@ -87,7 +88,12 @@ def run_job(spark: SparkResource, lake: LakeResource, inputs: list[str], output:
         started = time.perf_counter()
         summary.update(
             spark.run_per_device(
-                context, function=count_pings, inputs=inputs, output=output, lake=lake
+                context,
+                script=APPLY_BY_DEVICE,
+                function=count_pings,
+                inputs=inputs,
+                output=output,
+                lake=lake,
             )
         )
         summary["asset_seconds"] = round(time.perf_counter() - started, 3)

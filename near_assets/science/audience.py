@@ -591,7 +591,7 @@ def blend_with_history(
     return out
 
 
-def audience_estimates(
+def project_audience(
     visits: pd.DataFrame,
     device_areas: pd.DataFrame,
     areas: pd.DataFrame,

@@ -123,11 +123,6 @@ def parse_campaign(raw: bytes | str, file_stem: str | None = None) -> CampaignSp
     return CampaignSpec(cid, obj["brand"], start, end)
 
 
-def day_range(first: date, last: date) -> list[str]:
-    """ISO days from ``first`` to ``last`` inclusive (empty when ``last < first``)."""
-    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
-
-
 def campaign_phase(spec: CampaignSpec, today: date, grace_days: int = 2) -> str:
     """``upcoming`` before the start, ``live`` from the start until ``grace_days`` after the end
     (so the last day's visits can land and the final figure be computed), then ``ended``."""
@@ -139,6 +134,30 @@ def campaign_phase(spec: CampaignSpec, today: date, grace_days: int = 2) -> str:
 
 
 # ---- panel ------------------------------------------------------------------------------------
+
+
+def _utc(ts: pd.Series) -> pd.Series:
+    """Timestamps as UTC (an integer column is epoch milliseconds)."""
+    if pd.api.types.is_integer_dtype(ts):
+        return pd.to_datetime(ts, unit="ms", utc=True)
+    return pd.to_datetime(ts, utc=True)
+
+
+def exposed_until(exposures: pd.DataFrame, until: date) -> pd.Series:
+    """Distinct devices exposed up to the end of ``until`` (later exposures are not yet known).
+
+    ``exposures``: ``device_id, ts`` (UTC timestamps or epoch milliseconds).
+    """
+    if exposures.empty:
+        return pd.Series([], dtype="object")
+    df = exposures.dropna(subset=["device_id", "ts"])
+    cutoff = pd.Timestamp(until + timedelta(days=1), tz="UTC")
+    return pd.Series(df.loc[_utc(df["ts"]) < cutoff, "device_id"].astype(str).unique())
+
+
+def brand_poi_ids(pois: pd.DataFrame, brand: str) -> pd.Index:
+    """Ids of the places of ``brand`` (``pois``: ``poi_id, brand``)."""
+    return pd.Index(pois.loc[pois["brand"] == brand, "poi_id"].astype(str).unique())
 
 
 def device_visit_counts(visits: pd.DataFrame, brand_pois: set[str] | pd.Index) -> pd.DataFrame:
@@ -214,6 +233,21 @@ class LiftEstimate:
     def significant(self) -> bool:
         """The interval excludes zero."""
         return bool(self.lift_low > 0 or self.lift_high < 0)
+
+    @property
+    def exposed_brand_visits(self) -> int:
+        """Brand visits of the exposed group in the window."""
+        if not math.isfinite(self.exposed_visit_rate):
+            return 0
+        return round(self.exposed_visit_rate * self.exposed_visits)
+
+    @property
+    def precision_floor_pp(self) -> float:
+        """Poisson noise of the exposed group's brand visits: the standard error (pp) no
+        estimator can beat on this data, ``(1 + lift) / sqrt(exposed brand visits)``; about half
+        the interval's half-width when the control group is large."""
+        visits = self.exposed_brand_visits
+        return 100 * (1 + self.lift) / math.sqrt(visits) if visits else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

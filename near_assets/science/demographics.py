@@ -33,6 +33,24 @@ def locate_areas(lat: np.ndarray, lon: np.ndarray, areas: pd.DataFrame) -> np.nd
     return out
 
 
+def home_areas(homes: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
+    """``device_id, home_area_id``: the area polygon containing each home (lat/lon, WGS84).
+
+    Homes outside every area are left out; a device listed twice keeps its first home.
+    """
+    if homes.empty or areas.empty:
+        return pd.DataFrame({"device_id": [], "home_area_id": []}, dtype="object")
+    idx = locate_areas(homes["lat"].to_numpy(float), homes["lon"].to_numpy(float), areas)
+    found = idx >= 0
+    out = pd.DataFrame(
+        {
+            "device_id": homes["device_id"].to_numpy()[found].astype(str),
+            "home_area_id": areas["area_id"].to_numpy()[idx[found]].astype(str),
+        }
+    )
+    return out.drop_duplicates("device_id").reset_index(drop=True)
+
+
 def device_demographics(homes: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
     """Per device with a home: device_id, area_id, home confidence and the area's attributes."""
     idx = locate_areas(homes["lat"].to_numpy(), homes["lon"].to_numpy(), areas)

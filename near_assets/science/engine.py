@@ -1,18 +1,17 @@
-"""Engines that run per-device science functions: in-process (pandas) or Spark.
+"""The per-device marker: one science function, run in-process or by Spark's ``applyInPandas``.
 
 A per-device function takes the rows of one or more whole devices and returns a DataFrame;
-``per_device(schema)`` records its output schema (Spark DDL) so Spark's ``applyInPandas`` can
-run the very same function.
+``per_device(schema)`` records its output schema (Spark DDL) so the Spark job
+(``near_assets/spark_jobs/apply_by_device.py``) can run the very same function. Which engine runs
+it is decided in ``near_assets.engine``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
 
 import pandas as pd
 
-Engine = Literal["pandas", "spark"]
 PerDeviceFn = Callable[..., pd.DataFrame]
 
 
@@ -24,12 +23,3 @@ def per_device(schema: str) -> Callable[[PerDeviceFn], PerDeviceFn]:
         return fn
 
     return mark
-
-
-def function_path(fn: PerDeviceFn) -> str:
-    """``module:qualname`` so a Spark job can import the same function."""
-    return f"{fn.__module__}:{fn.__qualname__}"
-
-
-def run_in_process(fn: PerDeviceFn, df: pd.DataFrame, **params: Any) -> pd.DataFrame:
-    return fn(df, **params)

@@ -93,7 +93,7 @@ class Insights:
     visitors: pd.DataFrame
 
 
-def aggregate_insights(
+def compute_insights(
     visits: pd.DataFrame,
     devices: pd.DataFrame,
     coverage: pd.DataFrame,

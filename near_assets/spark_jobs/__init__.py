@@ -1,8 +1,14 @@
 """PySpark job scripts run by the ``spark`` resource, locally or on EMR (the same script).
 
 ``apply_by_device.py`` runs any per-device science function (``near_assets.science.engine``)
-with ``groupBy(...).applyInPandas``. Modules here import ``dagster_pipes`` only, never
-``dagster``: they are shipped to the cluster in the ``--py-files`` zip.
+with ``groupBy(...).applyInPandas``. Job scripts import ``dagster_pipes`` only, never
+``dagster``: they are shipped to the cluster in the ``--py-files`` zip (``deploy.py`` builds and
+uploads it; it runs on the Dagster side only).
 """
 
-JOB_SCRIPTS = ("apply_by_device.py",)
+from pathlib import Path
+
+JOBS_DIR = Path(__file__).resolve().parent
+APPLY_BY_DEVICE = JOBS_DIR / "apply_by_device.py"
+JOB_SCRIPTS = (APPLY_BY_DEVICE,)
+"""The job scripts uploaded to ``EMR_SCRIPTS_S3`` (``deploy.py``)."""

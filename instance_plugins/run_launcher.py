@@ -4,7 +4,7 @@ Dagster's :class:`~dagster.DefaultRunLauncher` asks the code server to *spawn* a
 process per run, which imports Dagster and the code location again: 4-6 s on these 2-core
 machines before the first step starts, and as much CPU per run. For the onboarding lane (a
 decision per signup within seconds) that start-up is most of the latency, so this launcher
-keeps, per code location, one warm parent process (:mod:`resources.warm_worker`) that has
+keeps, per code location, one warm parent process (:mod:`instance_plugins.warm_worker`) that has
 imported the code once and forks a run worker per run (tens of milliseconds).
 
 - Only runs whose ``lane_tag`` (``platform/lane``) is in ``lanes`` (default ``["onboarding"]``)
@@ -30,7 +30,7 @@ imported the code once and forks a run worker per run (tens of milliseconds).
 Configure in ``dagster.yaml``::
 
     run_launcher:
-      module: resources.run_launcher
+      module: instance_plugins.run_launcher
       class: WarmRunLauncher
       config:
         lanes: [onboarding]
@@ -57,7 +57,7 @@ from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, 
 from dagster._serdes import serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
-from resources.warm_worker import WARM_IMPORTS_ENV, WARM_INSTANCE_REF_ENV
+from instance_plugins.warm_worker import WARM_IMPORTS_ENV, WARM_INSTANCE_REF_ENV
 
 PID_TAG = "platform/run_worker_pid"
 CREATED_TAG = "platform/run_worker_created"
@@ -127,7 +127,13 @@ class WarmParent:
     def _start(self) -> subprocess.Popen[str]:
         wd = self.key.working_directory
         proc = subprocess.Popen(
-            [self.key.executable, "-m", "resources.warm_worker", self.key.kind, self.key.target]
+            [
+                self.key.executable,
+                "-m",
+                "instance_plugins.warm_worker",
+                self.key.kind,
+                self.key.target,
+            ]
             + ([wd] if wd else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

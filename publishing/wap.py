@@ -8,7 +8,7 @@
    (``LakeResource.publish``); when an audit fails, production is untouched, an alert names
    the table, partition and failed figures, and the step fails (the Airflow "exit 1").
 
-A table can have extra **targets** (e.g. ``resources.redis_publish.RedisHashTarget``, the
+A table can have extra **targets** (e.g. ``publishing.redis_hash.RedisHashTarget``, the
 serving hash of ``audience_estimates``): each is staged beside its production copy together with
 the lake, audited (its ``verify`` is one more blocking check), and published only after every
 audit passed, right after the lake partition. On a failed audit every stage is discarded and
@@ -17,7 +17,13 @@ the lake partition is rolled back to what it was and the step fails.
 
 Usage inside an asset declared with ``check_specs=audit_specs(key, AUDITS, targets)``::
 
-    yield from write_audit_publish(context, lake, alerts, "stay_points", partition, df, AUDITS)
+    yield from write_audit_publish(
+        context, lake, alerts, STAY_POINTS, STAY_POINTS.folder(day), df, AUDITS
+    )
+
+``table`` is a ``publishing.tables.LakeTable`` declaration or a published table's name; the lake
+keys come from ``publishing.tables.published_keys``. Every publish reports ``dagster/row_count``
+(the rows published).
 
 Audits that need history (row counts of the trailing published days) or reference data are
 built at run time by factories whose check name does not depend on their arguments
@@ -27,19 +33,20 @@ arguments, run them with real ones. Restore is ``restore_table`` (``scripts/rest
 
 from __future__ import annotations
 
-import io
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import dagster as dg
+import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from publishing.tables import LakeTable, published_keys, trailing_days
 from resources.alerts import AlertsResource, run_url
 from resources.lake import LakeResource
+
+ROW_COUNT = "dagster/row_count"
 
 
 @dataclass(frozen=True)
@@ -116,14 +123,9 @@ def audit_specs(
     return specs
 
 
-def table_keys(table: str, partition: str | None) -> tuple[str, str, str]:
-    """(staging, production, backup) lake keys of a table partition."""
-    suffix = f"/{partition}" if partition else ""
-    return f"staging/{table}{suffix}", f"curated/{table}{suffix}", f"backup/{table}{suffix}"
-
-
-def partition_folder(partition_key: str | None, name: str = "date") -> str | None:
-    return f"{name}={partition_key}" if partition_key else None
+def _declared(table: str | LakeTable) -> LakeTable:
+    """The declaration of a published table (a bare name: a daily ``curated/<name>`` table)."""
+    return table if isinstance(table, LakeTable) else LakeTable.curated(table)
 
 
 def run_audits(df: pd.DataFrame, audits: Sequence[AuditFn]) -> list[Audit]:
@@ -172,7 +174,7 @@ def write_audit_publish(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
     alerts: AlertsResource,
-    table: str,
+    table: str | LakeTable,
     partition: str | None,
     df: pd.DataFrame,
     audits: Sequence[AuditFn],
@@ -180,8 +182,12 @@ def write_audit_publish(
     asset_key: dg.AssetKey | None = None,
     targets: Sequence[PublishTarget] = (),
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Write ``df`` (and every target) to staging, audit, then publish all or alert and fail."""
-    staging, production, backup = table_keys(table, partition)
+    """Write ``df`` (and every target) to staging, audit, then publish all or alert and fail.
+
+    ``partition`` is the partition folder (``STAY_POINTS.folder(day)``), None when unpartitioned.
+    """
+    table = _declared(table).name
+    staging, production, backup = published_keys(table, partition)
     key = asset_key or context.asset_key
     lake.delete(staging)
     lake.write_parquet(df, staging)
@@ -234,12 +240,108 @@ def write_audit_publish(
         asset_key=key,
         metadata={
             "rows": len(df),
+            ROW_COUNT: len(df),
             "published": dg.MetadataValue.path(published["published"]),
             "backup": dg.MetadataValue.path(published["backup"] or "none"),
             **{k: v for k, v in {**staged_meta, **target_meta}.items() if v is not None},
             **(metadata or {}),
         },
     )
+
+
+# ---- many daily partitions in one run (single-run backfills) ---------------------------------
+
+
+def publish_days(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    alerts: AlertsResource,
+    table: str | LakeTable,
+    frames: dict[str, pd.DataFrame],
+    audits: Callable[[str], list[AuditFn]],
+    metadata: dict[str, dict[str, Any]],
+    run_meta: dict[str, Any],
+    targets: Sequence[PublishTarget] = (),
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """Write-audit-publish each day (``frames``: day -> rows); one check result per audit and one
+    materialization for the run, whose per-partition metadata (rows, ``dagster/row_count``, the
+    day's figures) is that day's own.
+
+    A run over several partitions (a backfill) publishes day by day; each check reports the
+    worst day, and the step fails on the first day whose audits fail (earlier days stay
+    published, that day and later ones are untouched).
+    """
+    declared = _declared(table)
+    checks: dict[str, list[dg.AssetCheckResult]] = {}
+    published: dict[str, dict[str, Any]] = {}
+    failure: dg.Failure | None = None
+    for day, df in frames.items():
+        events = write_audit_publish(
+            context,
+            lake,
+            alerts,
+            declared,
+            declared.folder(day),
+            df,
+            audits(day),
+            metadata.get(day),
+            targets=targets,
+        )
+        try:
+            for ev in events:
+                if isinstance(ev, dg.AssetCheckResult):
+                    checks.setdefault(ev.check_name, []).append(ev)
+                else:
+                    published[day] = dict(ev.metadata or {})
+        except dg.Failure as exc:
+            failure = exc
+            break
+    for name, results in checks.items():
+        worst = next((r for r in results if not r.passed), results[-1])
+        yield dg.AssetCheckResult(
+            asset_key=context.asset_key,
+            check_name=name,
+            passed=all(r.passed for r in results),
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=worst.description,
+            metadata={**dict(worst.metadata or {}), "days_checked": len(results)},
+        )
+    if failure is not None:
+        raise dg.Failure(
+            description=failure.description,
+            metadata=failure.metadata,
+            allow_retries=False,
+        )
+    if len(published) == 1:
+        (meta,) = published.values()
+    else:
+        rows = int(sum(len(frames[d]) for d in published))
+        if context.assets_def.partitions_def is not None:
+            # one materialization per partition: each day shows its own rows and figures
+            for day, day_meta in published.items():
+                context.add_asset_metadata(day_meta, partition_key=day)
+            totals: dict[str, Any] = {"run_rows": rows}
+        else:
+            totals = {"rows": rows, ROW_COUNT: rows}
+        meta = {
+            "days": len(published),
+            **totals,
+            "per_day": dg.MetadataValue.json(
+                {d: {k: _plain(v) for k, v in m.items()} for d, m in published.items()}
+            ),
+        }
+    yield dg.MaterializeResult(metadata={**meta, **run_meta})
+
+
+def _plain(v: Any) -> Any:
+    return v.value if isinstance(v, dg.MetadataValue) else v
+
+
+def clean_meta(figures: dict[str, Any]) -> dict[str, Any]:
+    """Drop missing figures; numpy scalars become plain Python numbers."""
+    return {
+        k: v.item() if isinstance(v, np.generic) else v for k, v in figures.items() if v is not None
+    }
 
 
 def _undo_lake_publish(
@@ -253,7 +355,7 @@ def _undo_lake_publish(
 
 def restore_table(
     lake: LakeResource,
-    table: str,
+    table: str | LakeTable,
     partition: str | None,
     targets: Sequence[PublishTarget] = (),
     lake_too: bool = True,
@@ -263,9 +365,10 @@ def restore_table(
     Each copy is *swapped* with its backup (lake: backup -> production and the replaced
     production -> backup, each an atomic object replace), so a second restore undoes the first.
     """
+    table = _declared(table).name
     out: dict[str, Any] = {}
     if lake_too:
-        staging, production, backup = table_keys(table, partition)
+        staging, production, backup = published_keys(table, partition)
         if not lake.exists(backup):
             raise FileNotFoundError(f"no lake backup for {table} {partition or ''}")
         swap = f"{staging}/restore"
@@ -283,41 +386,40 @@ def restore_table(
 # ---- history of published partitions --------------------------------------------------------
 
 
-def published_rows(lake: LakeResource, table: str, partition: str | None) -> int | None:
-    """Row count of a published partition from its Parquet footer, or None if not published."""
-    _, production, _ = table_keys(table, partition)
-    key = f"{production}/part-0.parquet"
-    if not lake.exists(key):
+def published_row_count(lake: LakeResource, table: str, partition: str | None) -> int | None:
+    """Rows of a published partition (``partition``: its folder) from its Parquet footers, or
+    None when it was never published."""
+    _, production, _ = published_keys(table, partition)
+    if not lake.parquet_files(production):
         return None
-    return pq.ParquetFile(io.BytesIO(lake.read_bytes(key))).metadata.num_rows
-
-
-def trailing_days(partition_key: str, days: int) -> list[str]:
-    """The ``days`` UTC dates before ``partition_key`` (``YYYY-MM-DD``), newest first."""
-    d = date.fromisoformat(partition_key)
-    return [(d - timedelta(days=i)).isoformat() for i in range(1, days + 1)]
+    return lake.parquet_rows(production)
 
 
 def trailing_published_rows(
-    lake: LakeResource, table: str, partition_key: str, days: int = 7
+    lake: LakeResource, table: str | LakeTable, partition_key: str, days: int = 7
 ) -> list[int]:
     """Row counts of the published daily partitions in the ``days`` before ``partition_key``."""
-    counts = [published_rows(lake, table, f"date={d}") for d in trailing_days(partition_key, days)]
+    declared = _declared(table)
+    counts = [
+        published_row_count(lake, declared.name, declared.folder(d))
+        for d in trailing_days(partition_key, days)
+    ]
     return [c for c in counts if c is not None]
 
 
 def trailing_published(
     lake: LakeResource,
-    table: str,
+    table: str | LakeTable,
     partition_key: str,
     metric: Callable[[pd.DataFrame], float],
     days: int = 7,
     columns: list[str] | None = None,
 ) -> list[float]:
     """``metric`` of each published daily partition in the ``days`` before ``partition_key``."""
+    declared = _declared(table)
     out = []
     for d in trailing_days(partition_key, days):
-        _, production, _ = table_keys(table, f"date={d}")
+        _, production, _ = published_keys(declared.name, declared.folder(d))
         if lake.exists(production):
             out.append(float(metric(lake.read_parquet(production, columns=columns))))
     return out

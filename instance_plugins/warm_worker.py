@@ -1,7 +1,7 @@
 """A warm run-worker parent: import a code location once, then fork one run worker per run.
 
-Started by :class:`resources.run_launcher.WarmRunLauncher` as
-``python -m resources.warm_worker module|file <module name or path> [<working directory>]``
+Started by :class:`instance_plugins.run_launcher.WarmRunLauncher` as
+``python -m instance_plugins.warm_worker module|file <module name or path> [<working directory>]``
 with the code location's interpreter. It imports Dagster and the code location's module, builds
 its repository definition once, then answers requests on its stdin/stdout (one JSON object per
 line; the real stdout is moved to stderr so nothing else can write into the protocol):

@@ -1,8 +1,14 @@
-"""Signup sensor and onboarding failure sensor.
+"""How signups become onboarding runs: the signup sensor and the onboarding failure sensor.
 
-``signup_sensor`` (running by default, every sensor-daemon loop: 5 s) reads the ``signups`` stream through the Redis
-consumer group ``onboarding``, so its position lives in Redis, not in the Dagster cursor: a lost
-or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each tick:
+This module owns the run protocol both sides share (the ``onboarding`` job name, the
+``applicants`` partitions, the run tags); ``risk_assets.onboarding`` defines the job and assets
+from these names and imports the sensors from here, never the other way round. The Redis side
+(consumer group, batches, guards) is ``risk_assets.streams``.
+
+``signup_sensor`` (running by default, every sensor-daemon loop: 5 s) reads the ``signups``
+stream through the Redis consumer group ``onboarding``, so its position lives in Redis, not in
+the Dagster cursor: a lost or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each
+tick:
 
 1. re-reads this consumer's pending entries (delivered before, not yet decided), then new ones;
 2. acknowledges entries already decided or dead-lettered; dead-letters malformed ones

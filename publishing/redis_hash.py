@@ -1,6 +1,6 @@
 """Publish a table to a Redis hash with zero downtime: staging key, audit, atomic swap.
 
-Redis side of write-audit-publish (see ``resources/wap.py``):
+Redis side of write-audit-publish (see ``publishing/wap.py``):
 
 1. **stage**: the new version is written to ``<key>:staging:<token>`` with pipelined ``HSET``
    batches (plus a 1-day expiry so an abandoned stage cleans itself up); the live hash is not
@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import redis
 
-from resources.wap import Audit
+from publishing.wap import Audit
 
 STAGING_TTL_S = 24 * 3600
 

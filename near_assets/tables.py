@@ -1,0 +1,273 @@
+"""Every lake table and Redis key of the location-intelligence location, declared once.
+
+Assets read and write through these declarations (``STAY_POINTS.read(lake, day)``,
+``CLEAN_PINGS.write(lake, df, day)``); no other module of ``near_assets`` formats a lake key.
+Published tables (``curated/``) carry their contract columns (``../shared/CONTRACTS.md``), shown
+in the UI as each asset's column schema. The generator (``near_assets.synth``) writes the inputs
+and ``truth/`` with its own writers: it plays upstream, not the platform.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from publishing.tables import JsonObjects, LakeTable
+
+# ---- owners and tags ----------------------------------------------------------------------------
+
+OWNERS = ["team:location-intelligence"]
+PLATFORM_OWNERS = ["team:data-platform"]
+TAGS = {"domain": "location-intelligence"}
+
+TS = "timestamp[ns, UTC]"
+
+# ---- inputs (written upstream) -------------------------------------------------------------------
+
+RAW_PINGS = LakeTable(
+    "raw_pings",
+    "raw/pings",
+    columns={
+        "device_id": "string",
+        "ts": "timestamp (UTC, any unit) or int64 epoch ms",
+        "lat": "float64",
+        "lon": "float64",
+        "accuracy_m": "float64 (nullable)",
+    },
+)
+REFERENCE_POIS = LakeTable(
+    "reference_pois",
+    "reference/pois",
+    partition=None,
+    columns={
+        "poi_id": "string",
+        "name": "string",
+        "brand": "string (nullable)",
+        "category": "string",
+        "geometry_wkt": "string (POLYGON, lon lat)",
+    },
+)
+REFERENCE_AREAS = LakeTable(
+    "reference_areas",
+    "reference/areas",
+    partition=None,
+    columns={
+        "area_id": "string",
+        "geometry_wkt": "string (POLYGON, lon lat)",
+        "population": "int64",
+        "median_income": "float64 (optional)",
+    },
+)
+REFERENCE_CAMPAIGNS = JsonObjects("reference_campaigns", "reference/campaigns")
+RAW_EXPOSURES = LakeTable(
+    "raw_exposures",
+    "raw/exposures",
+    partition="campaign_id",
+    columns={"device_id": "string", "ts": "timestamp (UTC) or int64 epoch ms"},
+)
+
+# ---- intermediate tables (the platform's own, unpublished) ---------------------------------------
+
+CLEAN_PINGS = LakeTable(
+    "clean_pings",
+    "work/clean_pings",
+    columns={
+        "device_id": "string",
+        "ts": TS,
+        "lat": "float64",
+        "lon": "float64",
+        "accuracy_m": "float64",
+    },
+)
+QUARANTINED_PINGS = LakeTable(
+    "quarantined_pings",
+    "quarantine/pings",
+    columns={
+        "device_id": "string",
+        "ts": TS,
+        "lat": "float64",
+        "lon": "float64",
+        "reason": "string",
+    },
+)
+DEMOGRAPHICS = LakeTable(
+    "demographics",
+    "work/demographics",
+    columns={
+        "device_id": "string",
+        "confidence": "float64",
+        "area_id": "string",
+        "population": "int64",
+    },
+)
+AREA_COVERAGE = LakeTable(
+    "area_coverage",
+    "work/area_coverage",
+    columns={
+        "area_id": "string",
+        "population": "int64",
+        "panel_devices": "int64",
+        "coverage": "float64",
+    },
+)
+VISIT_DETECTION = LakeTable(
+    "visit_detection",
+    "work/visit_detection",
+    columns={"device_id": "string", "p_detect": "float64", "ping_group": "string"},
+)
+ENGINE_OUTPUT = LakeTable("engine_output", "work/_engine", partition="run")
+"""Scratch output of one Spark job (``run=<run id>``), read back and deleted by the engine."""
+
+# ---- published tables (curated/, write-audit-publish) --------------------------------------------
+
+STAY_POINTS = LakeTable.curated(
+    "stay_points",
+    columns={
+        "device_id": "string",
+        "start_ts": TS,
+        "end_ts": TS,
+        "lat": "float64",
+        "lon": "float64",
+        "n_pings": "int32",
+        "duration_s": "float64",
+    },
+    descriptions={"n_pings": "pings inside the stay's radius"},
+)
+VISITS = LakeTable.curated(
+    "visits",
+    columns={
+        "device_id": "string",
+        "poi_id": "string",
+        "start_ts": TS,
+        "end_ts": TS,
+        "dwell_s": "float64",
+        "brand": "string",
+        "distance_m": "float64",
+    },
+)
+HOME_LOCATION = LakeTable.curated(
+    "home_location",
+    columns={
+        "device_id": "string",
+        "lat": "float64",
+        "lon": "float64",
+        "confidence": "float64",
+        "nights": "int32",
+        "hours": "int32",
+        "method": "string",
+    },
+    descriptions={
+        "confidence": "0..1 (see the asset description)",
+        "nights": "distinct nights of evidence",
+        "method": "night | day_rest",
+    },
+)
+BRAND_AFFINITY = LakeTable.curated(
+    "brand_affinity",
+    columns={
+        "device_id": "string",
+        "brand": "string",
+        "affinity": "float64",
+        "visits": "int64",
+        "dwell_s": "float64",
+        "lift": "float64",
+    },
+    descriptions={"affinity": "log propensity: 0 = like everyone, higher = more drawn"},
+)
+AUDIENCE_ESTIMATES = LakeTable.curated(
+    "audience_estimates",
+    columns={
+        "poi_id": "string",
+        "visitors": "int64",
+        "estimate": "int64",
+        "estimate_low": "int64",
+        "estimate_high": "int64",
+        "std_error": "float64",
+    },
+    descriptions={
+        "visitors": "distinct panel devices visiting that day",
+        "estimate": "projected people",
+        "estimate_low": "90% interval, low",
+        "estimate_high": "90% interval, high",
+    },
+)
+CAMPAIGN_INSIGHTS = LakeTable.curated(
+    "campaign_insights",
+    partition="campaign_id",
+    columns={
+        "brand": "string",
+        "exposed_devices": "int64",
+        "control_devices": "int64",
+        "exposed_visit_rate": "float64",
+        "control_visit_rate": "float64",
+        "lift": "float64",
+        "lift_low": "float64",
+        "lift_high": "float64",
+        "as_of": "string (YYYY-MM-DD)",
+    },
+)
+
+# ---- on-demand outputs ---------------------------------------------------------------------------
+
+INSIGHTS = "insights"
+"""Root of the on-demand ``aggregate_insights`` outputs, one folder per request."""
+
+
+def insights_key(request_hash: str, file: str | None = None) -> str:
+    """``insights/<request-hash>[/<file>]``: one request's folder (or a file in it)."""
+    folder = f"{INSIGHTS}/{request_hash}"
+    return f"{folder}/{file}" if file else folder
+
+
+# ---- Redis ---------------------------------------------------------------------------------------
+
+AUDIENCE_REDIS_KEY = "audience:estimates"
+"""Serving hash of ``audience_estimates`` (``:meta`` and ``:backup`` beside it; CONTRACTS)."""
+REDIS_HASHES = {AUDIENCE_ESTIMATES.name: AUDIENCE_REDIS_KEY}
+"""Published tables that also have a Redis serving hash (``scripts/restore.py``)."""
+
+# ---- ground truth (synthetic lakes only) ---------------------------------------------------------
+
+TRUTH = "truth"
+"""Root of the generator's ground truth; present only in synthetic lakes."""
+TRUTH_HOMES = LakeTable("truth_homes", "truth/homes", partition=None)
+TRUTH_STAYS = LakeTable("truth_stays", "truth/stays")
+TRUTH_POI_VISITORS = LakeTable("truth_poi_visitors", "truth/poi_visitors")
+TRUTH_CAMPAIGNS = JsonObjects("truth_campaigns", "truth/campaigns")
+TRUTH_DIRT = JsonObjects("truth_dirt", "truth/dirt")
+"""``truth/dirt/date=D.json``: ids are ``date=D``."""
+TRUTH_PANEL = JsonObjects("truth_panel", "truth")
+"""``truth/panel.json``: id ``panel``."""
+
+
+# ---- asset arguments -----------------------------------------------------------------------------
+
+FRESHNESS_DAILY = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=48), warn_window=timedelta(hours=30)
+)
+"""Daily tables: warn when the last materialization is over 30 h old, fail past 48 h."""
+
+
+def published_asset_args(table: LakeTable, **extra: Any) -> dict[str, Any]:
+    """Owners, tags, column schema and freshness policy of an asset that publishes ``table``."""
+    metadata = {**table.metadata(), **extra.pop("metadata", {})}
+    return {
+        "owners": OWNERS,
+        "tags": {**TAGS, "tier": "published", **extra.pop("tags", {})},
+        "metadata": metadata,
+        "freshness_policy": extra.pop("freshness_policy", FRESHNESS_DAILY),
+        **extra,
+    }
+
+
+def internal_asset_args(table: LakeTable | None = None, **extra: Any) -> dict[str, Any]:
+    """Owners, tags and column schema of an asset whose output stays inside the platform."""
+    metadata = {**(table.metadata() if table else {}), **extra.pop("metadata", {})}
+    return {
+        "owners": OWNERS,
+        "tags": {**TAGS, "tier": "internal", **extra.pop("tags", {})},
+        "metadata": metadata,
+        **extra,
+    }
