@@ -77,12 +77,19 @@ def test_home_is_the_night_time_place_with_nights_counted():
     assert home.confidence > 0.8
 
 
-def test_weak_evidence_abstains_and_strong_evidence_does_not():
+def test_weak_evidence_is_less_certain_and_a_cut_on_confidence_keeps_the_strong():
     weak = pd.DataFrame([stay("weak", 23.2, 23.7, 0, 0), stay("weak", 10, 12, 500, 0)])
     strong = pd.DataFrame(nights("strong", 0, 7))
-    homes = infer_homes(pd.concat([weak, strong]), min_confidence=0.3)
-    assert list(homes["device_id"]) == ["strong"]
-    assert infer_homes(weak, min_confidence=0.0)["confidence"].iloc[0] < 0.3
+    both = pd.concat([weak, strong])
+    conf = infer_homes(both, min_confidence=0.0).set_index("device_id")["confidence"]
+    assert conf["weak"] < conf["strong"]
+    cut = (conf["weak"] + conf["strong"]) / 2
+    assert list(infer_homes(both, min_confidence=cut)["device_id"]) == ["strong"]
+
+
+def test_a_device_seen_only_by_day_has_no_home():
+    office = pd.DataFrame([stay("d", 9, 17, 3000, 0, day=d) for d in range(5)])
+    assert infer_homes(office, min_confidence=0.0).empty
 
 
 def test_a_night_shift_worker_rests_by_day_at_home():
@@ -106,7 +113,10 @@ def test_home_nights_use_the_local_time_zone():
     utc = infer_homes(stays, timezone="UTC")
     tokyo = infer_homes(stays, timezone="Asia/Tokyo")  # 03-10 UTC is 12-19 local
     assert utc["method"].iloc[0] == "night"
-    assert tokyo["method"].iloc[0] == "day_rest"
+    # no night in Tokyo: placed by its evenings (the 19 h local hour), never by day rest alone
+    assert tokyo["method"].iloc[0] == "evening"
+    afternoons = pd.DataFrame([stay("a", 3, 9.5, 0, 0, day=d) for d in range(3)])  # 12-18:30
+    assert infer_homes(afternoons, timezone="Asia/Tokyo", min_confidence=0.0).empty
 
 
 def test_homes_by_day_uses_only_the_trailing_window():

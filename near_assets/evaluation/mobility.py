@@ -7,7 +7,7 @@ the figures; several: ``days`` and a ``per_day`` table). They inform, they do no
 loads them only where the lake holds ``truth/``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,10 +34,15 @@ from publishing.wap import clean_meta
 from resources.lake import LakeResource
 
 ScoreDay = Callable[[str], dict[str, Any] | None]
+CALIBRATION_MIN_HOMES = 50
+"""Confidence bins with fewer homes are left out of ``home_calibration_max_gap``."""
 
 
-def evaluate(context: dg.AssetCheckExecutionContext, score_day: ScoreDay) -> dg.AssetCheckResult:
-    """Score every partition of the run (days without truth are left out)."""
+def evaluate(
+    context: dg.AssetCheckExecutionContext, score_day: ScoreDay, markdown: Sequence[str] = ()
+) -> dg.AssetCheckResult:
+    """Score every partition of the run (days without truth are left out); the ``markdown``
+    figures (strings) render as Markdown when one day is reported."""
     try:
         per_day = {
             d: clean_meta(figures)
@@ -53,7 +58,11 @@ def evaluate(context: dg.AssetCheckExecutionContext, score_day: ScoreDay) -> dg.
         )
     if not per_day:
         return dg.AssetCheckResult(passed=True, description="No day of the run has truth.")
-    return dg.AssetCheckResult(passed=True, metadata=mobility.single_or_per_day(per_day))
+    metadata = mobility.single_or_per_day(per_day)
+    for key in markdown:
+        if isinstance(metadata.get(key), str):
+            metadata[key] = dg.MetadataValue.md(metadata[key])
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
 def materialization_metadata(
@@ -119,7 +128,26 @@ def home_figures(
     stays, _ = STAY_POINTS.read_many(lake, window, ["device_id", "start_ts"])
     stay_days = utc_days(stays["start_ts"]) if len(stays) else np.array([], dtype=object)
     eligible = mobility.devices_in_window(stays, stay_days, window)
-    return accuracy.home_accuracy(homes, truth, eligible)
+    return {
+        **accuracy.home_accuracy(homes, truth, eligible),
+        **calibration_figures(accuracy.home_reliability(homes, truth)),
+    }
+
+
+def calibration_figures(table: pd.DataFrame) -> dict[str, Any]:
+    """The reliability table as Markdown (confidence bin vs share within 200 m) and the largest
+    |share - mean confidence| over bins holding at least ``CALIBRATION_MIN_HOMES`` homes."""
+    header = "| confidence | homes | mean confidence | share within 200 m | gap |"
+    lines = [header, "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [
+        f"| {r.bin} | {r.homes} | {r.mean_confidence:.3f} | {r.share_within:.3f} | {r.gap:+.3f} |"
+        for r in table.itertuples()
+    ]
+    big = table[table["homes"] >= CALIBRATION_MIN_HOMES]
+    return {
+        "home_reliability": "\n".join(lines),
+        "home_calibration_max_gap": round(float(big["gap"].abs().max()), 4) if len(big) else None,
+    }
 
 
 def area_figures(lake: LakeResource, truth: pd.DataFrame | None, day: str) -> dict[str, Any] | None:
@@ -172,9 +200,12 @@ def visits_accuracy(
 def home_location_accuracy(
     context: dg.AssetCheckExecutionContext, lake: LakeResource
 ) -> dg.AssetCheckResult:
-    """Share of homes within 200 m of the true home, coverage of the devices in the window, and
-    the confidence threshold that gives 98% precision."""
-    return evaluate(context, partial(home_figures, context, lake, TRUTH_HOMES.read(lake)))
+    """Share of homes within 200 m of the true home, coverage of the devices in the window, the
+    confidence threshold that gives 98% precision, and the reliability table: per confidence
+    bin, the share of homes within 200 m against the mean confidence (``confidence`` is a
+    calibrated probability), with the largest gap over bins of at least 50 homes."""
+    figures = partial(home_figures, context, lake, TRUTH_HOMES.read(lake))
+    return evaluate(context, figures, markdown=["home_reliability"])
 
 
 @dg.asset_check(asset=mobility.demographics, blocking=False, partitions_def=daily_partitions)

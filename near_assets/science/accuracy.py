@@ -12,6 +12,9 @@
 - **home**: share of published homes within ``within_m`` (200) metres of the true home
   (precision), coverage = published homes / devices eligible (observed in the window), and
   the highest-coverage confidence threshold whose precision reaches ``target_precision``.
+- **home reliability**: ``confidence`` is a calibrated probability of being within 200 m, so
+  per confidence bin (0-0.1, ..., 0.9-1) the share of homes within 200 m should match the
+  bin's mean confidence (``home_reliability``, ``reliability_table``).
 """
 
 from __future__ import annotations
@@ -194,3 +197,40 @@ def home_accuracy(
             out["home_threshold_for_98pct"] = round(float(conf[k]), 4)
             out["home_coverage_at_98pct"] = _ratio(k + 1, len(devices))
     return out
+
+
+def reliability_table(confidence: Any, correct: Any, bins: int = 10) -> pd.DataFrame:
+    """Per confidence bin ([i/bins, (i+1)/bins), the last one closed): homes, mean confidence,
+    share correct and ``gap`` = share - mean confidence. Empty bins are left out."""
+    conf = np.asarray(confidence, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    b = np.clip(np.floor(conf * bins).astype(np.int64), 0, bins - 1)
+    rows = []
+    for i in np.unique(b):
+        m = b == i
+        mean_conf, share = float(conf[m].mean()), float(ok[m].mean())
+        rows.append(
+            {
+                "bin": f"{i / bins:.1f}-{(i + 1) / bins:.1f}",
+                "homes": int(m.sum()),
+                "mean_confidence": round(mean_conf, 4),
+                "share_within": round(share, 4),
+                "gap": round(share - mean_conf, 4),
+            }
+        )
+    columns = ["bin", "homes", "mean_confidence", "share_within", "gap"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def home_reliability(
+    homes: pd.DataFrame, truth_homes: pd.DataFrame, within_m: float = 200.0, bins: int = 10
+) -> pd.DataFrame:
+    """Reliability table of published homes (device_id, lat, lon, confidence) against
+    ``truth_homes`` (device_id, home_lat, home_lon): per confidence bin, homes, mean
+    confidence, share within ``within_m`` and the gap between the two (see
+    ``reliability_table``). Devices without truth are skipped."""
+    truth = truth_homes.set_index("device_id")
+    scored = homes[homes["device_id"].isin(truth.index)]
+    t = truth.loc[scored["device_id"]]
+    err = haversine_m(scored["lat"], scored["lon"], t["home_lat"], t["home_lon"])
+    return reliability_table(scored["confidence"], err <= within_m, bins)

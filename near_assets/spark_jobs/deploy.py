@@ -23,8 +23,14 @@ BOOTSTRAP = PACKAGE.parent / "deploy" / "emr" / "bootstrap.sh"
 """EMR bootstrap action (every node): Python 3.11 and the libraries the job scripts import."""
 
 
+PACKAGE_DATA = ("*.py", "*.json")
+"""What the zip takes from each package: modules and the data they read as package resources
+(``near_assets/science/home_calibration.json``, the home model's calibration table)."""
+
+
 def build_py_files(dest: str | os.PathLike[str]) -> Path:
-    """Zip what the cluster imports: the ``near_assets`` package and ``dagster_pipes``."""
+    """Zip what the cluster imports: the ``near_assets`` package (modules and package data)
+    and ``dagster_pipes``."""
     import dagster_pipes
 
     dest = Path(dest)
@@ -32,7 +38,8 @@ def build_py_files(dest: str | os.PathLike[str]) -> Path:
     roots = [PACKAGE, Path(dagster_pipes.__file__).parent]
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         for root in roots:
-            for path in sorted(root.rglob("*.py")):
+            paths = {p for pattern in PACKAGE_DATA for p in root.rglob(pattern)}
+            for path in sorted(paths):
                 if "__pycache__" not in path.parts:
                     zf.write(path, path.relative_to(root.parent).as_posix())
     return dest

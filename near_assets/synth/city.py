@@ -2,7 +2,9 @@
 
 Everything is laid out in a local metric frame (x east, y north, metres from the south-west
 corner of the region) and converted to WGS84 with an equirectangular projection, which is
-exact to well under a metre over a 12 km box.
+exact to well under a metre over a 12 km box. The region is centred on ``CENTER_LAT`` /
+``CENTER_LON`` unless a profile places it elsewhere (:class:`Frame`); the layout (areas, POIs,
+homes in metres) does not depend on where the city lies.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ REGION_M = 12_000.0
 AREA_GRID = 8
 POI_CELL_M = 100.0
 M_PER_DEG_LAT = 111_320.0
-M_PER_DEG_LON = M_PER_DEG_LAT * float(np.cos(np.radians(CENTER_LAT)))
-SOUTH = CENTER_LAT - REGION_M / 2 / M_PER_DEG_LAT
-WEST = CENTER_LON - REGION_M / 2 / M_PER_DEG_LON
 
 BRANDS: dict[str, tuple[str, int]] = {
     "FreshMart": ("grocery", 12),
@@ -55,24 +54,66 @@ CATEGORY_PULL = {
 }
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where the region lies: local metres <-> WGS84 around a centre (lat, lon)."""
+
+    center_lat: float = CENTER_LAT
+    center_lon: float = CENTER_LON
+
+    @property
+    def m_per_deg_lon(self) -> float:
+        return M_PER_DEG_LAT * float(np.cos(np.radians(self.center_lat)))
+
+    @property
+    def south(self) -> float:
+        return self.center_lat - REGION_M / 2 / M_PER_DEG_LAT
+
+    @property
+    def west(self) -> float:
+        return self.center_lon - REGION_M / 2 / self.m_per_deg_lon
+
+    def to_latlon(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Local metres (x east, y north) to WGS84 degrees (lat, lon), float64."""
+        return (
+            self.south + np.asarray(y) / M_PER_DEG_LAT,
+            self.west + np.asarray(x) / self.m_per_deg_lon,
+        )
+
+    def to_xy(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """WGS84 degrees to local metres (x east, y north)."""
+        return (
+            (np.asarray(lon) - self.west) * self.m_per_deg_lon,
+            (np.asarray(lat) - self.south) * M_PER_DEG_LAT,
+        )
+
+    def bbox(self) -> dict[str, float]:
+        north, east = self.to_latlon(np.array(REGION_M), np.array(REGION_M))
+        return {"south": self.south, "west": self.west, "north": float(north), "east": float(east)}
+
+
+DEFAULT_FRAME = Frame()
+
+
 def to_latlon(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local metres (x east, y north) to WGS84 degrees (lat, lon), float64."""
-    return SOUTH + np.asarray(y) / M_PER_DEG_LAT, WEST + np.asarray(x) / M_PER_DEG_LON
+    """Local metres (x east, y north) to WGS84 degrees (lat, lon) in the default frame."""
+    return DEFAULT_FRAME.to_latlon(x, y)
 
 
 def to_xy(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """WGS84 degrees to local metres (x east, y north)."""
-    return (np.asarray(lon) - WEST) * M_PER_DEG_LON, (np.asarray(lat) - SOUTH) * M_PER_DEG_LAT
+    """WGS84 degrees to local metres (x east, y north) in the default frame."""
+    return DEFAULT_FRAME.to_xy(lat, lon)
 
 
 def bbox() -> dict[str, float]:
-    north, east = to_latlon(np.array(REGION_M), np.array(REGION_M))
-    return {"south": SOUTH, "west": WEST, "north": float(north), "east": float(east)}
+    return DEFAULT_FRAME.bbox()
 
 
-def _polygon_wkt(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> list[str]:
-    lat0, lon0 = to_latlon(x0, y0)
-    lat1, lon1 = to_latlon(x1, y1)
+def _polygon_wkt(
+    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, frame: Frame = DEFAULT_FRAME
+) -> list[str]:
+    lat0, lon0 = frame.to_latlon(x0, y0)
+    lat1, lon1 = frame.to_latlon(x1, y1)
     return [
         f"POLYGON (({a:.7f} {b:.7f}, {c:.7f} {b:.7f}, {c:.7f} {d:.7f}, {a:.7f} {d:.7f}, "
         f"{a:.7f} {b:.7f}))"
@@ -94,6 +135,7 @@ class City:
     poi_attract: np.ndarray
     poi_brand: np.ndarray
     poi_cells: set[int] = field(default_factory=set)
+    frame: Frame = DEFAULT_FRAME
 
     @property
     def n_areas(self) -> int:
@@ -115,7 +157,7 @@ class City:
         return np.isin(cell, np.fromiter(self.poi_cells, dtype=np.int64))
 
 
-def build_city(seed: int, n_pois: int = 300) -> City:
+def build_city(seed: int, n_pois: int = 300, frame: Frame = DEFAULT_FRAME) -> City:
     """Areas on an 8 x 8 grid (1.5 km squares) and ``n_pois`` non-overlapping POI rectangles."""
     rng = np.random.default_rng([seed, 101])
     size = REGION_M / AREA_GRID
@@ -131,7 +173,7 @@ def build_city(seed: int, n_pois: int = 300) -> City:
     areas = pd.DataFrame(
         {
             "area_id": [f"A{i:03d}" for i in idx],
-            "geometry_wkt": _polygon_wkt(ox, oy, ox + size, oy + size),
+            "geometry_wkt": _polygon_wkt(ox, oy, ox + size, oy + size, frame),
             "population": population,
             "median_income": income.astype(np.float64),
             "age_18_34": shares[:, 0].round(4),
@@ -171,7 +213,7 @@ def build_city(seed: int, n_pois: int = 300) -> City:
             "brand": pd.array(brand_col, dtype="string"),
             "category": category.astype(str),
             "geometry_wkt": _polygon_wkt(
-                px - half[:, 0], py - half[:, 1], px + half[:, 0], py + half[:, 1]
+                px - half[:, 0], py - half[:, 1], px + half[:, 0], py + half[:, 1], frame
             ),
         }
     )
@@ -186,4 +228,5 @@ def build_city(seed: int, n_pois: int = 300) -> City:
         poi_attract=attract,
         poi_brand=brand_col,
         poi_cells=set(cells.tolist()),
+        frame=frame,
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from near_assets.synth.generator import DEFAULT_DEVICES, default_start, generate
+from near_assets.synth.panel import PROFILES
 from resources.lake import LakeResource
 
 
@@ -19,11 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: ends today)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--profile", choices=["default", "sparse"], default="default")
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="default",
+        help="panel profile: default (dense), sparse, or a realistic real_* profile "
+        "(see near_assets.synth.panel)",
+    )
     parser.add_argument("--campaigns", type=int, default=4)
     parser.add_argument("--no-dirt", action="store_true", help="write clean pings only")
     parser.add_argument(
-        "--timezone", help="clock of the daily routines (default: $LAKE_TIMEZONE, else UTC)"
+        "--timezone",
+        help="clock of the daily routines (default: the profile's, else $LAKE_TIMEZONE, else UTC)",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

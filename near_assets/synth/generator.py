@@ -2,8 +2,10 @@
 
 Deterministic given the seed: every random draw comes from a generator keyed by
 (seed, purpose, day, device block), so the output does not depend on progress bars or the
-storage back end. Daily routines follow the clock of ``timezone`` (``LAKE_TIMEZONE``); the
-local days that overlap a UTC day are scheduled and cut to it, so folders stay UTC days.
+storage back end. Daily routines follow the clock of ``timezone`` (``LAKE_TIMEZONE``, or the
+profile's own time zone); the local days that overlap a UTC day are scheduled and cut to it, so
+folders stay UTC days. The realistic profiles (``real_*``, see ``panel.Profile``) add draws of
+their own (keys 203, 610, 611) so the historical profiles' output is unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pyarrow.parquet as pq
 
 from near_assets.science.cleaning import REASONS as CLEANING_PRECEDENCE
 from near_assets.synth import campaigns as camp
-from near_assets.synth.city import REGION_M, City, bbox, build_city, to_latlon
+from near_assets.synth.city import REGION_M, City, Frame, build_city
 from near_assets.synth.dirt import (
     DEFAULT_DIRT_SHARE,
     HD_MIN_DEVICES,
@@ -37,6 +39,7 @@ from near_assets.synth.mobility import (
     DAY_S,
     KIND_NAMES,
     MIN_STAY_S,
+    local_hour_weight,
     sample_pings,
     schedule_day,
     stitch_local_days,
@@ -92,9 +95,28 @@ class World:
     shadow: Panel | None = None
     shadow_p: np.ndarray | None = None
     shadow_expected: float = 0.0
+    away: np.ndarray | None = None  # (devices, days + 3): night starting on local start-2+j away
 
     def dates(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
+
+    def away_nights(self, local: date) -> tuple[np.ndarray, np.ndarray] | None:
+        """(away the night before ``local``, away the night after it), or None."""
+        if self.away is None:
+            return None
+        j = (local - self.start).days + 2
+        return self.away[:, j - 1], self.away[:, j]
+
+    def outage(self, day_index: int) -> tuple[float, float] | None:
+        """The UTC day's feed outage [start, end) in seconds from midnight, if any."""
+        share = self.profile.outage_day_share
+        if share <= 0:
+            return None
+        day = self.start + timedelta(days=day_index)
+        rng = np.random.default_rng([self.seed, 610, day.toordinal()])
+        hit, start = rng.random(), rng.uniform(0, DAY_S)
+        end = min(start + rng.uniform(*self.profile.outage_hours) * 3600.0, DAY_S)
+        return (start, end) if hit < share else None
 
 
 DEFAULT_DEVICES = 10_000
@@ -109,6 +131,15 @@ def default_start(days: int) -> str:
 
 def _observation(seed: int, devices: int, days: int, profile: Profile) -> np.ndarray:
     rng = np.random.default_rng([seed, 606])
+    if profile.observe == "contiguous":
+        blocks = []
+        for b0 in range(0, days, 7):
+            width = min(7, days - b0)
+            k = rng.integers(1, width + 1, devices)
+            first = (rng.random(devices) * (width - k + 1)).astype(np.int64)
+            col = np.arange(width)[None, :]
+            blocks.append((col >= first[:, None]) & (col < (first + k)[:, None]))
+        return np.concatenate(blocks, axis=1)
     if profile.observe == "daily":
         obs = rng.random((devices, days)) < profile.observe_p
         empty = ~obs.any(axis=1)
@@ -131,15 +162,20 @@ def build_world(
     profile: str,
     campaigns: int,
     timezone: str = "UTC",
+    audience: bool = True,
 ) -> World:
-    """Everything that does not change from day to day: city, panel, observation, campaigns."""
+    """Everything that does not change from day to day: city, panel, observation, campaigns.
+
+    ``audience=False`` skips the shadow population that scales the whole population's POI
+    visitors on non-UTC clocks (benches that score mobility only).
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
     if days < 1 or devices < 1:
         raise ValueError("days and devices must be positive")
     ZoneInfo(timezone)
     prof = PROFILES[profile]
-    city = build_city(seed)
+    city = build_city(seed, frame=Frame(prof.center_lat, prof.center_lon))
     panel = build_panel(seed, city, devices, prof)
     first = date.fromisoformat(start)
     brands = sorted({b for b in city.poi_brand if b is not None})
@@ -157,10 +193,15 @@ def build_world(
             p1 = p0.copy()
             apply_brand_lift(p1, np.ones(len(p1), bool), city.poi_brand == c.brand, c.planted_lift)
             q1[c.brand] = by_area(visit_probability(p1))
-    tlat, tlon = to_latlon(*hd_points(seed, REGION_M).T)
+    tlat, tlon = city.frame.to_latlon(*hd_points(seed, REGION_M).T)
     shadow = shadow_p = None
     shadow_expected = 0.0
-    if any(len(_local_windows(first + timedelta(days=i), timezone)) > 1 for i in range(days)):
+    away = None
+    if panel.sleeps_away is not None and prof.away_night_p > 0:
+        draw = np.random.default_rng([seed, 611]).random((devices, days + 3))
+        away = panel.sleeps_away[:, None] & (draw < prof.away_night_p)
+    split = any(len(_local_windows(first + timedelta(days=i), timezone)) > 1 for i in range(days))
+    if audience and split:
         shadow = shadow_population(seed, city, prof, int(np.clip(8 * devices, 2_000, 16_000)))
         shadow_p = choice_probabilities(shadow.home_xy, city)
         shadow_expected = float(visit_probability(shadow_p).sum())
@@ -182,6 +223,7 @@ def build_world(
         shadow=shadow,
         shadow_p=shadow_p,
         shadow_expected=shadow_expected,
+        away=away,
     )
 
 
@@ -254,6 +296,14 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
     active = [c for c in world.campaigns if c.active(day)]
     local_days = _local_windows(day, world.timezone)
     brand_masks = {c.brand: city.poi_brand == c.brand for c in world.campaigns}
+    rate, sampling = panel.ping_rate, {}
+    if world.profile.local_sampling:
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        offset = ZoneInfo(world.timezone).utcoffset(noon)
+        weight = local_hour_weight(
+            world.profile.night_damping, offset.total_seconds() if offset else 0.0
+        )
+        rate, sampling = panel.day_rate_h() * weight.sum(), {"hour_weight": weight}
     parts_p, parts_s = [], []
     for b0 in range(0, panel.n, CHUNK_DEVICES):
         sl = slice(b0, min(b0 + CHUNK_DEVICES, panel.n))
@@ -264,6 +314,16 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
             for c in world.campaigns:
                 if c.active(local):
                     apply_brand_lift(p, c.exposed[sl], brand_masks[c.brand], c.planted_lift)
+            away = world.away_nights(local)
+            away_kw = (
+                {}
+                if away is None or panel.away_xy is None
+                else {
+                    "away_xy": panel.away_xy[sl],
+                    "away_morning": away[0][sl],
+                    "away_evening": away[1][sl],
+                }
+            )
             pieces.append(
                 (
                     schedule_day(
@@ -276,6 +336,7 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
                         poi_xy=city.poi_xy,
                         workday=local.weekday() < 5,
                         prev_workday=(local - timedelta(days=1)).weekday() < 5,
+                        **away_kw,
                     ),
                     lo,
                     hi,
@@ -286,9 +347,10 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
             np.random.default_rng([world.seed, 506, day.toordinal(), b0]),
             stays,
             observed=observed[sl],
-            rate=panel.ping_rate[sl],
+            rate=rate[sl],
             poi_half=city.poi_half,
             profile=world.profile,
+            **sampling,
         )
         stays.dev = stays.dev + b0
         pings.dev = pings.dev + b0
@@ -316,7 +378,7 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
 
     keep = real & observed[s_dev]
     day_start = pd.Timestamp(day, tz="UTC")
-    lat, lon = to_latlon(s_x[keep], s_y[keep])
+    lat, lon = city.frame.to_latlon(s_x[keep], s_y[keep])
     stays_df = pd.DataFrame(
         {
             "device_id": panel.device_ids[s_dev[keep]].astype(str),
@@ -332,7 +394,7 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
         }
     )
 
-    p_lat, p_lon = to_latlon(
+    p_lat, p_lon = city.frame.to_latlon(
         np.concatenate([p.x for p in parts_p]), np.concatenate([p.y for p in parts_p])
     )
     day_start_ms = int(day_start.value // 1_000_000)
@@ -343,6 +405,11 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
         "lon": p_lon,
         "accuracy": np.concatenate([p.accuracy for p in parts_p]),
     }
+    outage = world.outage(day_index)
+    if outage is not None:
+        t = cols["t_ms"] - day_start_ms
+        up = (t < outage[0] * 1000.0) | (t >= outage[1] * 1000.0)
+        cols = {k: v[up] for k, v in cols.items()}
     rng = np.random.default_rng([world.seed, 707, day.toordinal()])
     cols, dirt = plant_dirt(
         rng, cols, share=dirt_share, day_start_ms=day_start_ms, towers_latlon=world.towers
@@ -473,11 +540,43 @@ def write_reference(world: World, lake: LakeResource) -> None:
     lake.write_parquet(world.city.pois, "reference/pois")
 
 
-def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> None:
+def profile_timezone(profile: str, timezone: str | None = None) -> str:
+    """The routines' clock: ``timezone`` if given, else the profile's, else ``LAKE_TIMEZONE``."""
+    prof = PROFILES.get(profile)
+    return timezone or (prof.timezone if prof else None) or lake_timezone()
+
+
+def truth_strata(world: World) -> dict[str, np.ndarray]:
+    """Per-device columns of ``truth/homes`` that benches stratify by.
+
+    ``ping_rate_h``: stationary day-time pings an hour; ``sleeps_away``: the device sleeps at a
+    second place on some nights; ``away_nights``: nights starting on an observed day of the
+    window (local date) that it spent there; ``first_observed`` / ``last_observed``: UTC days.
+    """
+    panel, obs = world.panel, world.observed
+    away = np.zeros(panel.n, dtype=np.int64)
+    if world.away is not None:
+        away = (world.away[:, 2 : 2 + world.days] & obs).sum(axis=1).astype(np.int64)
+    dates = np.array([d.isoformat() for d in world.dates()], dtype=object)
+    seen = obs.any(axis=1)
+    first = np.where(seen, dates[np.argmax(obs, axis=1)], None)
+    last = np.where(seen, dates[world.days - 1 - np.argmax(obs[:, ::-1], axis=1)], None)
+    sleeps = panel.sleeps_away if panel.sleeps_away is not None else np.zeros(panel.n, bool)
+    return {
+        "ping_rate_h": panel.day_rate_h().astype(np.float64),
+        "sleeps_away": sleeps.astype(bool),
+        "away_nights": away,
+        "first_observed": first.astype(object),
+        "last_observed": last.astype(object),
+    }
+
+
+def truth_homes(world: World) -> pd.DataFrame:
+    """``truth/homes``: each device's home and work, night shift, observation and strata."""
     panel = world.panel
-    hlat, hlon = to_latlon(panel.home_xy[:, 0], panel.home_xy[:, 1])
-    wlat, wlon = to_latlon(panel.work_xy[:, 0], panel.work_xy[:, 1])
-    homes = pd.DataFrame(
+    hlat, hlon = world.city.frame.to_latlon(panel.home_xy[:, 0], panel.home_xy[:, 1])
+    wlat, wlon = world.city.frame.to_latlon(panel.work_xy[:, 0], panel.work_xy[:, 1])
+    return pd.DataFrame(
         {
             "device_id": panel.device_ids.astype(str),
             "home_lat": hlat,
@@ -487,9 +586,14 @@ def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> Non
             "work_lon": wlon,
             "night_shift": panel.night_shift.astype(bool),
             "observed_days": world.observed.sum(axis=1).astype(np.int64),
+            **truth_strata(world),
         }
     )
-    lake.write_parquet(homes, "truth/homes")
+
+
+def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> None:
+    panel = world.panel
+    lake.write_parquet(truth_homes(world), "truth/homes")
     for key in lake.list("reference/campaigns") + lake.list("truth/campaigns"):
         lake.store.delete_object(key)
     for key in lake.list("raw/exposures"):
@@ -511,7 +615,7 @@ def _params(world: World, devices: int, dirt_share: float, summary: dict[str, An
         "profile": world.profile.__dict__,
         "start": world.start.isoformat(),
         "days": world.days,
-        "region_bbox": bbox(),
+        "region_bbox": world.city.frame.bbox(),
         "timezone": world.timezone,
         "schedule_clock": (
             f"local time in {world.timezone}: nights at home, work about 08-17 h, night-shift "
@@ -550,6 +654,11 @@ def _params(world: World, devices: int, dirt_share: float, summary: dict[str, An
             "exposures_mean": camp.EXPOSURES_MEAN,
         },
         "campaigns": [c.campaign_id for c in world.campaigns],
+        "outages_utc_h": {
+            d.isoformat(): [round(o[0] / 3600, 3), round(o[1] / 3600, 3)]
+            for i, d in enumerate(world.dates())
+            if (o := world.outage(i)) is not None
+        },
         "pings_written": summary["pings"],
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -581,7 +690,9 @@ def generate(
     t0 = time.perf_counter()
     start = start or default_start(days)
     share = (DEFAULT_DIRT_SHARE if dirt_share is None else dirt_share) if dirt else 0.0
-    world = build_world(seed, devices, start, days, profile, campaigns, timezone or lake_timezone())
+    world = build_world(
+        seed, devices, start, days, profile, campaigns, profile_timezone(profile, timezone)
+    )
     write_reference(world, lake)
     per_day: dict[str, int] = {}
     bar = tqdm(total=days, unit="day", desc="near-synth", disable=not progress)
@@ -621,10 +732,20 @@ def dirty_day(
     Only ``raw/pings/date=<day>/`` and the day's ``truth/`` files are replaced, so this can
     turn one day of an existing sample lake into a malformed one.
     """
-    world = build_world(seed, devices, day, 1, profile, 0, timezone or lake_timezone())
+    world = build_world(seed, devices, day, 1, profile, 0, profile_timezone(profile, timezone))
     result = simulate_day(world, 0, share)
     write_day(world, lake, 0, result)
     return result.dirt
 
 
-__all__ = ["REASONS", "World", "build_world", "dirty_day", "generate", "simulate_day"]
+__all__ = [
+    "REASONS",
+    "World",
+    "build_world",
+    "dirty_day",
+    "generate",
+    "profile_timezone",
+    "simulate_day",
+    "truth_homes",
+    "truth_strata",
+]

@@ -8,7 +8,9 @@ A device-day is a fixed sequence of up to eight slots, laid out in UTC clock tim
 Each slot is either valid or not for a device; start = end of the previous valid slot + travel
 time, end = a target clock time or start + dwell. The first valid slot starts at 00:00 and the
 last ends at 24:00, so stays and travel cover the day without holes. Everything is vectorised
-over devices; Python only loops over the eight slots.
+over devices; Python only loops over the eight slots. On an *away night* (realistic profiles) the
+evening home slot H6 of that day and the morning slot H1 of the next are at the device's second
+place (kind ``away``) instead of its home.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import numpy as np
 from near_assets.synth.panel import VISITS_PER_DAY_P, Profile
 
 DAY_S = 86_400.0
-HOME, WORK, POI = 0, 1, 2
-KIND_NAMES = np.array(["home", "work", "poi"], dtype=object)
+HOME, WORK, POI, AWAY = 0, 1, 2, 3
+KIND_NAMES = np.array(["home", "work", "poi", "away"], dtype=object)
 MIN_STAY_S = 300.0
 TRAVEL_OVERHEAD_S = 180.0
 HOUR_WEIGHT = np.array([0.35] * 6 + [0.8] * 2 + [1.0] * 14 + [0.6] * 2)
+NIGHT_HOURS = (23, 0, 1, 2, 3, 4, 5)
+HALF_NIGHT_HOURS = (22, 6)
 N_SLOTS = 8
 VISIT_SLOTS = (3, 4, 5)
 
@@ -71,8 +75,15 @@ def schedule_day(
     poi_xy: np.ndarray,
     workday: bool,
     prev_workday: bool,
+    away_xy: np.ndarray | None = None,
+    away_morning: np.ndarray | None = None,
+    away_evening: np.ndarray | None = None,
 ) -> DayStays:
-    """The true stays of every device of the block on one day (all devices, observed or not)."""
+    """The true stays of every device of the block on one day (all devices, observed or not).
+
+    ``away_morning`` / ``away_evening`` (bool per device): the night before / after this day
+    is spent at ``away_xy``.
+    """
     n = len(home_xy)
     day_shift = ~night
     k_visits = rng.choice(len(VISITS_PER_DAY_P), n, p=VISITS_PER_DAY_P)
@@ -96,6 +107,13 @@ def schedule_day(
     loc[:, [1, 6]] = home_xy[:, None, :]
     loc[:, 3:6] = poi_xy[picks]
     kind = np.array([WORK, HOME, WORK, POI, POI, POI, HOME, WORK])
+    kinds = np.broadcast_to(kind, (n, N_SLOTS))
+    if away_xy is not None and away_morning is not None and away_evening is not None:
+        loc[away_morning, 1] = away_xy[away_morning]
+        loc[away_evening, 6] = away_xy[away_evening]
+        kinds = kinds.copy()
+        kinds[away_morning, 1] = AWAY
+        kinds[away_evening, 6] = AWAY
     poi = np.full((n, N_SLOTS), -1)
     poi[:, 3:6] = picks
 
@@ -173,7 +191,7 @@ def schedule_day(
         end=end[rows, slots],
         x=loc[rows, slots, 0],
         y=loc[rows, slots, 1],
-        kind=kind[slots],
+        kind=kinds[rows, slots],
         poi=poi[rows, slots],
     )
 
@@ -217,9 +235,19 @@ def stitch_local_days(parts: list[tuple[DayStays, float, float]]) -> DayStays:
     return DayStays(**out)
 
 
-def _tod_times(rng: np.random.Generator, n: int) -> np.ndarray:
-    hour = rng.choice(24, n, p=HOUR_WEIGHT / HOUR_WEIGHT.sum())
+def _tod_times(rng: np.random.Generator, n: int, weight: np.ndarray = HOUR_WEIGHT) -> np.ndarray:
+    hour = rng.choice(24, n, p=weight / weight.sum())
     return (hour + rng.random(n)) * 3600.0
+
+
+def local_hour_weight(night_damping: float, utc_offset_s: float) -> np.ndarray:
+    """Sampling weight of each UTC hour of the day: 1 by day, ``night_damping`` in the local
+    night (23-06 h), half-way at 22 h and 06 h; ``utc_offset_s`` is local minus UTC."""
+    local = np.ones(24)
+    local[list(NIGHT_HOURS)] = night_damping
+    local[list(HALF_NIGHT_HOURS)] = (1.0 + night_damping) / 2
+    utc_hour_mid = np.arange(24) * 3600.0 + 1800.0
+    return local[((utc_hour_mid + utc_offset_s) // 3600.0).astype(np.int64) % 24]
 
 
 def _remove_in_windows(key: np.ndarray, w_start: np.ndarray, w_end: np.ndarray) -> np.ndarray:
@@ -240,8 +268,13 @@ def sample_pings(
     rate: np.ndarray,
     poi_half: np.ndarray,
     profile: Profile,
+    hour_weight: np.ndarray = HOUR_WEIGHT,
 ) -> DayPings:
-    """Irregularly sampled, noisy pings of the observed devices along their true day."""
+    """Irregularly sampled, noisy pings of the observed devices along their true day.
+
+    ``rate``: expected pings per device-day; ``hour_weight``: relative sampling rate of each
+    UTC hour (the historical profiles use :data:`HOUR_WEIGHT`).
+    """
     # Segments: every stay, and the travel between consecutive stays of a device.
     same_next = stays.dev[1:] == stays.dev[:-1]
     ti = np.flatnonzero(same_next)
@@ -276,7 +309,7 @@ def sample_pings(
     single_dev = np.repeat(obs_dev, n_single)
     burst_dev = np.repeat(obs_dev, n_burst)
     burst_size = 1 + rng.poisson(profile.burst_mean - 1.0, len(burst_dev))
-    centre = _tod_times(rng, len(burst_dev))
+    centre = _tod_times(rng, len(burst_dev), hour_weight)
     bp_dev = np.repeat(burst_dev, burst_size)
     bp_first = np.cumsum(burst_size) - burst_size
     steps = rng.exponential(profile.burst_gap_s, len(bp_dev))
@@ -284,7 +317,7 @@ def sample_pings(
     csum = np.cumsum(steps)
     bp_t = np.repeat(centre, burst_size) + csum - np.repeat(csum[bp_first], burst_size)
     dev = np.r_[single_dev, bp_dev]
-    t = np.r_[_tod_times(rng, len(single_dev)), bp_t]
+    t = np.r_[_tod_times(rng, len(single_dev), hour_weight), bp_t]
     keep = t < DAY_S
     dev, t = dev[keep], t[keep]
     key = dev * DAY_S + t
