@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from near_assets.partitions import daily_partitions, external_assets
+from near_assets.reference import load_reference_areas, load_validated
 from near_assets.science.audience import (
     DETECTION_COLUMNS,
     DetectionParams,
@@ -23,21 +24,22 @@ from near_assets.science.audience import (
     detection_rates,
     project_audience,
 )
+from near_assets.science.reference import validate_pois
 from near_assets.tables import (
     AUDIENCE_ESTIMATES,
     AUDIENCE_REDIS_KEY,
     CLEAN_PINGS,
     DEMOGRAPHICS,
     RAW_PINGS,
-    REFERENCE_AREAS,
     REFERENCE_POIS,
     STAY_POINTS,
     VISIT_DETECTION,
     VISITS,
     published_asset_args,
 )
+from publishing.baselines import DayValue, calendar_band, published_histories
 from publishing.redis_hash import RedisHashTarget, json_rows
-from publishing.tables import trailing_days
+from publishing.tables import publish_pool, trailing_days
 from publishing.wap import (
     AuditFn,
     audit_specs,
@@ -48,10 +50,8 @@ from publishing.wap import (
     publish_days,
     row_count_band,
     rows_satisfy,
-    trailing_published,
     trailing_published_rows,
     unique_keys,
-    value_band,
 )
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
@@ -63,7 +63,6 @@ REDIS_CHECK = (
     f"The staged Redis hash {AUDIENCE_REDIS_KEY} holds every row.",
 )
 ROW_BAND = (0.9, 1.1)
-VISITED_BAND = (0.6, 1.6)
 HISTORY_DAYS = 6
 """Trailing days blended with a day's estimate by default (``AudienceConfig.history_days``)."""
 
@@ -98,11 +97,18 @@ def _total_visitors(df: pd.DataFrame) -> float:
 
 def audience_audits(
     rows_history: Sequence[int] = (),
-    visited_history: Sequence[float] = (),
-    visitors_history: Sequence[float] = (),
+    visited_history: Sequence[DayValue | float] = (),
+    visitors_history: Sequence[DayValue | float] = (),
     known_pois: Sequence[str] | None = None,
+    day: str | None = None,
 ) -> list[AuditFn]:
-    """The blocking audits of ``audience_estimates`` (declared with empty history)."""
+    """The blocking audits of ``audience_estimates`` (declared with empty history).
+
+    Contract breaks (columns, null or duplicate keys, estimate < visitors, interval order, the
+    POI count, unknown POIs) block. The visited-POI and panel-visitor counts follow the calendar
+    (``publishing.baselines``): compared with the same weekday of the previous weeks (public
+    holidays as Sundays), else with all published days in a wider band; a moderate shift
+    publishes with a WARN, a shift far outside the band blocks."""
     return [
         has_columns(*CONTRACT_COLUMNS),
         no_nulls(*CONTRACT_COLUMNS),
@@ -123,23 +129,21 @@ def audience_audits(
                 & (df["estimate_low"] >= df["visitors"])
             ),
         ),
-        value_band(
+        calendar_band(
             "visited_pois_band",
-            "POIs with at least one panel visitor: within {:g}-{:g}x the trailing median.".format(
-                *VISITED_BAND
-            ),
+            "POIs with a panel visitor vs the same weekday of the last 4 weeks (else all "
+            "published days); WARN outside the warn band, blocks outside the block band.",
             _visited,
             visited_history,
-            *VISITED_BAND,
+            day,
         ),
-        value_band(
+        calendar_band(
             "total_visitors_band",
-            "Panel visitors summed over POIs: within {:g}-{:g}x the trailing median.".format(
-                *VISITED_BAND
-            ),
+            "Panel visitors over POIs vs the same weekday of the last 4 weeks (else all "
+            "published days); WARN outside the warn band, blocks outside the block band.",
             _total_visitors,
             visitors_history,
-            *VISITED_BAND,
+            day,
         ),
     ]
 
@@ -157,12 +161,31 @@ def known_pois(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[st
 
 def day_audits(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[AuditFn]:
     """``audience_audits`` with the history of the days published before ``day``."""
+    history = published_histories(
+        lake,
+        AUDIENCE_ESTIMATES,
+        day,
+        {"visited": _visited, "visitors": _total_visitors},
+        columns=["visitors"],
+    )
     return audience_audits(
         trailing_published_rows(lake, AUDIENCE_ESTIMATES, day),
-        trailing_published(lake, AUDIENCE_ESTIMATES, day, _visited, columns=["visitors"]),
-        trailing_published(lake, AUDIENCE_ESTIMATES, day, _total_visitors, columns=["visitors"]),
+        history["visited"],
+        history["visitors"],
         known_pois(lake, reference, day),
+        day,
     )
+
+
+def missing_input(lake: LakeResource, day: str) -> str | None:
+    """Why ``day`` has no data to estimate from (visits or device home areas missing or empty),
+    or None. An empty upstream day is "no data", never zero visitors."""
+    lacking = [
+        f"{table.name} {'empty' if table.exists(lake, day) else 'missing'}"
+        for table in (VISITS, DEMOGRAPHICS)
+        if table.rows(lake, day) == 0
+    ]
+    return f"no data for {day} ({', '.join(lacking)})" if lacking else None
 
 
 def _frame(*columns: str, **dtypes: str) -> pd.DataFrame:
@@ -209,9 +232,16 @@ def day_detection(
     return rates, summary
 
 
-def day_inputs(lake: LakeResource, day: str) -> tuple[pd.DataFrame, pd.DataFrame, Any] | None:
-    """(visits, device home areas, active devices) of one day; None without visits or homes."""
+def day_inputs(
+    lake: LakeResource, day: str, quarantined: frozenset[str] = frozenset()
+) -> tuple[pd.DataFrame, pd.DataFrame, Any] | None:
+    """(visits, device home areas, active devices) of one day; None without visits or homes.
+
+    Visits to ``quarantined`` POIs (rejected reference rows, e.g. a duplicated ``poi_id``) are
+    left out: their place is unknown until the reference is fixed."""
     visits = VISITS.read_or_empty(lake, day, columns=["device_id", "poi_id"])
+    if quarantined and len(visits):
+        visits = visits[~visits["poi_id"].astype(str).isin(quarantined)]
     homes = DEMOGRAPHICS.read_or_empty(lake, day, columns=["device_id", "area_id"])
     if visits.empty and homes.empty:
         return None
@@ -223,12 +253,17 @@ def day_inputs(lake: LakeResource, day: str) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def trailing_history(
-    lake: LakeResource, day: str, config: AudienceConfig, areas: pd.DataFrame, pois: pd.Series
+    lake: LakeResource,
+    day: str,
+    config: AudienceConfig,
+    areas: pd.DataFrame,
+    pois: pd.Series,
+    quarantined: frozenset[str] = frozenset(),
 ) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
     """``daily_ht`` estimates and weighted panel visitors of the trailing days that have data."""
     history, pairs = [], []
     for d in trailing_days(day, max(config.history_days, 0)):
-        past = day_inputs(lake, d)
+        past = day_inputs(lake, d, quarantined)
         if past is not None:
             detection = day_detection(lake, d)[0] if config.detection_correction else None
             per_poi, _, day_pairs = daily_ht(past[0], past[1], areas, pois, past[2], detection)
@@ -238,10 +273,15 @@ def trailing_history(
 
 
 def estimate_day(
-    lake: LakeResource, day: str, config: AudienceConfig, areas: pd.DataFrame, pois: pd.Series
+    lake: LakeResource,
+    day: str,
+    config: AudienceConfig,
+    areas: pd.DataFrame,
+    pois: pd.Series,
+    quarantined: frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One day's estimates (every reference POI) and their metadata."""
-    visits, homes, active = day_inputs(lake, day) or (
+    """One day's estimates (every valid reference POI) and their metadata."""
+    visits, homes, active = day_inputs(lake, day, quarantined) or (
         _frame("device_id", "poi_id"),
         _frame("device_id", "area_id"),
         None,
@@ -249,7 +289,7 @@ def estimate_day(
     detection, detection_summary = (
         day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
     )
-    history, history_pairs = trailing_history(lake, day, config, areas, pois)
+    history, history_pairs = trailing_history(lake, day, config, areas, pois, quarantined)
     df = project_audience(
         visits,
         homes,
@@ -266,6 +306,7 @@ def estimate_day(
         "panel_visitors": int(df["visitors"].sum()),
         "projected_people": int(df["estimate"].sum()),
         "devices_with_home_area": len(homes),
+        "quarantined_reference_pois": len(quarantined),
         "history_days_blended": len(history),
         "active_devices": None if active is None else len(active),
         "detection_correction": detection is not None,
@@ -286,6 +327,7 @@ def redis_target(redis: RedisResource) -> RedisHashTarget:
 
 
 @dg.asset(
+    pool=publish_pool(AUDIENCE_ESTIMATES.name),
     group_name="audience",
     partitions_def=daily_partitions,
     deps=[
@@ -320,17 +362,29 @@ def audience_estimates(
     (``near_assets/science/audience.py`` documents the method). Every reference POI gets a row.
 
     Published through one write-audit-publish to the lake and the Redis hash
-    ``audience:estimates`` (+ ``:meta``, ``:backup``): blocking checks (row count and
-    visited-POI bands vs the trailing published days, no null keys, estimate >= visitors,
-    interval contains estimate, coverage of known POIs, the staged Redis hash complete) gate
-    both; a failure alerts and changes nothing. Metadata: the mean detection rate.
+    ``audience:estimates`` (+ ``:meta``, ``:backup``): blocking checks (row count vs the
+    trailing published days, no null keys, estimate >= visitors, interval contains estimate,
+    coverage of known POIs, the staged Redis hash complete; visited-POI and panel-visitor counts
+    vs the same weekday of the previous weeks, a moderate shift passing with a WARN) gate
+    both; a failure alerts and changes nothing. A day whose visits or home areas are missing or
+    empty fails with "no data for D" and publishes nothing. Reference POIs and areas are
+    validated on read (bad rows quarantined). Metadata: the mean detection rate.
     """
-    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "population"])
-    reference = REFERENCE_POIS.read_or_empty(lake, columns=["poi_id"])
+    no_data = [why for day in context.partition_keys if (why := missing_input(lake, day))]
+    if no_data:
+        raise dg.Failure(
+            description=f"{'; '.join(no_data)}: nothing published, production left untouched",
+            allow_retries=False,
+        )
+    areas = load_reference_areas(lake, columns=["area_id", "population"], log=context.log)
+    reference, rejected = load_validated(
+        lake, REFERENCE_POIS, "pois", validate_pois, ["poi_id"], context.log
+    )
     pois = reference["poi_id"].astype(str)
+    quarantined = frozenset(rejected["row_id"].dropna().astype(str)) - set(pois)
     frames, metadata = {}, {}
     for day in context.partition_keys:  # day order: each is audited against those before it
-        frames[day], metadata[day] = estimate_day(lake, day, config, areas, pois)
+        frames[day], metadata[day] = estimate_day(lake, day, config, areas, pois, quarantined)
     yield from publish_days(
         context,
         lake,

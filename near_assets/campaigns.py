@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import Field
 
 from near_assets.partitions import daily_partitions, external_assets
+from near_assets.reference import load_reference_areas, load_reference_pois
 from near_assets.science.campaigns import (
     CampaignFileError,
     CampaignSpec,
@@ -43,13 +44,12 @@ from near_assets.tables import (
     CAMPAIGN_INSIGHTS,
     HOME_LOCATION,
     RAW_EXPOSURES,
-    REFERENCE_AREAS,
     REFERENCE_CAMPAIGNS,
     REFERENCE_POIS,
     VISITS,
     published_asset_args,
 )
-from publishing.tables import day_range
+from publishing.tables import day_range, publish_pool
 from publishing.wap import Audit, audit_specs, has_columns, write_audit_publish
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
@@ -82,7 +82,7 @@ def lake_first_day() -> date:
 
 def load_home_areas(lake: LakeResource, preferred: list[str]) -> tuple[pd.DataFrame, str | None]:
     """Home areas from the first ``home_location`` day in ``preferred`` that has rows."""
-    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "geometry_wkt"])
+    areas = load_reference_areas(lake, columns=["area_id", "geometry_wkt"])
     for day in preferred:
         homes = HOME_LOCATION.read(lake, day, columns=["device_id", "lat", "lon"])
         if homes is not None and not homes.empty:
@@ -116,7 +116,25 @@ def load_inputs(
     capped at the end) and of the ``pre_days`` before the start, read by partition key."""
     cid, first_day = spec.campaign_id, lake_first_day()
     if today < spec.start_date:
-        raise dg.Failure(f"campaign {cid} starts on {spec.start_date}; nothing to measure")
+        raise dg.Failure(
+            f"campaign {cid} starts on {spec.start_date}; nothing to measure", allow_retries=False
+        )
+    # the causes a measurement cannot survive, named before any science runs (not retried: a
+    # retry reads the same lake)
+    pois = load_reference_pois(lake, columns=["poi_id", "brand"])
+    brand_pois = brand_poi_ids(pois, spec.brand)
+    if brand_pois.empty:
+        raise dg.Failure(
+            f"campaign {cid}: brand {spec.brand} has no POI in {REFERENCE_POIS.name}",
+            metadata={"brand": spec.brand, "reference_pois": len(pois)},
+            allow_retries=False,
+        )
+    exposures = RAW_EXPOSURES.read_or_empty(lake, cid, columns=["device_id", "ts"])
+    if exposures.empty:
+        raise dg.Failure(
+            f"campaign {cid}: no exposures under {RAW_EXPOSURES.key(cid)} for campaign {cid}",
+            allow_retries=False,
+        )
     window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
     pre_period = day_range(
         max(spec.start_date - timedelta(days=pre_days), first_day),
@@ -128,13 +146,25 @@ def load_inputs(
     if not present:
         raise dg.Failure(
             f"no visits yet in the window of {cid} ({window_days[0] if window_days else '-'}"
-            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}"
+            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}",
+            allow_retries=False,
         )
     as_of = date.fromisoformat(present[-1])
     pre, pre_found = VISITS.read_many(lake, pre_period, columns)
     devices, home_day = load_home_areas(lake, [*reversed(pre_period), *present])
-    exposures = RAW_EXPOSURES.read_or_empty(lake, cid, columns=["device_id", "ts"])
-    pois = REFERENCE_POIS.read_or_empty(lake, columns=["poi_id", "brand"])
+    exposed = exposed_until(exposures, as_of)
+    if len(exposed) == 0:
+        raise dg.Failure(
+            f"campaign {cid}: no exposures up to {as_of} under {RAW_EXPOSURES.key(cid)} "
+            f"({len(exposures)} exposures, all later)",
+            allow_retries=False,
+        )
+    if devices.empty:
+        raise dg.Failure(
+            f"campaign {cid}: no home_location with rows around {spec.start_date}: no panel "
+            "device has a home area to match on",
+            allow_retries=False,
+        )
     return CampaignInputs(
         as_of=as_of,
         window=window,
@@ -145,8 +175,8 @@ def load_inputs(
         missing_pre=[d for d in pre_period if d not in set(pre_found)],
         devices=devices,
         home_day=home_day,
-        exposed=exposed_until(exposures, as_of),
-        brand_pois=brand_poi_ids(pois, spec.brand),
+        exposed=exposed,
+        brand_pois=brand_pois,
     )
 
 
@@ -285,6 +315,7 @@ def describe(
 # partitions of its window by partition key (load_inputs), never by listing the lake.
 #
 @dg.asset(
+    pool=publish_pool(CAMPAIGN_INSIGHTS.name),
     partitions_def=campaign_partitions,
     deps=[
         dg.AssetDep("visits", partition_mapping=dg.AllPartitionMapping()),
@@ -318,8 +349,17 @@ def campaign_insights(
 
     Reads the daily ``visits`` of its window, from ``pre_days`` before the start to ``as_of``
     (from ``LAKE_START_DATE`` at the earliest); missing days are reported in the metadata.
+    Reference POIs and areas are validated on read (bad rows quarantined). Publishes nothing and
+    fails, naming the cause, when the campaign file is malformed, the brand has no POI in
+    ``reference_pois``, the campaign has no exposures, or no visits / home areas exist yet.
     """
-    spec = load_campaign(lake, context.partition_key)
+    try:
+        spec = load_campaign(lake, context.partition_key)
+    except CampaignFileError as exc:
+        raise dg.Failure(
+            f"campaign file {REFERENCE_CAMPAIGNS.key(context.partition_key)}: {exc}",
+            allow_retries=False,
+        ) from exc
     today = date.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC).date()
     inputs = load_inputs(lake, spec, today, config.pre_days)
     panel = build_panel(

@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from near_assets.partitions import daily_partitions
+from near_assets.reference import load_reference_areas, load_reference_pois
 from near_assets.science.demographics import home_areas
 from near_assets.science.insights import (
     Insights,
@@ -45,8 +46,6 @@ from near_assets.tables import (
     BRAND_AFFINITY,
     DEMOGRAPHICS,
     HOME_LOCATION,
-    REFERENCE_AREAS,
-    REFERENCE_POIS,
     VISITS,
     insights_key,
     internal_asset_args,
@@ -139,7 +138,7 @@ def load_homes_and_coverage(
         devices = DEMOGRAPHICS.read_or_empty(lake, day, columns=["device_id", "area_id"])
         cover = AREA_COVERAGE.read(lake, day, columns=["area_id", "population", "panel_devices"])
         return devices, cover, f"demographics {day}"
-    areas = REFERENCE_AREAS.read_or_empty(lake, columns=["area_id", "geometry_wkt", "population"])
+    areas = load_reference_areas(lake, columns=["area_id", "geometry_wkt", "population"])
     day = HOME_LOCATION.latest(lake, days)
     homes = (
         HOME_LOCATION.read(lake, day, columns=["device_id", "lat", "lon"])
@@ -243,9 +242,7 @@ def aggregate_insights(
     request = config.request()
     key = insights_key(request_hash(request))
     days = request_days(config)
-    pois = select_pois(
-        REFERENCE_POIS.read_or_empty(lake), config.brand, config.category, config.poi_ids
-    )
+    pois = select_pois(load_reference_pois(lake), config.brand, config.category, config.poi_ids)
     if pois.empty:
         raise dg.Failure(f"no places match {request}", allow_retries=False)
     poi_ids = set(pois["poi_id"].astype(str))

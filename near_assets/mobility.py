@@ -1,4 +1,4 @@
-"""Mobility assets: stay points, visits, home location, demographics and brand affinity.
+"""Mobility assets: stay points, visits, home ping hours, home location, demographics, affinity.
 
 Daily-partitioned and thin: load from the lake (``near_assets.tables``), call the science in
 ``near_assets.science``, publish through write-audit-publish and describe each day. Stay
@@ -24,9 +24,10 @@ import pandas as pd
 
 from near_assets.engine import EngineConfig, run_per_device
 from near_assets.partitions import daily_partitions, eager_any_day
-from near_assets.science import affinity
+from near_assets.reference import load_reference_areas, load_reference_pois
+from near_assets.science import affinity, home
 from near_assets.science.demographics import area_coverage, device_demographics
-from near_assets.science.home import HOME_COLUMNS, HomeParams, homes_by_day
+from near_assets.science.home import HOME_COLUMNS, METHODS, HomeParams, homes_by_day
 from near_assets.science.stays import STAY_COLUMNS, StayParams, detect_stays, stays_per_device
 from near_assets.science.visits import VISIT_COLUMNS, PoiIndex, VisitParams, match_visits
 from near_assets.tables import (
@@ -35,14 +36,13 @@ from near_assets.tables import (
     CLEAN_PINGS,
     DEMOGRAPHICS,
     HOME_LOCATION,
-    REFERENCE_AREAS,
-    REFERENCE_POIS,
+    HOME_PING_HOURS,
     STAY_POINTS,
     VISITS,
     internal_asset_args,
     published_asset_args,
 )
-from publishing.tables import LakeTable, day_window, trailing_days, utc_days
+from publishing.tables import LakeTable, day_window, publish_pool, trailing_days, utc_days
 from publishing.wap import (
     AuditFn,
     audit_specs,
@@ -70,6 +70,7 @@ ENGINE_KINDS = {"pandas", "spark", "parquet"}
 PANDAS_KINDS = {"pandas", "parquet"}
 PING_COLUMNS = ["device_id", "ts", "lat", "lon"]
 HOME_STAY_COLUMNS = ["device_id", "start_ts", "end_ts", "lat", "lon"]
+PING_HOUR_COLUMNS = ["device_id", "ts", "lat", "lon"]
 
 # The trailing windows are declared as time-window partition mappings so that lineage and
 # automation see them; a mapping cannot be configured per run, so the config's window_days may
@@ -109,13 +110,19 @@ class VisitsConfig(EngineConfig):
 
 class HomeConfig(EngineConfig):
     window_days: int = HOME_WINDOW_DAYS
-    """Trailing days of stay points (at most $NEAR_HOME_WINDOW_DAYS)."""
+    """Trailing days of stay points and ping hours (at most $NEAR_HOME_WINDOW_DAYS)."""
     cell_m: float = HomeParams.cell_m
     night_start_h: int = HomeParams.night_start_h
     night_end_h: int = HomeParams.night_end_h
+    evening_start_h: int = HomeParams.evening_start_h
     day_rest_ratio: float = HomeParams.day_rest_ratio
-    hours_scale: float = HomeParams.hours_scale
+    day_rest_min_days: int = HomeParams.day_rest_min_days
     min_confidence: float = HomeParams.min_confidence
+    """Devices whose calibrated P(home within 200 m) is below this are left out."""
+    use_pings: bool = True
+    """Add the window's ``home_ping_hours`` to the stays (evidence of sparse nights)."""
+    hours_scale: float = HomeParams.hours_scale
+    """Ignored (confidence is calibrated); accepted so that older run configurations load."""
 
     def params(self, days: Sequence[str], window_days: int) -> dict[str, Any]:
         return {
@@ -125,8 +132,9 @@ class HomeConfig(EngineConfig):
             "cell_m": self.cell_m,
             "night_start_h": self.night_start_h,
             "night_end_h": self.night_end_h,
+            "evening_start_h": self.evening_start_h,
             "day_rest_ratio": self.day_rest_ratio,
-            "hours_scale": self.hours_scale,
+            "day_rest_min_days": self.day_rest_min_days,
             "min_confidence": self.min_confidence,
         }
 
@@ -165,7 +173,8 @@ def split_days(df: pd.DataFrame, column: str, days: Sequence[str]) -> dict[str, 
 def devices_in_window(
     stays: pd.DataFrame, stay_days: np.ndarray, days: Sequence[str]
 ) -> np.ndarray:
-    """Devices with a stay starting on one of ``days`` (``stay_days``: each stay's UTC day)."""
+    """Devices with a stay (or ping hour) starting on one of ``days`` (``stay_days``: each row's
+    UTC day)."""
     return pd.unique(stays["device_id"][np.isin(stay_days, list(days))])
 
 
@@ -331,16 +340,36 @@ def homes_of_days(homes: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.Data
     }
 
 
+def describe_ping_hours(df: pd.DataFrame, input_pings: int) -> dict[str, Any]:
+    return {
+        "input_pings": input_pings,
+        "rows": len(df),
+        "devices": int(df["device_id"].nunique()),
+        "dagster/row_count": len(df),
+    }
+
+
 def describe_homes(
-    df: pd.DataFrame, eligible: np.ndarray, window: Sequence[str], present: Sequence[str]
+    df: pd.DataFrame,
+    eligible: np.ndarray,
+    window: Sequence[str],
+    present: Sequence[str],
+    evidence: str,
+    min_confidence: float,
 ) -> dict[str, Any]:
+    by_method = df["method"].value_counts()
     return clean_meta(
         {
             "window_days_found": len(set(window) & set(present)),
             "devices_in_window": len(eligible),
             "homes": len(df),
             "coverage": round(len(df) / len(eligible), 4) if len(eligible) else None,
-            "night_shift_fallbacks": int((df["method"] == "day_rest").sum()),
+            "homes_by_method": dg.MetadataValue.json(
+                {m: int(by_method.get(m, 0)) for m in METHODS}
+            ),
+            "evidence": evidence,
+            "min_confidence": min_confidence,
+            "calibration_version": home.calibration_version(),
             "median_confidence": round(float(df["confidence"].median()), 3) if len(df) else None,
         }
     )
@@ -386,6 +415,34 @@ def describe_affinity(
 # ---- assets ---------------------------------------------------------------------------------
 
 
+def days_with_input(
+    context: dg.AssetExecutionContext, rows: dict[str, int], upstream: str
+) -> list[str]:
+    """The run's days whose input holds rows; every other day is *no data*, not zero rows.
+
+    A day without input is not published (its published partition, if any, stays as it is) and
+    says so in its materialization's metadata; a run where no day has input fails with that
+    reason instead of publishing empty partitions over good ones.
+    """
+    present = [d for d in context.partition_keys if rows.get(d)]
+    missing = [d for d in context.partition_keys if not rows.get(d)]
+    if not present:
+        raise dg.Failure(
+            description=f"no data: {upstream} is missing or empty for {', '.join(missing)}; "
+            "nothing published (published partitions left as they were)",
+            metadata={"missing_input_days": dg.MetadataValue.json(missing)},
+            allow_retries=False,
+        )
+    for d in missing:
+        context.add_asset_metadata(
+            {"input": "missing or empty", "skipped": f"no {upstream} for {d}: not published"},
+            partition_key=d,
+        )
+    if missing:
+        context.log.warning(f"no {upstream} for {', '.join(missing)}: those days not published")
+    return present
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
@@ -395,6 +452,7 @@ def describe_affinity(
     automation_condition=eager_any_day,
     retry_policy=RETRY,
     kinds=ENGINE_KINDS,
+    pool=publish_pool(STAY_POINTS.name),
     **published_asset_args(STAY_POINTS),
 )
 def stay_points(
@@ -415,13 +473,14 @@ def stay_points(
     days = list(context.partition_keys)
     params = config.params()
     input_pings = {d: CLEAN_PINGS.rows(lake, d) for d in days}
+    present = days_with_input(context, input_pings, CLEAN_PINGS.name)
     inputs = [CLEAN_PINGS.key(d) for d in published_days(CLEAN_PINGS, lake, days)]
     load = partial(read_pings, lake, days)
     stays, engine_meta = run_per_device(
         context, lake, spark, config.engine, detect_stays, inputs, params, load
     )
     seconds = round(time.perf_counter() - started, 3)
-    frames = stays_of_days(stays, days)
+    frames = {d: df for d, df in stays_of_days(stays, days).items() if d in present}
     metadata = {d: describe_stays(df, input_pings[d]) for d, df in frames.items()}
 
     def audits(d: str) -> list:
@@ -448,6 +507,7 @@ def stay_points(
     automation_condition=eager_any_day,
     retry_policy=RETRY,
     kinds=PANDAS_KINDS,
+    pool=publish_pool(VISITS.name),
     **published_asset_args(VISITS),
 )
 def visits(
@@ -463,10 +523,11 @@ def visits(
     ``curated/visits`` (plus ``brand`` and ``distance_m``).
     """
     started = time.perf_counter()
-    pois = REFERENCE_POIS.read_or_empty(lake)
+    pois = load_reference_pois(lake, log=context.log)
     index = PoiIndex(pois)
+    published = {d: int(STAY_POINTS.exists(lake, d)) for d in context.partition_keys}
     frames, metadata = {}, {}
-    for d in context.partition_keys:
+    for d in days_with_input(context, published, STAY_POINTS.name):
         stays = STAY_POINTS.read(lake, d)
         frames[d] = visits_of_day(stays, index, config)
         metadata[d] = describe_visits(frames[d], stays)
@@ -490,15 +551,57 @@ def visits(
     )
 
 
+class PingHoursConfig(dg.Config):
+    cell_m: float = HomeParams.cell_m
+    """Grid cell size, metres (the cell size home_location scores its places on)."""
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[dg.AssetDep("stay_points", partition_mapping=HOME_MAPPING)],
+    deps=[dg.AssetDep("clean_pings")],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    automation_condition=eager_any_day,
+    retry_policy=RETRY,
+    kinds=PANDAS_KINDS,
+    **internal_asset_args(HOME_PING_HOURS),
+)
+def home_ping_hours(
+    context: dg.AssetExecutionContext, config: PingHoursConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """A day's clean pings reduced to one row per device, ~100 m cell and UTC hour.
+
+    ``home_location``'s ping evidence: a sparse night (a ping every hour or two) leaves pings
+    but no stay. ``ts`` is the start of the hour, lat/lon the mean of the hour's pings in the
+    cell (``near_assets.science.home.ping_hours``); a fraction of the day's pings.
+    """
+    started = time.perf_counter()
+    rows = 0
+    for d in context.partition_keys:
+        pings = CLEAN_PINGS.read(lake, d, PING_COLUMNS)
+        if pings is None:
+            pings = pd.DataFrame(columns=PING_COLUMNS)
+        hours = home.ping_hours(pings, config.cell_m)
+        HOME_PING_HOURS.write(lake, hours, d)
+        rows += len(hours)
+        context.add_asset_metadata(describe_ping_hours(hours, len(pings)), partition_key=d)
+    context.log.info(f"{rows:,} ping hours in {time.perf_counter() - started:.1f} s")
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    deps=[
+        dg.AssetDep("stay_points", partition_mapping=HOME_MAPPING),
+        dg.AssetDep("home_ping_hours", partition_mapping=HOME_MAPPING),
+    ],
     check_specs=audit_specs(HOME_LOCATION.name, home_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
     kinds=ENGINE_KINDS,
+    pool=publish_pool(HOME_LOCATION.name),
     **published_asset_args(HOME_LOCATION),
 )
 def home_location(
@@ -508,12 +611,21 @@ def home_location(
     alerts: AlertsResource,
     spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Home location as of each day, from the trailing window of stay points.
+    """Home location as of each day, from the trailing window of stay points and ping hours.
 
-    The window (``window_days``, default 14) is expanded to distinct hours per ~150 m cell; the
-    home is the cell with most night-time (22-07 local, ``LAKE_TIMEZONE``) hours, or the
-    day-time rest cell for night-shift workers, with a ``confidence`` in 0..1. Devices below
-    ``min_confidence`` are left out.
+    The window (``window_days``, default 14) is counted in distinct hours per device and ~100 m
+    place (stays expanded to the hours they cover, plus the ``home_ping_hours`` of the window:
+    a sparse night leaves pings but no stay). Local time is ``LAKE_TIMEZONE``. Method
+    ``night``: the place with most night hours (22-07 local); ``day_rest``: a night-shift
+    worker's place of day-time rest, only on positive evidence (rest by day on several days
+    while the night place is never seen by day); ``evening``: without any night evidence, the
+    place of most evening hours (19-22). A device with neither night nor evening evidence is
+    left out (its daytime place is as often its workplace).
+
+    ``confidence`` is the calibrated probability that the true home lies within 200 m of the
+    published point (see CONTRACTS; calibration table ``home_calibration.json``, its version in
+    the metadata). Devices below ``min_confidence`` (default 0.5) are left out rather than
+    guessed.
     """
     started = time.perf_counter()
     days = list(context.partition_keys)
@@ -523,18 +635,41 @@ def home_location(
     stays, _ = STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)
     inputs = [STAY_POINTS.key(d) for d in present]
     params = config.params(days, window_days)
+    ping_days = published_days(HOME_PING_HOURS, lake, upstream) if config.use_pings else []
+    evidence = "stays+pings" if ping_days else "stays"
+    shown = {**params, "as_of": len(days)}
+    if ping_days and config.engine == "spark" and inputs:
+        # one Spark job reads both tables as one union: the ping-hour rows are those with a ts
+        inputs += [HOME_PING_HOURS.key(d) for d in ping_days]
+        params["ping_rows"] = True
+    elif ping_days:
+        params["pings"], _ = HOME_PING_HOURS.read_many(lake, ping_days, PING_HOUR_COLUMNS)
     homes, engine_meta = run_per_device(
         context, lake, spark, config.engine, homes_by_day, inputs, params, lambda: stays
     )
     seconds = round(time.perf_counter() - started, 3)
     frames = homes_of_days(homes, days)
-    stay_days = utc_days(stays["start_ts"]) if len(stays) else np.array([], dtype=object)
+    # eligible: devices with any evidence in the window (stays, and ping hours when used)
+    seen = stays[["device_id", "start_ts"]]
+    if ping_days:
+        pings = params.get("pings")
+        if pings is None:  # spark: the job read them
+            pings, _ = HOME_PING_HOURS.read_many(lake, ping_days, ["device_id", "ts"])
+        ping_rows = pings[["device_id", "ts"]].rename(columns={"ts": "start_ts"})
+        seen = pd.concat([f for f in (seen, ping_rows) if len(f)] or [seen], ignore_index=True)
+    seen_days = utc_days(seen["start_ts"]) if len(seen) else np.array([], dtype=object)
     metadata = {}
     for d, df in frames.items():
         window = day_window(d, window_days)
-        eligible = devices_in_window(stays, stay_days, window)
-        metadata[d] = describe_homes(df, eligible, window, present)
-    run_meta = {"seconds": seconds, "window_days": window_days, **engine_meta}
+        eligible = devices_in_window(seen, seen_days, window)
+        metadata[d] = describe_homes(df, eligible, window, present, evidence, config.min_confidence)
+    run_meta = {
+        "seconds": seconds,
+        "window_days": window_days,
+        "ping_days_found": len(ping_days),
+        "params": dg.MetadataValue.json(shown),
+        **engine_meta,
+    }
     yield from publish_days(
         context,
         lake,
@@ -567,7 +702,7 @@ def demographics(
     coverage = panel devices / population), which audience projection divides by.
     """
     started = time.perf_counter()
-    areas = REFERENCE_AREAS.read_or_empty(lake)
+    areas = load_reference_areas(lake, log=context.log)
     per_day, rows = {}, 0
     for d in context.partition_keys:
         homes = HOME_LOCATION.read_or_empty(lake, d, HOME_COLUMNS)
@@ -595,6 +730,7 @@ def demographics(
     automation_condition=eager_any_day,
     retry_policy=RETRY,
     kinds=PANDAS_KINDS,
+    pool=publish_pool(BRAND_AFFINITY.name),
     **published_asset_args(BRAND_AFFINITY),
 )
 def brand_affinity(
@@ -643,10 +779,13 @@ mobility_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(GROUP),
     partitions_def=daily_partitions,
     tags={"platform/lane": "batch"},
-    description="Stay points -> visits -> home -> demographics -> brand affinity for a day.",
+    description=(
+        "Stay points -> visits, home ping hours -> home -> demographics -> brand affinity "
+        "for a day."
+    ),
 )
 
 defs = dg.Definitions(
-    assets=[stay_points, visits, home_location, demographics, brand_affinity],
+    assets=[stay_points, visits, home_ping_hours, home_location, demographics, brand_affinity],
     jobs=[mobility_job],
 )

@@ -23,6 +23,8 @@ PLATFORM_OWNERS = ["team:data-platform"]
 TAGS = {"domain": "location-intelligence"}
 
 TS = "timestamp[ns, UTC]"
+TS_ENGINE = "timestamp[ns or us, UTC]"
+"""Written by pandas in ns, by Spark in us: readers normalise (``science.stays.to_utc``)."""
 
 # ---- inputs (written upstream) -------------------------------------------------------------------
 
@@ -75,7 +77,7 @@ CLEAN_PINGS = LakeTable(
     "work/clean_pings",
     columns={
         "device_id": "string",
-        "ts": TS,
+        "ts": TS_ENGINE,
         "lat": "float64",
         "lon": "float64",
         "accuracy_m": "float64",
@@ -86,7 +88,7 @@ QUARANTINED_PINGS = LakeTable(
     "quarantine/pings",
     columns={
         "device_id": "string",
-        "ts": TS,
+        "ts": TS_ENGINE,
         "lat": "float64",
         "lon": "float64",
         "reason": "string",
@@ -117,6 +119,14 @@ VISIT_DETECTION = LakeTable(
     "work/visit_detection",
     columns={"device_id": "string", "p_detect": "float64", "ping_group": "string"},
 )
+HOME_PING_HOURS = LakeTable(
+    "home_ping_hours",
+    "work/home_ping_hours",
+    columns={"device_id": "string", "ts": TS, "lat": "float64", "lon": "float64"},
+    descriptions={"ts": "start of the UTC hour", "lat": "mean of the hour's pings in the cell"},
+)
+"""Clean pings reduced to one row per device, ~100 m cell and hour: home location's ping
+evidence (a sparse night yields pings but no stay)."""
 ENGINE_OUTPUT = LakeTable("engine_output", "work/_engine", partition="run")
 """Scratch output of one Spark job (``run=<run id>``), read back and deleted by the engine."""
 
@@ -159,9 +169,10 @@ HOME_LOCATION = LakeTable.curated(
         "method": "string",
     },
     descriptions={
-        "confidence": "0..1 (see the asset description)",
+        "confidence": "calibrated probability that the true home lies within 200 m (CONTRACTS); "
+        "devices below min_confidence (0.5) are left out",
         "nights": "distinct nights of evidence",
-        "method": "night | day_rest",
+        "method": "night | day_rest | evening",
     },
 )
 BRAND_AFFINITY = LakeTable.curated(
@@ -271,3 +282,21 @@ def internal_asset_args(table: LakeTable | None = None, **extra: Any) -> dict[st
         "metadata": metadata,
         **extra,
     }
+
+
+# ---- helper Q (issue 14): quarantined reference rows ---------------------------------------------
+
+QUARANTINED_REFERENCE = LakeTable(
+    "quarantined_reference",
+    "quarantine/reference",
+    partition="kind",
+    columns={
+        "kind": "string (pois | areas)",
+        "source_file": "string (lake key of the delivered file)",
+        "source_row": "int64 (row in that file, from 0)",
+        "row_id": "string (poi_id / area_id, null when missing)",
+        "reason": "string",
+    },
+)
+"""``quarantine/reference/kind=<pois|areas>/part-0.parquet``: reference rows rejected where they
+enter (``near_assets.reference.load_reference_pois``), the row's own columns as text after these."""

@@ -30,10 +30,51 @@ PART_FILE = "part-0.parquet"
 STAGING, CURATED, BACKUP = "staging", "curated", "backup"
 
 
+LOCKS = "_locks/publish"
+JOURNAL_FILE = "_journal.json"
+RUN_FOLDER = "run="
+
+
 def published_keys(name: str, partition: str | None) -> tuple[str, str, str]:
-    """(staging, production, backup) keys of a published table's partition folder."""
+    """(staging, production, backup) keys of a published table's partition folder.
+
+    ``staging`` is the partition's staging *root*: each run stages under its own
+    ``run_staging_key`` below it, beside the partition's publish journal (``publish_state_keys``).
+    """
     suffix = f"/{partition}" if partition else ""
     return f"{STAGING}/{name}{suffix}", f"{CURATED}/{name}{suffix}", f"{BACKUP}/{name}{suffix}"
+
+
+def run_staging_key(name: str, partition: str | None, run_id: str) -> str:
+    """``staging/<table>/<partition>/run=<run_id>``: the candidate of one run, nobody else's."""
+    return f"{published_keys(name, partition)[0]}/{RUN_FOLDER}{run_id}"
+
+
+def publish_state_keys(name: str, partition: str | None) -> tuple[str, str]:
+    """(journal, lock) keys of a published partition.
+
+    The journal (``staging/<table>/<partition>/_journal.json``) exists only while a publish is
+    in flight or was interrupted; the lock (``_locks/publish/<table>/<partition>``) is a lock
+    file locally (kept, a few bytes) and a lease object on S3 (deleted on release).
+    """
+    suffix = f"/{partition}" if partition else "/_all"
+    return f"{published_keys(name, partition)[0]}/{JOURNAL_FILE}", f"{LOCKS}/{name}{suffix}"
+
+
+def previous_backup_key(name: str, partition: str | None) -> str:
+    """Where a publish keeps the backup it replaces until the publish completes, so a rolled
+    back publish puts back the real previous backup (``staging/<table>/<partition>/previous``)."""
+    return f"{published_keys(name, partition)[0]}/previous"
+
+
+def publish_pool(table: str | LakeTable) -> str:
+    """The Dagster concurrency pool of a published table (``publish/<table>``).
+
+    Put it on the asset that publishes the table (``@dg.asset(pool=publish_pool(TABLE))``) and
+    give the pool a limit (``dagster instance concurrency set publish/<table> 1``) so runs of
+    one table queue in Dagster instead of waiting on the lake lock of ``publishing.journal``.
+    """
+    return f"publish/{table if isinstance(table, str) else table.name}"
 
 
 # ---- days ---------------------------------------------------------------------------------------

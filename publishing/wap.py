@@ -1,19 +1,41 @@
 """Write-audit-publish: the one mechanism every published table goes through.
 
-1. **write** the candidate version beside production (``staging/<table>/<partition>/``);
+1. **write** the candidate version beside production, in a staging folder of its own run
+   (``staging/<table>/<partition>/run=<run_id>/``), stamped with a version token and a digest
+   of its rows (``publishing.journal``);
 2. **audit** it: each audit is a plain function ``(df) -> Audit``, reported as a *blocking*
    asset check of the asset that publishes the table;
-3. **publish** when every audit passes: the previous production partition is copied to
-   ``backup/<table>/<partition>/`` and the candidate replaces production atomically
-   (``LakeResource.publish``); when an audit fails, production is untouched, an alert names
-   the table, partition and failed figures, and the step fails (the Airflow "exit 1").
+3. **publish** when every audit passes: the staged object is checked to be the one that was
+   audited (its fingerprint), a journal records the intent, the previous production partition
+   is copied to ``backup/<table>/<partition>/`` and the candidate replaces production
+   atomically (a rename locally, a server-side copy on S3); when an audit fails, production is
+   untouched, an alert names the table, partition, failed figures and what production holds,
+   and the step fails (the Airflow "exit 1").
+
+**One publisher per table partition**: the whole write-audit-publish holds the partition's
+publish lock (``publishing.journal.publish_lock``: ``flock`` locally, a conditional-PUT lease
+on S3). A run that cannot get it within ``lock_wait_s`` (``PUBLISH_LOCK_WAIT_S``) fails with a
+retryable message and changes nothing. ``publish_pool(table)`` names a Dagster concurrency pool
+per table (``pool="publish/<table>"``) so such runs queue in Dagster instead.
+
+**Converging after a crash**: the publish journal (``staging/<table>/<partition>/_journal.json``)
+is written before the first swap and deleted after the last. The next publisher of the
+partition finds it (``converge``, first thing under the lock) and rolls the interrupted
+publish forward (every copy published or still completely staged) or back (production to the
+version it held before), removes the stages crashed runs left, and says so in the log and in
+its materialization (``recovered``). After a target's publish call fails, its state is read
+back (``live_version``): a swap whose reply was lost is recorded as published. The backup is
+always the version production held before: a candidate whose rows production already holds
+replaces nothing (``production_holds: unchanged``), and the backup a publish replaces is kept
+until the publish completes, so a rolled back publish puts it back.
 
 A table can have extra **targets** (e.g. ``publishing.redis_hash.RedisHashTarget``, the
 serving hash of ``audience_estimates``): each is staged beside its production copy together with
 the lake, audited (its ``verify`` is one more blocking check), and published only after every
 audit passed, right after the lake partition. On a failed audit every stage is discarded and
-no production copy (lake or target) is touched. If a target cannot publish after the lake did,
-the lake partition is rolled back to what it was and the step fails.
+no production copy (lake or target) is touched. If a target cannot publish after the lake did
+(and reading it back shows its swap did not run), the lake partition is rolled back to what it
+was and the step fails.
 
 Usage inside an asset declared with ``check_specs=audit_specs(key, AUDITS, targets)``::
 
@@ -22,8 +44,9 @@ Usage inside an asset declared with ``check_specs=audit_specs(key, AUDITS, targe
     )
 
 ``table`` is a ``publishing.tables.LakeTable`` declaration or a published table's name; the lake
-keys come from ``publishing.tables.published_keys``. Every publish reports ``dagster/row_count``
-(the rows published).
+keys come from ``publishing.tables`` (``published_keys``, ``run_staging_key``). Every publish
+reports ``dagster/row_count`` (the rows published), ``version`` and ``production_holds``.
+``fault`` is a test hook called after each step (``STEPS``): raising there is a crash there.
 
 Audits that need history (row counts of the trailing published days) or reference data are
 built at run time by factories whose check name does not depend on their arguments
@@ -42,7 +65,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from publishing.tables import LakeTable, published_keys, trailing_days
+from publishing import journal
+from publishing.journal import part_key
+from publishing.tables import (
+    RUN_FOLDER,
+    LakeTable,
+    previous_backup_key,
+    published_keys,
+    run_staging_key,
+    trailing_days,
+)
+from publishing.tables import publish_pool as publish_pool  # re-export for asset modules
 from resources.alerts import AlertsResource, run_url
 from resources.lake import LakeResource
 
@@ -151,12 +184,19 @@ def failure_message(table: str, partition: str | None, failed: Sequence[Audit], 
     return "\n".join(lines)
 
 
+def is_warning(a: Audit) -> bool:
+    """An audit that passed the gate but flags a moderate shift (``figures["severity"]``)."""
+    return a.passed and a.figures.get("severity") == "WARN"
+
+
 def _check_result(key: dg.AssetKey, a: Audit) -> dg.AssetCheckResult:
+    # A warning publishes (the step goes on) but shows as a WARN-severity failed check.
+    warn = is_warning(a)
     return dg.AssetCheckResult(
         asset_key=key,
         check_name=a.name,
-        passed=a.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        passed=a.passed and not warn,
+        severity=dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,
         description=a.detail or None,
         metadata={k: v for k, v in a.figures.items() if v is not None},
     )
@@ -170,6 +210,191 @@ def _discard(targets: Sequence[PublishTarget], log: Any) -> None:
             log.warning(f"could not discard the {t.name} stage: {exc}")
 
 
+Fault = Callable[[str], None]
+"""Test hook: called with the name of each publish step once it is done (``staged``,
+``audited``, ``journal``, ``lake_backup``, ``lake_swap``, ``target:<name>``, ``done``); raising
+(or exiting) there is a crash at that step."""
+
+STEPS = ("staged", "audited", "journal", "lake_backup", "lake_swap", "target:{}", "done")
+
+
+def _no_fault(step: str) -> None:
+    pass
+
+
+def _run_id(context: Any) -> str:
+    run = getattr(context, "run", None)
+    return str(getattr(run, "run_id", None) or context.run_id)
+
+
+def _version_text(stamp: dict[str, Any] | None) -> str:
+    if stamp is None:
+        return "nothing"
+    if not stamp:
+        return "an unversioned object (published before versions)"
+    return f"version {stamp.get('version')} of run {stamp.get('run_id')}"
+
+
+def _stale_runs(lake: LakeResource, table: str, partition: str | None, keep: str) -> list[str]:
+    root = published_keys(table, partition)[0]
+    return [
+        f"{root}/{d}"
+        for d in lake.list_dirs(root)
+        if d.startswith(RUN_FOLDER) and d != f"{RUN_FOLDER}{keep}"
+    ]
+
+
+def _lake_swap(
+    lake: LakeResource,
+    staged: str,
+    production: str,
+    backup: str,
+    content: str,
+    fault: Fault,
+    previous: str,
+) -> dict[str, Any]:
+    """Move the staged object to production; production's previous version goes to backup
+    unless production already holds these rows (then only the staged object is dropped). The
+    backup it replaces is kept at ``previous`` until the publish completes."""
+    before = journal.read_stamp(lake, production)
+    if before is not None and before.get("content") == content:
+        lake.delete(staged)
+        return {"published": lake.uri(part_key(production)), "backup": None, "unchanged": True}
+    if before is not None:
+        if lake.exists(part_key(backup)):
+            lake.store.move_object(part_key(backup), part_key(previous))
+        lake.copy(part_key(production), part_key(backup))
+    fault("lake_backup")
+    lake.store.move_object(part_key(staged), part_key(production))
+    lake.delete(staged)
+    fault("lake_swap")
+    return {
+        "published": lake.uri(part_key(production)),
+        "backup": lake.uri(part_key(backup)) if before is not None else None,
+        "unchanged": False,
+    }
+
+
+def _read_back(t: PublishTarget, version: str) -> str:
+    """After a publish call failed: did the swap run? ``published`` / ``not_published`` /
+    ``unknown`` (the target cannot be asked, or does not answer)."""
+    live_version = getattr(t, "live_version", None)
+    if live_version is None:
+        return "not_published"
+    try:
+        return "published" if live_version().get("version") == version else "not_published"
+    except Exception:
+        return "unknown"
+
+
+def converge(
+    lake: LakeResource,
+    table: str | LakeTable,
+    partition: str | None,
+    targets: Sequence[PublishTarget] = (),
+    log: Any = None,
+    keep_run: str = "",
+) -> str | None:
+    """Bring an interrupted publish of one partition to a consistent state; clear leftovers.
+
+    Call it holding the partition's publish lock (``write_audit_publish`` does, first thing).
+    With no journal it only removes the staging of crashed runs. With one, the publish it
+    records passed its audits: it is **rolled forward** when every copy is either published or
+    still completely staged (the lake object matching its audit fingerprint, each target's
+    stage), else **rolled back** (lake production back to the version it held before, each
+    target back to its backup if it holds the interrupted version). Returns what it did.
+    """
+    name = _declared(table).name
+    staging, production, backup = published_keys(name, partition)
+    previous = previous_backup_key(name, partition)
+    entry = journal.read_journal(lake, name, partition)
+    stale = _stale_runs(lake, name, partition, keep_run)
+    note = None
+    unknown = [
+        e["name"]
+        for e in (entry or {}).get("targets", [])
+        if not hasattr({t.name: t for t in targets}.get(e["name"]), "state_of")
+    ]
+    if entry is not None and unknown:
+        # e.g. a restore without the serving copies: only a run that has them can converge
+        stale = [f for f in stale if f != entry.get("staged")]
+        note = (
+            f"{name} {partition or ''}: an interrupted publish (run {entry.get('run_id')}, version "
+            f"{entry.get('version')}) is left as is: converging it needs the target(s) {unknown};"
+            " the next run of the asset does it."
+        )
+        entry = {"state": "pending"}
+    if entry is not None and entry.get("state") not in ("unreadable", "pending"):
+        by_name = {t.name: t for t in targets}
+        prod = journal.read_stamp(lake, production)
+        lake_done = prod is not None and prod.get("content") == entry["content"]
+        staged_ok = journal.fingerprint(lake, entry["staged"]) == entry["fingerprint"]
+        states = {}
+        for e in entry.get("targets", []):
+            t = by_name.get(e["name"])
+            states[e["name"]] = t.state_of(e) if t is not None and hasattr(t, "state_of") else "?"
+        forward = (lake_done or staged_ok) and all(
+            s in ("published", "staged") for s in states.values()
+        )
+        done: list[str] = []
+        if forward:
+            if not lake_done:
+                _lake_swap(
+                    lake, entry["staged"], production, backup, entry["content"], _no_fault, previous
+                )
+                done.append("lake swapped in")
+            for e in entry.get("targets", []):
+                if states[e["name"]] == "staged":
+                    by_name[e["name"]].complete(e)  # type: ignore[attr-defined]
+                    done.append(f"{e['name']} swapped in")
+            how = "rolled forward"
+        else:
+            before = entry.get("lake_before")
+            if lake_done:
+                bak = journal.read_stamp(lake, backup)
+                if before is None:
+                    lake.delete(part_key(production))
+                    done.append("lake partition removed (it did not exist before)")
+                elif bak is not None and bak.get("content") == before.get("content"):
+                    lake.copy(part_key(backup), part_key(production))
+                    done.append("lake back to its backup")
+                else:
+                    done.append("lake kept (its previous version is not in backup)")
+            if lake.exists(part_key(previous)):  # the backup the interrupted publish replaced
+                lake.store.move_object(part_key(previous), part_key(backup))
+            for e in entry.get("targets", []):
+                t = by_name.get(e["name"])
+                if t is not None and hasattr(t, "undo"):
+                    done.append(t.undo(e))  # type: ignore[attr-defined]
+            how = "rolled back"
+        lake.delete(entry["staged"])
+        lake.delete(previous)
+        journal.delete_journal(lake, name, partition)
+        holds = _version_text(journal.read_stamp(lake, production))
+        note = (
+            f"{name} {partition or ''}: the publish of run {entry.get('run_id')} (version "
+            f"{entry.get('version')}, interrupted at '{entry.get('state')}') was {how}: "
+            f"{'; '.join(done) or 'nothing to change'}. Lake production now holds {holds}."
+        )
+    if entry is None and lake.exists(previous):  # no journal: its publish completed
+        stale.append(previous)
+    partials = journal.clear_partials(lake, [staging, production, backup])
+    if partials:
+        stale += ["partial object"] * partials
+    for folder in stale:
+        if "/" in folder:
+            lake.delete(folder)
+    for t in targets:
+        if hasattr(t, "clear_stale"):
+            stale += [f"{t.name} stage"] * t.clear_stale(partition)  # type: ignore[attr-defined]
+    if stale:
+        cleared = f"cleared {len(stale)} stage(s) left by crashed runs"
+        note = f"{note} {cleared}" if note else f"{name} {partition or ''}: {cleared}"
+    if note and log is not None:
+        log.warning(note)
+    return note
+
+
 def write_audit_publish(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
@@ -181,23 +406,82 @@ def write_audit_publish(
     metadata: dict[str, Any] | None = None,
     asset_key: dg.AssetKey | None = None,
     targets: Sequence[PublishTarget] = (),
+    lock_wait_s: float | None = None,
+    fault: Fault | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Write ``df`` (and every target) to staging, audit, then publish all or alert and fail.
 
     ``partition`` is the partition folder (``STAY_POINTS.folder(day)``), None when unpartitioned.
+    The whole publish holds the partition's publish lock (``publishing.journal``; a run that
+    waits longer than ``lock_wait_s`` fails, retryable). It first converges an interrupted
+    publish of the partition (``converge``), stages under ``run=<run_id>``, and journals the
+    swaps. ``fault`` is the crash-test hook (see ``Fault``).
     """
-    table = _declared(table).name
-    staging, production, backup = published_keys(table, partition)
+    name = _declared(table).name
     key = asset_key or context.asset_key
+    run_id = _run_id(context)
+    fault = fault or _no_fault
+    try:
+        lock = journal.publish_lock(lake, name, partition, run_id, wait_s=lock_wait_s)
+        lease = lock.__enter__()
+    except journal.PublishLockTimeout as exc:
+        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+    try:
+        yield from _locked_publish(
+            context,
+            lake,
+            alerts,
+            name,
+            partition,
+            df,
+            audits,
+            metadata,
+            key,
+            targets,
+            lease,
+            fault,
+        )
+    except BaseException as exc:
+        if not lock.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        lock.__exit__(None, None, None)
+
+
+def _locked_publish(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    alerts: AlertsResource,
+    table: str,
+    partition: str | None,
+    df: pd.DataFrame,
+    audits: Sequence[AuditFn],
+    metadata: dict[str, Any] | None,
+    key: dg.AssetKey,
+    targets: Sequence[PublishTarget],
+    lease: journal.Lease,
+    fault: Fault,
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    run_id = _run_id(context)
+    _, production, backup = published_keys(table, partition)
+    recovered = converge(lake, table, partition, targets, context.log, keep_run=run_id)
+    staging = run_staging_key(table, partition, run_id)
+    version, content = journal.new_version(), journal.content_digest(df)
     lake.delete(staging)
-    lake.write_parquet(df, staging)
+    journal.write_versioned(
+        lake, df, staging, {"version": version, "content": content, "run_id": run_id}
+    )
+    staged_fp = journal.fingerprint(lake, staging)
     staged_meta: dict[str, Any] = {}
     results: list[Audit] = []
     try:
         for t in targets:
+            if hasattr(t, "prepare"):
+                t.prepare(version, content)  # type: ignore[attr-defined]
             staged_meta.update(t.stage(df, partition))
     except Exception as exc:
         results.append(Audit(t.check_name, False, f"staging failed: {exc}"))
+    fault("staged")
     results = run_audits(df, audits) + results
     for t in targets:
         if not any(a.name == t.check_name for a in results):
@@ -208,8 +492,12 @@ def write_audit_publish(
     for a in results:
         yield _check_result(key, a)
     failed = [a for a in results if not a.passed]
+    holds = _version_text(journal.read_stamp(lake, production))
     if failed:
-        alerts.send(failure_message(table, partition, failed, context.run_id), context.log)
+        alerts.send(
+            failure_message(table, partition, failed, run_id) + f"\nLake production holds {holds}.",
+            context.log,
+        )
         lake.delete(staging)
         _discard(targets, context.log)
         raise dg.Failure(
@@ -217,25 +505,91 @@ def write_audit_publish(
             f"({', '.join(a.name for a in failed)}); production left untouched",
             metadata={a.name: a.detail for a in failed},
         )
-    published = lake.publish(staging, production, backup)
+    fault("audited")
+    now_fp = journal.fingerprint(lake, staging)
+    try:
+        lease.check()
+    except journal.PublishLockLost as exc:
+        lake.delete(staging)
+        _discard(targets, context.log)
+        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+    if now_fp != staged_fp:
+        _discard(targets, context.log)
+        raise dg.Failure(
+            description=f"{table} {partition or ''}: the staged object changed after its audit "
+            f"({staged_fp} -> {now_fp}); nothing published, production holds {holds}",
+            allow_retries=True,
+        )
+    before = journal.read_stamp(lake, production)
+    entry = {
+        "state": "publishing",
+        "table": table,
+        "partition": partition,
+        "run_id": run_id,
+        "version": version,
+        "content": content,
+        "staged": staging,
+        "fingerprint": staged_fp,
+        "lake_before": before,
+        "targets": [t.journal_entry() for t in targets if hasattr(t, "journal_entry")],
+    }
+    journal.write_journal(lake, table, partition, entry)
+    fault("journal")
+    previous = previous_backup_key(table, partition)
+    published = _lake_swap(lake, staging, production, backup, content, fault, previous)
+    journal.write_journal(lake, table, partition, {**entry, "state": "lake_published"})
     target_meta: dict[str, Any] = {}
     for i, t in enumerate(targets):
         try:
             target_meta.update(t.publish(partition))
+            fault(f"target:{t.name}")
         except Exception as exc:
+            state = _read_back(t, version)
+            if state == "published":  # the swap ran, its reply was lost: it is published
+                context.log.warning(f"{t.name}: publish reply lost ({exc}); read back: published")
+                target_meta[t.name] = f"published (reply lost: {exc}; read back from {t.name})"
+                continue
+            if state == "unknown":
+                msg = (
+                    f"{table} {partition or ''}: the {t.name} publish failed ({exc}) and its state"
+                    f" cannot be read back; lake production holds version {version}. The next "
+                    "run of this partition converges lake and targets (journal kept)."
+                )
+                alerts.send(f":rotating_light: {msg}\nRun: {run_url(run_id)}", context.log)
+                raise dg.Failure(description=msg, allow_retries=True) from exc
             _discard(targets[i:], context.log)
             for done in targets[:i]:
-                done.restore()
-            _undo_lake_publish(lake, production, backup, had_previous=bool(published["backup"]))
+                if hasattr(done, "undo"):
+                    done.undo(done.journal_entry())  # type: ignore[attr-defined]
+                else:
+                    done.restore()
+            if not published["unchanged"]:
+                _undo_lake_publish(lake, production, backup, had_previous=before is not None)
+                if lake.exists(part_key(previous)):
+                    lake.store.move_object(part_key(previous), part_key(backup))
+            journal.delete_journal(lake, table, partition)
+            holds = _version_text(journal.read_stamp(lake, production))
             alerts.send(
                 f":rotating_light: *{table}* `{partition or '-'}` passed its audits but the "
-                f"{t.name} publish failed ({exc}); lake and earlier targets rolled back.\n"
-                f"Run: {run_url(context.run_id)}",
+                f"{t.name} publish failed ({exc}); lake and earlier targets rolled back. "
+                f"Lake production holds {holds}.\nRun: {run_url(run_id)}",
                 context.log,
             )
             raise dg.Failure(
                 description=f"{table} {partition or ''}: {t.name} publish failed: {exc}"
             ) from exc
+    lake.delete(previous)
+    journal.delete_journal(lake, table, partition)
+    fault("done")
+    held = version if not published["unchanged"] else (before or {}).get("version", version)
+    if warned := [a for a in results if is_warning(a)]:
+        alerts.send(
+            f":warning: *{table}* `{partition or '-'}` published with a warning "
+            f"({', '.join(a.name for a in warned)}):\n"
+            + "\n".join(f"• `{a.name}`: {a.detail}" for a in warned)
+            + f"\nRun: {run_url(context.run_id)}",
+            context.log,
+        )
     yield dg.MaterializeResult(
         asset_key=key,
         metadata={
@@ -243,6 +597,16 @@ def write_audit_publish(
             ROW_COUNT: len(df),
             "published": dg.MetadataValue.path(published["published"]),
             "backup": dg.MetadataValue.path(published["backup"] or "none"),
+            "version": held,
+            "content_digest": content,
+            "production_holds": (
+                f"rows of version {version}"
+                if not published["unchanged"]
+                else f"unchanged: production already held these rows (version {held}; this "
+                f"run's candidate {version} was dropped, backup kept)"
+            ),
+            **({"lock_waited_s": round(lease.waited_s, 3)} if lease.waited_s > 0.05 else {}),
+            **({"recovered": recovered} if recovered else {}),
             **{k: v for k, v in {**staged_meta, **target_meta}.items() if v is not None},
             **(metadata or {}),
         },
@@ -262,6 +626,8 @@ def publish_days(
     metadata: dict[str, dict[str, Any]],
     run_meta: dict[str, Any],
     targets: Sequence[PublishTarget] = (),
+    lock_wait_s: float | None = None,
+    fault: Fault | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Write-audit-publish each day (``frames``: day -> rows); one check result per audit and one
     materialization for the run, whose per-partition metadata (rows, ``dagster/row_count``, the
@@ -286,6 +652,8 @@ def publish_days(
             audits(day),
             metadata.get(day),
             targets=targets,
+            lock_wait_s=lock_wait_s,
+            fault=fault,
         )
         try:
             for ev in events:
@@ -297,12 +665,14 @@ def publish_days(
             failure = exc
             break
     for name, results in checks.items():
-        worst = next((r for r in results if not r.passed), results[-1])
+        errors = [r for r in results if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+        warnings = [r for r in results if not r.passed and r not in errors]
+        worst = errors[0] if errors else (warnings or results)[-1]
         yield dg.AssetCheckResult(
             asset_key=context.asset_key,
             check_name=name,
             passed=all(r.passed for r in results),
-            severity=dg.AssetCheckSeverity.ERROR,
+            severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
             description=worst.description,
             metadata={**dict(worst.metadata or {}), "days_checked": len(results)},
         )
@@ -310,14 +680,17 @@ def publish_days(
         raise dg.Failure(
             description=failure.description,
             metadata=failure.metadata,
-            allow_retries=False,
+            allow_retries=failure.allow_retries is True,  # lock contention / unknown state
         )
-    if len(published) == 1:
+    partitioned = context.assets_def.partitions_def is not None
+    run_keys = set(context.partition_keys) if partitioned else set()
+    if len(published) == 1 and (not partitioned or set(published) == run_keys):
         (meta,) = published.values()
     else:
         rows = int(sum(len(frames[d]) for d in published))
-        if context.assets_def.partitions_def is not None:
-            # one materialization per partition: each day shows its own rows and figures
+        if partitioned:
+            # one materialization per partition: each day shows its own rows and figures (days
+            # the caller skipped carry the metadata it added itself)
             for day, day_meta in published.items():
                 context.add_asset_metadata(day_meta, partition_key=day)
             totals: dict[str, Any] = {"run_rows": rows}
@@ -364,8 +737,25 @@ def restore_table(
 
     Each copy is *swapped* with its backup (lake: backup -> production and the replaced
     production -> backup, each an atomic object replace), so a second restore undoes the first.
+    Holds the partition's publish lock (a restore never interleaves with a publish) and first
+    converges an interrupted publish of the partition.
     """
     table = _declared(table).name
+    with journal.publish_lock(lake, table, partition, owner="restore"):
+        note = converge(lake, table, partition, targets)
+        if journal.read_journal(lake, table, partition) is not None:
+            raise RuntimeError(f"not restored: {note}")
+        out = _restore_locked(lake, table, partition, targets, lake_too)
+    return {**out, **({"converged_first": note} if note else {})}
+
+
+def _restore_locked(
+    lake: LakeResource,
+    table: str,
+    partition: str | None,
+    targets: Sequence[PublishTarget],
+    lake_too: bool,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if lake_too:
         staging, production, backup = published_keys(table, partition)

@@ -192,8 +192,14 @@ class LocalStore(LakeStore):
     def _temporary(self, key: str) -> Iterator[str]:
         """A hidden temporary file beside ``key``, renamed onto it on success, else removed."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        for attempt in range(5):  # a concurrent prune may remove the folder between the two calls
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
         os.close(fd)
         try:
             yield tmp
@@ -252,8 +258,12 @@ class LocalStore(LakeStore):
         self._prune(path.parent)
 
     def _prune(self, parent: Path) -> None:
+        """Remove empty folders up to the root (another writer may fill or remove one meanwhile)."""
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+            try:
+                parent.rmdir()
+            except OSError:  # not empty any more (ENOTEMPTY) or already gone (ENOENT)
+                return
             parent = parent.parent
 
 

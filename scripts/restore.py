@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             out |= restore_table(LakeResource.from_env(), table, table.folder(args.date))
         except FileNotFoundError as exc:  # first publish of that day: nothing to go back to
             errors.append(f"lake: {exc}")
+        except RuntimeError as exc:  # an interrupted publish must be converged first
+            errors.append(f"lake: {exc}")
     if redis_key:
         try:
             client = RedisResource.from_env().get_client()

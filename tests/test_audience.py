@@ -205,11 +205,26 @@ def write_inputs(lake: LakeResource, day: str, seed: int, drop_half_pois: bool =
     lake.write_parquet(visits, f"curated/visits/date={day}")
 
 
+def square(x: float, y: float, size: float) -> str:
+    return f"POLYGON (({x} {y}, {x + size} {y}, {x + size} {y + size}, {x} {y + size}, {x} {y}))"
+
+
 @pytest.fixture
 def world(tmp_lake: LakeResource) -> LakeResource:
-    tmp_lake.write_parquet(pd.DataFrame({"poi_id": POIS}), "reference/pois")
     tmp_lake.write_parquet(
-        pd.DataFrame({"area_id": ["a0", "a1", "a2"], "population": [20000, 50000, 10000]}),
+        pd.DataFrame(
+            {"poi_id": POIS, "geometry_wkt": [square(i * 0.01, 0, 0.001) for i in range(120)]}
+        ),
+        "reference/pois",
+    )
+    tmp_lake.write_parquet(
+        pd.DataFrame(
+            {
+                "area_id": ["a0", "a1", "a2"],
+                "geometry_wkt": [square(i, 1, 1.0) for i in range(3)],
+                "population": [20000, 50000, 10000],
+            }
+        ),
         "reference/areas",
     )
     return tmp_lake
@@ -347,6 +362,103 @@ def test_a_multi_day_run_publishes_each_day_in_order_with_its_own_history(
     assert redis_client.hlen(REDIS_KEY) == len(POIS)
 
 
+# ---- calendar-aware bands and missing inputs (issue 14) ---------------------------------------
+
+
+def publish_history(lake: LakeResource, saturday: str, saturday_total: int) -> None:
+    """Three published weeks before ``saturday``: weekends 1.6x weekdays, all POIs visited."""
+    for d in pd.date_range(end=pd.Timestamp(saturday) - pd.Timedelta(days=1), periods=21):
+        total = saturday_total if d.weekday() >= 5 else round(saturday_total / 1.6)
+        visitors = np.full(len(POIS), total // len(POIS))
+        visitors[: total % len(POIS)] += 1
+        est = visitors * 10
+        df = pd.DataFrame(
+            {"poi_id": POIS, "visitors": visitors, "estimate": est, "estimate_low": est,
+             "estimate_high": est, "std_error": 1.0}
+        )  # fmt: skip
+        lake.write_parquet(df, f"curated/{TABLE}/date={d.date().isoformat()}")
+
+
+def checks_of(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_normal_saturday_publishes_and_half_the_devices_blocks(
+    world: LakeResource, redis_url: str, broken: bool
+) -> None:
+    saturday = "2024-03-23"
+    write_inputs(world, saturday, seed=7)
+    visits = world.read_parquet(f"curated/visits/date={saturday}")
+    publish_history(world, saturday, len(visits.drop_duplicates()))
+    if broken:  # half the panel's devices vanished upstream
+        kept = visits[visits["device_id"] < "d0150"]
+        world.write_parquet(kept, f"curated/visits/date={saturday}")
+
+    result = run_day(world, redis_url, AlertsResource(), saturday)
+
+    band = checks_of(result)["total_visitors_band"]
+    assert "of 3 previous Saturdays (2024-03-02, 2024-03-09, 2024-03-16)" in band.description
+    assert "block band [" in band.description
+    if broken:
+        assert not result.success and not band.passed
+        assert band.metadata["severity"].value == "BLOCK"
+        assert not world.parquet_files(f"curated/{TABLE}/date={saturday}")
+    else:
+        assert result.success and band.passed, band.description
+        assert band.metadata["severity"].value == "OK"
+        assert world.parquet_files(f"curated/{TABLE}/date={saturday}")
+
+
+def test_a_missing_or_empty_input_day_never_overwrites_the_published_partition(
+    world: LakeResource, redis_url: str, redis_client: redis.Redis
+) -> None:
+    day = DAYS[0]
+    write_inputs(world, day, seed=1)
+    assert run_day(world, redis_url, AlertsResource(), day).success
+    before, redis_before = lake_snapshot(world), redis_snapshot(redis_client)
+
+    world.write_parquet(
+        pd.DataFrame({"device_id": pd.Series(dtype=str), "poi_id": pd.Series(dtype=str)}),
+        f"curated/visits/date={day}",
+    )  # the day's visits republished empty upstream
+    empty = run_day(world, redis_url, AlertsResource(), day)
+    world.delete(f"work/demographics/date={DAYS[1]}")
+    missing = run_day(world, redis_url, AlertsResource(), DAYS[1])
+
+    for result, reason in (
+        (empty, "visits empty"),
+        (missing, "visits missing, demographics missing"),
+    ):
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        description = failure.event_specific_data.error.message
+        assert "no data for" in description and reason in description, description
+        assert "nothing published" in description
+    assert lake_snapshot(world) == before
+    assert redis_snapshot(redis_client) == redis_before
+
+
+def test_a_bad_reference_poi_is_quarantined_and_the_rest_publishes(
+    world: LakeResource, redis_url: str
+) -> None:
+    reference = world.read_parquet("reference/pois")
+    reference.loc[5, "geometry_wkt"] = "oops"
+    reference = pd.concat([reference, reference.iloc[[7]].assign(geometry_wkt=square(9, 9, 1))])
+    world.write_parquet(reference, "reference/pois")
+    write_inputs(world, DAYS[0], seed=2)
+
+    result = run_day(world, redis_url, AlertsResource(), DAYS[0])
+
+    assert result.success
+    published = world.read_parquet(f"curated/{TABLE}/date={DAYS[0]}")
+    assert set(POIS) - set(published["poi_id"]) == {POIS[5], POIS[7]}
+    quarantine = world.read_parquet("quarantine/reference/kind=pois")
+    reasons = dict(zip(quarantine["row_id"], quarantine["reason"], strict=False))
+    assert reasons[POIS[5]].startswith("invalid WKT")
+    assert reasons[POIS[7]] == "duplicate poi_id: 2 rows disagree, none kept"
+
+
 def test_truth_scoring_is_a_non_blocking_check_in_the_same_run(
     world: LakeResource, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -369,7 +481,9 @@ def test_truth_scoring_is_a_non_blocking_check_in_the_same_run(
     )
 
     (check,) = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == "audience_estimates_accuracy"
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "audience_estimates_accuracy"
     ]
     assert check.passed and check.partition == day
     assert check.metadata["truth_pois_scored"].value == len(POIS)

@@ -439,3 +439,62 @@ def test_campaign_insights_declares_what_it_reads():
     }
     spec = campaign_insights.specs_by_key[campaign_insights.key]
     assert spec.metadata["dagster/column_schema"] == CAMPAIGN_INSIGHTS.column_schema()
+
+
+# ---- failures name their cause (issue 14) -----------------------------------------------------
+
+
+def reference_for(lake: LakeResource, cid: str, brand: str, exposures: bool) -> None:
+    square = "POLYGON ((-74 40.7, -73.99 40.7, -73.99 40.71, -74 40.71, -74 40.7))"
+    lake.write_parquet(
+        pd.DataFrame(
+            {"poi_id": ["poi_1"], "name": ["a"], "brand": ["Acme"], "category": ["shop"],
+             "geometry_wkt": [square]}
+        ),
+        "reference/pois",
+    )  # fmt: skip
+    lake.write_parquet(
+        pd.DataFrame({"area_id": ["a1"], "geometry_wkt": [square], "population": [1000]}),
+        "reference/areas",
+    )
+    put(lake, f"{cid}.json", campaign_json(cid, date(2024, 3, 1), days=15, brand=brand))
+    if exposures:
+        lake.write_parquet(
+            pd.DataFrame({"device_id": ["d000001"], "ts": [pd.Timestamp("2024-03-02", tz="UTC")]}),
+            f"raw/exposures/campaign_id={cid}",
+        )
+    for i in range(10):
+        publish_visits(lake, date(2024, 3, 1) + timedelta(days=i))
+
+
+@pytest.mark.parametrize(
+    "brand, exposures, cause",
+    [
+        ("Zeta", True, "campaign c9: brand Zeta has no POI in reference_pois"),
+        ("Acme", False, "no exposures under raw/exposures/campaign_id=c9 for campaign c9"),
+    ],
+)
+def test_campaign_failures_name_their_cause_and_are_not_retried(tmp_lake, brand, exposures, cause):
+    from near_assets.campaigns import load_campaign, load_inputs
+
+    reference_for(tmp_lake, "c9", brand, exposures)
+    spec = load_campaign(tmp_lake, "c9")
+    with pytest.raises(dg.Failure) as failure:
+        load_inputs(tmp_lake, spec, date(2024, 3, 10), pre_days=7)
+    assert cause in failure.value.description
+    assert failure.value.allow_retries is False
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("campaigns", ["c9"])
+        result = dg.materialize(
+            [campaign_insights],
+            partition_key="c9",
+            instance=instance,
+            resources={"lake": tmp_lake, "alerts": AlertsResource()},
+            run_config={"ops": {"campaign_insights": {"config": {"as_of": "2024-03-10"}}}},
+            raise_on_error=False,
+        )
+    assert not result.success
+    (step_failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert cause in step_failure.event_specific_data.error.message
+    assert not tmp_lake.parquet_files("curated/campaign_insights")

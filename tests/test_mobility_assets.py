@@ -12,9 +12,10 @@ from near_assets import mobility
 from near_assets.engine import default_engine
 from near_assets.evaluation.mobility import checks as accuracy_checks
 from near_assets.evaluation.mobility import stay_points_accuracy
-from near_assets.science import accuracy
+from near_assets.science import accuracy, home
 from near_assets.science.stays import to_utc
 from near_assets.synth import generate
+from publishing.tables import utc_days
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
@@ -24,6 +25,7 @@ DATES = [str(d.date()) for d in pd.date_range(START, periods=DAYS)]
 ASSETS = [
     mobility.stay_points,
     mobility.visits,
+    mobility.home_ping_hours,
     mobility.home_location,
     mobility.demographics,
     mobility.brand_affinity,
@@ -128,10 +130,20 @@ def test_backfill_run_then_daily_run_publish_every_table_with_accuracy(mobility_
     visits = check_metadata(result, "visits_accuracy")
     assert visits["visit_precision"] >= 0.9
     assert visits["visit_recall"] >= 0.9
-    assert materialization(result, "home_location")["window_days_found"] == 3
-    home = check_metadata(result, "home_location_accuracy")
-    assert home["home_within_200m"] >= 0.95
-    assert home["home_coverage"] >= 0.95
+    homes_meta = materialization(result, "home_location")
+    assert homes_meta["window_days_found"] == 3
+    assert homes_meta["ping_days_found"] == 3
+    assert homes_meta["evidence"] == "stays+pings"
+    assert homes_meta["calibration_version"] == home.calibration_version()
+    assert homes_meta["min_confidence"] == home.DEFAULT_MIN_CONFIDENCE
+    by_method = homes_meta["homes_by_method"]
+    assert set(by_method) == {"night", "day_rest", "evening"}
+    assert sum(by_method.values()) == homes_meta["homes"]
+    home_acc = check_metadata(result, "home_location_accuracy")
+    assert home_acc["home_within_200m"] >= 0.95
+    assert home_acc["home_coverage"] >= 0.95
+    assert "| confidence | homes |" in home_acc["home_reliability"]
+    assert 0 <= home_acc["home_calibration_max_gap"] <= 0.1
     demo = check_metadata(result, "demographics_accuracy")
     assert demo["area_correct"] >= 0.95
     checks = {
@@ -173,6 +185,80 @@ def test_home_window_reads_the_mapped_partitions_and_skips_days_before_the_lake(
     assert home["homes"] > 0
 
 
+def test_home_ping_hours_reduce_each_day_of_clean_pings(mobility_lake):
+    result = dg.materialize(
+        [mobility.home_ping_hours],
+        resources=resources(mobility_lake),
+        tags={
+            "dagster/asset_partition_range_start": DATES[0],
+            "dagster/asset_partition_range_end": DATES[1],
+        },
+    )
+    assert result.success
+    events = result.asset_materializations_for_node("home_ping_hours")
+    meta = {e.partition: {k: v.value for k, v in e.metadata.items()} for e in events}
+    assert set(meta) == set(DATES[:2])
+    for day in DATES[:2]:
+        pings = mobility_lake.read_parquet(f"work/clean_pings/date={day}")
+        hours = mobility_lake.read_parquet(f"work/home_ping_hours/date={day}")
+        assert list(hours.columns) == ["device_id", "ts", "lat", "lon"]
+        assert 0 < len(hours) < len(pings) / 2
+        assert not hours.duplicated(["device_id", "ts", "lat", "lon"]).any()
+        assert meta[day]["rows"] == meta[day]["dagster/row_count"] == len(hours)
+        assert meta[day]["devices"] == pings["device_id"].nunique()
+        assert (utc_days(hours["ts"]) == day).all()
+
+
+def add_device(lake: LakeResource, day: str, rows: list[tuple[float, float]]) -> None:
+    """Append pings (UTC hour of the day, metres east of the lake's first ping) to clean_pings."""
+    pings = lake.read_parquet(f"work/clean_pings/date={day}")
+    lat0, lon0 = float(pings["lat"].iloc[0]), float(pings["lon"].iloc[0])
+    kx = 111_320.0 * np.cos(np.radians(lat0))
+    extra = pd.DataFrame(
+        {
+            "device_id": [device for device, _, _ in rows],
+            "ts": [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=h) for _, h, _ in rows],
+            "lat": lat0,
+            "lon": [lon0 + east / kx for _, _, east in rows],
+        }
+    )
+    out = pd.concat([pings, extra.astype({"ts": pings["ts"].dtype})], ignore_index=True)
+    lake.write_parquet(out.sort_values(["device_id", "ts"]), f"work/clean_pings/date={day}")
+
+
+def test_home_uses_sparse_night_pings_and_leaves_out_a_device_seen_only_by_day(mobility_lake):
+    day = DATES[0]
+    office = [h / 12 for h in range(9 * 12, 17 * 12)]  # a ping every 5 min, 09-17 UTC
+    add_device(
+        mobility_lake,
+        day,
+        [("zz_day_only", h, 5000.0) for h in office]
+        + [("zz_sparse_night", h, 5000.0) for h in office]
+        + [("zz_sparse_night", h, 0.0) for h in (0.4, 1.9, 3.3, 4.6, 6.2)],  # no stay at night
+    )
+    result = dg.materialize(
+        [mobility.stay_points, mobility.home_ping_hours, mobility.home_location],
+        resources=resources(mobility_lake),
+        partition_key=day,
+    )
+    assert result.success
+    meta = materialization(result, "home_location")
+    assert meta["evidence"] == "stays+pings"
+    assert 0.9 < meta["coverage"] <= 1  # of the devices with stays or ping hours
+    stays = mobility_lake.read_parquet(f"curated/stay_points/date={day}")
+    assert {"zz_day_only", "zz_sparse_night"} <= set(stays["device_id"])  # both eligible
+    homes = mobility_lake.read_parquet(f"curated/home_location/date={day}").set_index("device_id")
+    assert "zz_day_only" not in homes.index  # its only place may be its workplace
+    night = homes.loc["zz_sparse_night"]
+    assert night["method"] == "night" and night["confidence"] >= home.DEFAULT_MIN_CONFIDENCE
+    pings = mobility_lake.read_parquet(f"work/clean_pings/date={day}")
+    truth = pings[(pings["device_id"] == "zz_sparse_night") & (pings["ts"].dt.hour < 7)]
+    err = accuracy.haversine_m(
+        night["lat"], night["lon"], truth["lat"].iloc[0], truth["lon"].iloc[0]
+    )
+    assert err < 50
+
+
 def test_collapsed_day_fails_the_blocking_norm_check_and_keeps_production(mobility_lake):
     materialize_range(mobility_lake, DATES[0], DATES[1])
     # the third day's feed collapses: each device reports a single ping
@@ -207,14 +293,42 @@ def test_in_process_assets_report_the_engine_that_ran_not_the_configured_one(mob
     assert materialization(result, "visits")["engine"] == "pandas"
 
 
-def test_missing_input_day_is_reported_not_a_crash(mobility_lake):
+def test_an_empty_input_day_is_no_data_and_never_overwrites_a_published_day(mobility_lake):
+    assert dg.materialize(
+        [mobility.stay_points], resources=resources(mobility_lake), partition_key=DATES[1]
+    ).success
+    published = mobility_lake.read_bytes(f"curated/stay_points/date={DATES[1]}/part-0.parquet")
     mobility_lake.delete(f"work/clean_pings/date={DATES[1]}")
     result = dg.materialize(
-        [mobility.stay_points], resources=resources(mobility_lake), partition_key=DATES[1]
+        [mobility.stay_points],
+        resources=resources(mobility_lake),
+        partition_key=DATES[1],
+        raise_on_error=False,
     )
-    meta = materialization(result, "stay_points")
-    assert meta["input"] == "missing or empty"
-    assert meta["rows"] == 0
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no data: clean_pings is missing or empty" in failure.step_failure_data.error.message
+    after = mobility_lake.read_bytes(f"curated/stay_points/date={DATES[1]}/part-0.parquet")
+    assert after == published
+
+    # in a run over several days, the day without input is skipped and says so
+    result = dg.materialize(
+        [mobility.stay_points, mobility.visits],
+        resources=resources(mobility_lake),
+        tags={
+            "dagster/asset_partition_range_start": DATES[0],
+            "dagster/asset_partition_range_end": DATES[1],
+        },
+    )
+    by_day = {
+        m.partition: m.metadata for m in result.asset_materializations_for_node("stay_points")
+    }
+    assert by_day[DATES[1]]["input"].value == "missing or empty"
+    assert "not published" in by_day[DATES[1]]["skipped"].value
+    assert by_day[DATES[0]]["dagster/row_count"].value > 0
+    assert mobility_lake.read_bytes(
+        f"curated/stay_points/date={DATES[1]}/part-0.parquet"
+    ) == published
 
 
 def canonical(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -235,7 +349,7 @@ def test_pandas_and_spark_engines_publish_the_same_rows(generated: Path, tmp_pat
         shutil.copytree(generated, lake.root)
         config = {"engine": engine}
         result = dg.materialize(
-            [mobility.stay_points, mobility.home_location],
+            [mobility.stay_points, mobility.home_ping_hours, mobility.home_location],
             resources=resources(lake),
             tags={
                 "dagster/asset_partition_range_start": DATES[0],
@@ -247,6 +361,9 @@ def test_pandas_and_spark_engines_publish_the_same_rows(generated: Path, tmp_pat
         )
         assert result.success
         assert materialization(result, "stay_points")["engine"] == engine
+        homes_meta = materialization(result, "home_location")
+        assert homes_meta["engine"] == engine
+        assert homes_meta["per_day"][DATES[1]]["evidence"] == "stays+pings"
         published[engine] = {
             (table, day): lake.read_parquet(f"curated/{table}/date={day}")
             for table in ("stay_points", "home_location")

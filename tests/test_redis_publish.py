@@ -160,3 +160,63 @@ def test_an_empty_version_is_never_published(redis_client: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError, match="nothing staged"):
         target.publish(day(2))
     assert redis_client.hlen(KEY) == len(version(1))
+
+
+# ---- at scale: values built by Arrow kernels, raw pipelined HSET ------------------------------
+
+
+def test_arrow_encoder_gives_the_json_of_each_row() -> None:
+    df = pd.DataFrame(
+        {
+            "poi_id": ["a", "b", "c"],
+            "visitors": pd.array([1, None, 3], dtype="Int64"),
+            "share": [0.5, float("nan"), 2.0],
+            "name": ['q"uote\\', "plain", None],
+            "open": [True, False, True],
+        }
+    )
+    enc = json_rows("poi_id", {"v": "visitors", "s": "share", "n": "name", "o": "open"})
+    pairs = list(enc(df, "2024-01-02"))
+    assert [f for f, _ in pairs] == ["a", "b", "c"]
+    values = [json.loads(v) for _, v in pairs]
+    assert values[0] == {"date": "2024-01-02", "v": 1, "s": 0.5, "n": 'q"uote\\', "o": 1}
+    assert values[1] == {"date": "2024-01-02", "v": None, "s": None, "n": "plain", "o": 0}
+    assert values[2]["n"] is None and values[2]["s"] == 2.0
+    assert pairs[0][1].startswith('{"date": "2024-01-02", "v": 1, ')  # the contract's layout
+
+
+def test_arrow_staging_in_many_pipelined_commands_holds_every_row(
+    redis_client: redis.Redis,
+) -> None:
+    df = version(40)  # 11,000 rows
+    target = RedisHashTarget(redis_client, KEY, encode, pipeline_rows=700, pipeline_depth=3)
+    target.stage(df, day(1))
+    assert target.verify(df).passed
+    assert redis_client.hgetall(target.staging_key) == dict(encode(df, day(1)))
+    assert 0 < redis_client.ttl(target.staging_key) <= 24 * 3600
+    assert redis_client.ping()  # the connection's replies were all read
+
+
+def test_a_plain_generator_encoder_still_works(redis_client: redis.Redis) -> None:
+    def encoder(df: pd.DataFrame, partition: str | None):
+        for pid, v in zip(df["poi_id"], df["visitors"], strict=True):
+            yield pid, json.dumps({"date": partition, "visitors": int(v)})
+
+    target = RedisHashTarget(redis_client, KEY, encoder, batch_size=100)
+    target.stage(version(1), day(1))
+    assert target.verify(version(1)).passed
+    target.publish(day(1))
+    assert json.loads(redis_client.hget(KEY, "p3")) == {"date": day(1), "visitors": 1}
+
+
+def test_republishing_the_live_rows_keeps_the_backup(redis_client: redis.Redis) -> None:
+    def publish_content(k: int, content: str) -> dict:
+        target = RedisHashTarget(redis_client, KEY, encode, content=content)
+        target.stage(version(k), day(2))
+        return target.publish(day(2))
+
+    publish_content(1, "c1")
+    publish_content(2, "c2")
+    assert publish_content(2, "c2")["redis"].startswith("unchanged")
+    assert redis_client.hlen(f"{KEY}:backup") == len(version(1))
+    assert not redis_client.keys(f"{KEY}:staging:*")

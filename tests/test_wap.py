@@ -283,3 +283,48 @@ def test_every_publish_reports_the_published_rows_as_dagster_row_count(
         for m in result.asset_materializations_for_node(TABLE)
     }
     assert per_partition == {"2024-05-05": 2, "2024-05-06": 6}
+
+
+def test_the_materialization_names_the_version_production_holds(
+    tmp_lake: LakeResource, redis_client: redis.Redis
+) -> None:
+    from publishing.journal import read_journal, read_stamp
+
+    def targets():
+        return [RedisHashTarget(redis_client, KEY, encode)]
+
+    result = run(make_asset(frame(5, 3), targets, REDIS_SPEC), tmp_lake)
+    assert result.success
+    (mat,) = result.asset_materializations_for_node(TABLE)
+    stamp = read_stamp(tmp_lake, f"curated/{TABLE}/{PART}")
+    assert mat.metadata["version"].value == stamp["version"]
+    assert mat.metadata["version"].value == redis_client.hget(f"{KEY}:meta", "version")
+    assert stamp["run_id"] == result.run_id  # staged under run=<run_id>, moved as audited
+    assert mat.metadata["production_holds"].value.startswith("rows of version")
+    assert read_journal(tmp_lake, TABLE, PART) is None
+    assert not tmp_lake.list(f"staging/{TABLE}")
+
+
+def test_a_warning_publishes_shows_a_warn_check_and_alerts(
+    tmp_lake: LakeResource, slack_server
+) -> None:
+    def shifted(df: pd.DataFrame) -> Audit:
+        return Audit("volume_band", True, "WARN: 1.3x the median", {"severity": "WARN"})
+
+    shifted.audit_name = "volume_band"
+    declared = LakeTable.curated(TABLE)
+
+    @dg.asset(name=TABLE, check_specs=audit_specs(TABLE, [shifted]))
+    def warned(context, lake: LakeResource, alerts: AlertsResource):
+        yield from write_audit_publish(
+            context, lake, alerts, declared, declared.folder("2024-05-09"), frame(4), [shifted]
+        )
+
+    alerts = AlertsResource(token="xoxb-test", api_url=slack_server.url)
+    result = run(warned, tmp_lake, alerts)
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert len(tmp_lake.read_parquet(f"curated/{TABLE}/date=2024-05-09")) == 4
+    (message,) = slack_server.messages()
+    assert "published with a warning" in message and "volume_band" in message
