@@ -73,7 +73,14 @@ def run_per_device(
     out = lake.read_parquet(output)
     lake.delete(output)
     meta: dict[str, Any] = {"engine": "spark"}
-    meta.update({f"spark_{k}": v for k, v in summary.items() if isinstance(v, int | float | str)})
+    meta.update(
+        {
+            f"spark_{k}": v
+            for k, v in summary.items()
+            if isinstance(v, int | float | str) and not k.startswith("emr_")
+        }
+    )
+    meta.update(summary.get("metadata", {}))  # EMR step/console links and log paths
     return nanosecond_timestamps(out), meta
 
 

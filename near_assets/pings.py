@@ -6,6 +6,13 @@ quarantines the dirt (``near_assets.science.cleaning``) and writes ``CLEAN_PINGS
 ``QUARANTINED_PINGS`` for the day. ``raw_pings_sensor`` notices new or changed day folders and
 runs both for those days, so new data flows without clicks.
 
+``clean_pings`` runs on the engine of its config (``engine``, default ``$NEAR_ENGINE``):
+``pandas`` reads the day into the run process; ``spark`` checks each raw file's schema from its
+Parquet footer here, then one Spark job (``near_assets/spark_jobs/clean_pings.py``, locally or
+on EMR) cleans every day of the run with the same rules and writes both outputs; the per-reason
+counts come back through Pipes and the blocking check is computed from them. The run process
+never loads the day's rows with Spark.
+
 What counts as *bad* for the blocking check: every quarantined row except duplicates. A duplicate
 is a delivery retry whose first copy is kept, so no information is lost; a share of bad rows
 above ``PINGS_MAX_BAD_SHARE`` (default 0.2) means the feed itself is broken.
@@ -16,9 +23,12 @@ import io
 import json
 import os
 import re
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,8 +37,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import cleaning
+from near_assets.spark_jobs import CLEAN_PINGS as CLEAN_PINGS_JOB
+from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.tables import (
     CLEAN_PINGS,
     FRESHNESS_DAILY,
@@ -37,6 +50,7 @@ from near_assets.tables import (
     internal_asset_args,
 )
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 GROUP = "pings"
 LANE_TAGS = {"platform/lane": "batch"}
@@ -69,17 +83,20 @@ def fingerprint(entries: Sequence[str]) -> str:
 # ---- reading a day folder ---------------------------------------------------------------------
 
 
-def _parquet_file(lake: LakeResource, key: str) -> tuple[pq.ParquetFile, int]:
-    """Open one raw file (transient lake errors propagate and are retried; bad bytes fail)."""
-    data = lake.read_bytes(key)
+def _open_parquet(lake: LakeResource, key: str, source: Any) -> pq.ParquetFile:
+    """``pq.ParquetFile`` on ``source``; bytes that are not Parquet fail the run (no retry)."""
     try:
-        parquet = pq.ParquetFile(io.BytesIO(data))
+        return pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as exc:
         raise dg.Failure(
             description=f"{lake.uri(key)}: not a readable Parquet file ({exc})",
             metadata={"file": key},
             allow_retries=False,
         ) from exc
+
+
+def _check_schema(lake: LakeResource, key: str, parquet: pq.ParquetFile) -> None:
+    """A raw file whose schema breaks CONTRACTS fails the run with the file and its problems."""
     problems = cleaning.schema_problems(parquet.schema_arrow)
     if problems:
         raise dg.Failure(
@@ -91,7 +108,29 @@ def _parquet_file(lake: LakeResource, key: str) -> tuple[pq.ParquetFile, int]:
             },
             allow_retries=False,
         )
+
+
+def _parquet_file(lake: LakeResource, key: str) -> tuple[pq.ParquetFile, int]:
+    """Open one raw file (transient lake errors propagate and are retried; bad bytes fail)."""
+    data = lake.read_bytes(key)
+    parquet = _open_parquet(lake, key, io.BytesIO(data))
+    _check_schema(lake, key, parquet)
     return parquet, len(data)
+
+
+def raw_file_footer(lake: LakeResource, key: str) -> dict[str, Any]:
+    """One raw file's footer, checked like ``_parquet_file`` but without reading its rows:
+    bytes, rows and the ``ts`` encoding the Spark job needs (``ns``, ``timestamp``, ``int``)."""
+    with lake.open_input(key) as fh:
+        parquet = _open_parquet(lake, key, fh)
+        _check_schema(lake, key, parquet)
+        ts_type = parquet.schema_arrow.field("ts").type
+        rows, size = parquet.metadata.num_rows, fh.size()
+    if pa.types.is_timestamp(ts_type):
+        kind = "ns" if ts_type.unit == "ns" else "timestamp"
+    else:
+        kind = "int"  # int64 epoch ms (or an all-null column)
+    return {"file": key, "bytes": size, "rows": rows, "ts_type": str(ts_type), "ts_kind": kind}
 
 
 def _read_table(parquet: pq.ParquetFile, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -243,7 +282,7 @@ def raw_pings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Mater
 # ---- clean_pings ------------------------------------------------------------------------------
 
 
-class CleanPingsConfig(dg.Config):
+class CleanPingsConfig(EngineConfig):
     max_accuracy_m: float = 1000.0
     """Pings with a larger accuracy radius (metres) are quarantined as ``low_accuracy``."""
     hdp_min_devices: int = 50
@@ -253,25 +292,28 @@ class CleanPingsConfig(dg.Config):
     max_bad_share: float | None = None
     """Blocking-check threshold on the bad share; None reads ``$PINGS_MAX_BAD_SHARE`` (0.2)."""
 
+    def params(self) -> dict[str, Any]:
+        """The cleaning parameters, as ``cleaning.clean_pings`` and the Spark job take them."""
+        return {
+            "max_accuracy_m": self.max_accuracy_m,
+            "hdp_min_devices": self.hdp_min_devices,
+            "hdp_decimals": self.hdp_decimals,
+        }
+
 
 def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[str, Any]:
     """Clean one day: read, split, write both outputs; returns figures for metadata and check."""
     started = time.perf_counter()
     raw, files = read_raw_day(lake, day)
     read_s = time.perf_counter() - started
-    clean, quarantine = cleaning.clean_pings(
-        raw,
-        date.fromisoformat(day),
-        max_accuracy_m=config.max_accuracy_m,
-        hdp_min_devices=config.hdp_min_devices,
-        hdp_decimals=config.hdp_decimals,
-    )
+    clean, quarantine = cleaning.clean_pings(raw, date.fromisoformat(day), **config.params())
     clean_s = time.perf_counter() - started - read_s
     clean_key = CLEAN_PINGS.write(lake, clean, day)
     quarantine_key = QUARANTINED_PINGS.write(lake, quarantine, day)
     write_s = time.perf_counter() - started - read_s - clean_s
     counts = cleaning.reason_counts(quarantine)
     return {
+        "engine": "pandas",
         "rows_in": len(raw),
         "rows_out": len(clean),
         "files": len(files),
@@ -289,11 +331,140 @@ def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[st
     }
 
 
+# ---- clean_pings on Spark ---------------------------------------------------------------------
+
+
+@contextmanager
+def spark_locations(lake: LakeResource, spark: SparkResource) -> Iterator[Any]:
+    """``(uri, inputs, outputs)``: where the Spark job reads and writes lake keys.
+
+    Spark reads the lake directly (a local folder, or ``s3a://`` on EMR), except for an S3 lake
+    with local Spark: there ``inputs`` are copied to a temporary folder first and the folders
+    named by ``outputs`` are uploaded (replacing the lake's) when the block exits cleanly.
+    """
+    if lake.backend == "local" or spark.backend != "local":
+
+        def uri(key: str) -> str:
+            return spark.spark_uri(lake, key)
+
+        yield uri, (lambda keys: None), []
+        return
+    with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
+        outputs: list[str] = []
+
+        def staged(key: str) -> str:
+            return str(Path(tmp, key))
+
+        def stage(keys: Sequence[str]) -> None:
+            for key in keys:
+                path = Path(tmp, key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(lake.read_bytes(key))
+
+        yield staged, stage, outputs
+        for key in outputs:
+            lake.delete(key)
+            for part in sorted(Path(tmp, key).rglob("*.parquet")):
+                rel = part.relative_to(Path(tmp, key)).as_posix()
+                with lake.open_output(f"{key}/{rel}") as sink, part.open("rb") as src:
+                    while chunk := src.read(8 << 20):
+                        sink.write(chunk)
+
+
+def clean_days_spark(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    config: CleanPingsConfig,
+) -> dict[str, dict[str, Any]]:
+    """Clean every day of the run with one Spark job; ``clean_day``'s figures for each day.
+
+    Each raw file's schema is checked from its footer first (same failure as pandas). Days
+    without raw files are written empty in-process (``engine`` pandas: nothing to run).
+    """
+    footers = {
+        day: [raw_file_footer(lake, key) for key in RAW_PINGS.files(lake, day)]
+        for day in context.partition_keys
+    }
+    days = {day: clean_day(lake, day, config) for day, files in footers.items() if not files}
+    present = [day for day, files in footers.items() if files]
+    if not present:
+        return days
+    with spark_locations(lake, spark) as (uri, stage, outputs):
+        args = ["--params", json.dumps(config.params())]
+        for day in present:
+            folder = RAW_PINGS.key(day)
+            stage([f["file"] for f in footers[day]])
+            spec = json.dumps(
+                {
+                    "day": day,
+                    "raw": uri(folder),
+                    "files": [[f["file"][len(folder) + 1 :], f["ts_kind"]] for f in footers[day]],
+                    "clean": uri(CLEAN_PINGS.key(day)),
+                    "quarantine": uri(QUARANTINED_PINGS.key(day)),
+                }
+            )
+            args += ["--day", spec]
+            outputs += [CLEAN_PINGS.key(day), QUARANTINED_PINGS.key(day)]
+        summary = spark.run_script(context, CLEAN_PINGS_JOB, args, job_conf=BASE_CONF)
+    reported = summary.get("days") or {}
+    for day in present:
+        if day not in reported:
+            raise dg.Failure(description=f"the Spark job reported no figures for {day}")
+        days[day] = spark_figures(lake, day, reported[day], footers[day], summary)
+    return dict(sorted(days.items()))
+
+
+def spark_figures(
+    lake: LakeResource,
+    day: str,
+    job: dict[str, Any],
+    footers: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """``clean_day``'s figures from what the Spark job reported for ``day`` (no rows loaded).
+
+    The job's input rows must match the raw files' footers.
+    """
+    rows_in = int(job["rows_in"])
+    footer_rows = sum(f["rows"] for f in footers)
+    if rows_in != footer_rows:
+        raise dg.Failure(
+            description=f"{day}: the Spark job read {rows_in:,} rows, the raw footers hold "
+            f"{footer_rows:,}",
+            metadata={"rows_in": rows_in, "footer_rows": footer_rows},
+        )
+    counts = {reason: int(job["counts"].get(reason, 0)) for reason in cleaning.REASONS}
+    quarantine = pd.DataFrame(job.get("preview_quarantine") or [])
+    return {
+        "engine": "spark",
+        "spark_backend": str(summary.get("engine", "")),
+        "spark_version": str(summary.get("spark_version", "")),
+        "rows_in": rows_in,
+        "rows_out": int(job["rows_out"]),
+        "files": len(footers),
+        "status": _status(footers, rows_in),
+        "devices_in": int(job["devices_in"]),
+        "devices_out": int(job["devices_out"]),
+        "counts": counts,
+        "bad_share": cleaning.bad_share(counts, rows_in),
+        "duplicate_share": counts["duplicate"] / rows_in if rows_in else 0.0,
+        "clean_key": CLEAN_PINGS.key(day),
+        "quarantine_key": QUARANTINED_PINGS.key(day),
+        "preview_clean": markdown_table(pd.DataFrame(job.get("preview_clean") or []), 5),
+        "preview_quarantine": markdown_table(quarantine, 14),
+        "seconds": {"spark": float(job.get("seconds", 0.0))},
+    }
+
+
 def describe_clean_day(lake: LakeResource, figures: dict[str, Any], threshold: float) -> dict:
     """Materialization metadata of one cleaned day (``clean_day``'s figures)."""
     seconds = figures["seconds"]
     total_s = sum(seconds.values())
+    spark_meta = {k: figures[k] for k in ("spark_backend", "spark_version") if k in figures}
     return {
+        "engine": figures["engine"],
+        **spark_meta,
         "status": figures["status"],
         "rows_in": figures["rows_in"],
         "rows_out": figures["rows_out"],
@@ -367,12 +538,15 @@ def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.Ass
             ),
         )
     ],
-    kinds={"pandas", "parquet"},
+    kinds={"pandas", "spark", "parquet"},
     op_tags=LANE_TAGS,
     **internal_asset_args(CLEAN_PINGS),
 )
 def clean_pings(
-    context: dg.AssetExecutionContext, config: CleanPingsConfig, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: CleanPingsConfig,
+    lake: LakeResource,
+    spark: SparkResource,
 ) -> dg.MaterializeResult:
     """Pings without dirt, per UTC day, sorted by device and time (``work/clean_pings/date=D``).
 
@@ -381,6 +555,9 @@ def clean_pings(
     ``hdp_min_devices`` devices). Dropped rows go to ``quarantine/pings/date=D`` with their
     ``reason``; metadata counts them per reason (``dropped/<reason>``). The blocking check
     ``bad_share_below_threshold`` stops downstream steps when the feed is broken.
+
+    ``engine`` (default ``$NEAR_ENGINE``) picks pandas in the run process or one Spark job for
+    the run's days (same rows, same counts); metadata ``engine`` names the one that ran.
     """
     try:
         threshold = (
@@ -388,10 +565,11 @@ def clean_pings(
         )
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    days: dict[str, dict[str, Any]] = {}
-    for day in context.partition_keys:
-        figures = clean_day(lake, day, config)
-        days[day] = figures
+    if config.engine == "spark":
+        days = clean_days_spark(context, lake, spark, config)
+    else:
+        days = {day: clean_day(lake, day, config) for day in context.partition_keys}
+    for day, figures in days.items():
         context.add_asset_metadata(describe_clean_day(lake, figures, threshold), partition_key=day)
         context.log.info(
             f"{day}: {figures['rows_in']:,} rows in, {figures['rows_out']:,} clean, "

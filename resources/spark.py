@@ -13,6 +13,7 @@ Back end, from the environment (``SparkResource.from_env``):
 | ``EMR_PIPES_BUCKET`` / ``EMR_PIPES_PREFIX`` | Pipes context and messages (default: scripts bucket, ``dagster/pipes/``) |
 | ``EMR_SPARK_CONF`` | JSON object of Spark settings overriding ``EMR_DEFAULT_CONF`` |
 | ``EMR_STEP_TIMEOUT_S`` | give up (and cancel the step) after this many seconds, default 6 h |
+| ``EMR_LOG_WAIT_S`` | after a step ends, wait up to this long for its logs on S3, default 120 |
 | ``AWS_ENDPOINT_URL`` | S3/EMR endpoint override (tests: moto) |
 
 The caller names the job script (a local path; on EMR its file name under ``EMR_SCRIPTS_S3``)
@@ -20,6 +21,13 @@ and the Spark settings the job needs in every session (``job_conf``). Locally th
 a ``python`` subprocess under ``dg.PipesSubprocessClient``; with an S3 lake and no cluster, inputs
 are staged through a temporary folder. On EMR, Pipes context and messages go through S3 and the
 bootstrap parameters are passed as ``--dagster-pipes-*`` arguments (``resources.emr``).
+When a remote run ends, the tails of its stdout/stderr reach the run log and the summary holds
+``metadata``: ``dg.MetadataValue`` links to the step (or job run) and its logs, for the asset's
+materialization (plus the same ids and console URL as plain strings, ``emr_*``).
+
+The run process never hosts a Spark driver or JVM: locally the job is a subprocess, on EMR a
+step (``spark-submit --deploy-mode cluster``). That is why ``dagster_pyspark.PySparkResource``
+(an in-process ``SparkSession``) is not used: ``deploy/emr/README.md``, "dagster-pyspark".
 """
 
 from __future__ import annotations
@@ -36,14 +44,24 @@ from typing import Any
 
 import dagster as dg
 
-from resources.emr import PipesEMRStepClient, prefixed_s3_message_reader, s3_parts
+from resources.emr import (
+    PipesEMRStepClient,
+    prefixed_s3_message_reader,
+    s3_parts,
+    serverless_job_report,
+)
 from resources.lake import LakeResource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """Local job scripts run from here, with it on ``PYTHONPATH`` (they import the project's code)."""
 
+EMR_RELEASE, SPARK_LINE = "emr-spark-8.0.0", "4.0"
+"""The EMR release ``deploy/emr/cluster.json`` deploys (Spark 4.0.2-amzn-0) and the Spark line
+local pyspark is pinned to (pyproject.toml): tests run the engine production runs."""
+
 LOCAL_CONF = {
     "spark.ui.enabled": "false",
+    "spark.sql.ansi.enabled": "true",  # Spark 4.0's default, said explicitly (as on EMR)
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.driver.host": "127.0.0.1",
@@ -60,6 +78,7 @@ EMR_DEFAULT_CONF = {
     "spark.dynamicAllocation.enabled": "false",
     "spark.sql.shuffle.partitions": "96",
     "spark.sql.adaptive.enabled": "true",
+    "spark.sql.ansi.enabled": "true",  # Spark 4.0's default, said explicitly (as locally)
 }
 Script = str | os.PathLike[str]
 
@@ -98,6 +117,36 @@ def summary_only_pipes(context: Any) -> Iterator[None]:
         step._requires_typed_event_stream, step._typed_event_stream_error_message = saved
 
 
+def remote_ids(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The ``emr_*`` ids and links of a remote run's metadata as plain strings."""
+    out = {}
+    for key, value in metadata.items():
+        if key.startswith("emr_"):
+            raw = getattr(value, "value", value)
+            if isinstance(raw, str):
+                out[key] = raw
+            elif hasattr(raw, "url"):
+                out[key] = raw.url
+            elif hasattr(raw, "path"):
+                out[key] = raw.path
+    return out
+
+
+def _serverless_client(**kwargs: Any) -> dg.PipesClient:
+    """``PipesEMRServerlessClient`` that remembers the job run it started (for its logs)."""
+    from dagster_aws.pipes import PipesEMRServerlessClient
+
+    class RememberingClient(PipesEMRServerlessClient):
+        started: dict | None = None
+
+        def _start(self, context: Any, params: Any) -> Any:
+            response = super()._start(context, params)
+            self.started = dict(response)
+            return response
+
+    return RememberingClient(**kwargs)
+
+
 class SparkResource(dg.ConfigurableResource):
     """Runs PySpark job scripts: a local subprocess by default, EMR with ``EMR_CLUSTER_ID``."""
 
@@ -116,6 +165,8 @@ class SparkResource(dg.ConfigurableResource):
     s3_scheme: str = "s3a"
     poll_interval_s: float = 30.0
     step_timeout_s: float = 6 * 3600.0
+    log_wait_s: float = 120.0
+    """After a remote run ends, poll S3 this long for its stdout/stderr (EMR pushes them late)."""
     region: str | None = None
     device_buckets: int | None = None
     """Per-device functions run once per bucket of many devices (``pmod(hash(device_id), n)``),
@@ -141,6 +192,7 @@ class SparkResource(dg.ConfigurableResource):
             spark_conf=json.loads(os.environ.get("EMR_SPARK_CONF") or "{}"),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
             step_timeout_s=float(os.environ.get("EMR_STEP_TIMEOUT_S", 6 * 3600)),
+            log_wait_s=float(os.environ.get("EMR_LOG_WAIT_S", 120)),
             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
             device_buckets=int(b) if (b := os.environ.get("SPARK_DEVICE_BUCKETS", "")) else None,
         )
@@ -482,6 +534,7 @@ class SparkResource(dg.ConfigurableResource):
     ) -> dict:
         injector, reader = self._s3_pipes()
         started = time.perf_counter()
+        log_poll_s = min(self.poll_interval_s, 10.0)
         if self.backend == "emr":
             step = self.script_step(script, args, name, job_conf)
             invocation = PipesEMRStepClient(
@@ -491,26 +544,65 @@ class SparkResource(dg.ConfigurableResource):
                 message_reader=reader,
                 poll_interval_s=self.poll_interval_s,
                 timeout_s=self.step_timeout_s,
+                s3_client=self._boto("s3"),
+                log_wait_s=self.log_wait_s,
+                log_poll_s=log_poll_s,
             ).run(context=context, step=step)
             command = step["HadoopJarStep"]["Args"]
+            metadata = dict(invocation.metadata)
         else:
-            from dagster_aws.pipes import PipesEMRServerlessClient
-
             job = self.emr_serverless_job(script, args, job_conf)
-            invocation = PipesEMRServerlessClient(
-                client=self._boto("emr-serverless"),
-                context_injector=injector,
-                message_reader=reader,
-                poll_interval=self.poll_interval_s,
-            ).run(context=context, start_job_run_params=job)  # type: ignore[arg-type]
+            invocation, report = self._run_serverless(context, job, injector, reader, log_poll_s)
             command = job["jobDriver"]["sparkSubmit"]
+            metadata = {**invocation.metadata, **report}
         messages = invocation.get_custom_messages()
         return {
             **(messages[-1] if messages else {}),
+            **remote_ids(metadata),
             "engine": self.backend,
             "wall_seconds": round(time.perf_counter() - started, 3),
             "command": command,
+            "metadata": metadata,
         }
+
+    def _run_serverless(
+        self,
+        context: Any,
+        job: dict,
+        injector: dg.PipesContextInjector,
+        reader: dg.PipesMessageReader,
+        log_poll_s: float,
+    ) -> tuple[dg.PipesClientCompletedInvocation, dict[str, dg.MetadataValue]]:
+        """One EMR Serverless job run; afterwards (also when it failed) its dashboard and logs."""
+        client = self._boto("emr-serverless")
+        pipes = _serverless_client(
+            client=client,
+            context_injector=injector,
+            message_reader=reader,
+            poll_interval=self.poll_interval_s,
+        )
+
+        def report() -> dict[str, dg.MetadataValue]:
+            run = getattr(pipes, "started", None)
+            if not run:
+                return {}
+            return serverless_job_report(
+                context,
+                client=client,
+                s3=self._boto("s3"),
+                application_id=run["applicationId"],
+                job_run_id=run["jobRunId"],
+                wait_s=self.log_wait_s,
+                poll_s=log_poll_s,
+            )
+
+        try:
+            invocation = pipes.run(context=context, start_job_run_params=job)  # type: ignore[arg-type]
+        except dg.DagsterExecutionInterruptedError:
+            raise
+        except Exception as exc:
+            raise dg.Failure(f"EMR Serverless job run failed: {exc}", metadata=report()) from exc
+        return invocation, report()
 
     # ---- deployment -------------------------------------------------------------------------
     def upload(self, scripts: Sequence[Script], py_files: Script) -> list[str]:

@@ -13,6 +13,7 @@ from near_assets.pings import clean_pings, pings_job, raw_pings, raw_pings_senso
 from near_assets.science.cleaning import REASONS
 from near_assets.tables import CLEAN_PINGS, QUARANTINED_PINGS
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -55,11 +56,15 @@ def write_raw(lake: LakeResource, day: str, df: pd.DataFrame, name: str = "part-
     lake.write_parquet(df, f"raw/pings/date={day}/{name}.parquet")
 
 
+def resources(lake: LakeResource) -> dict[str, Any]:
+    return {"lake": lake, "spark": SparkResource(master="local[2]")}
+
+
 def materialize(lake: LakeResource, partition_key: str | None = DAY, **kwargs: Any):
     return dg.materialize(
         kwargs.pop("assets", ASSETS),
         partition_key=partition_key,
-        resources={"lake": lake},
+        resources=resources(lake),
         raise_on_error=False,
         **kwargs,
     )
@@ -95,6 +100,7 @@ def test_clean_day_passes_the_check(tmp_lake: LakeResource) -> None:
     assert raw["ts_min"].startswith(DAY) and raw["ts_max"].startswith(DAY)
     clean = metadata(result, "clean_pings")
     assert (clean["rows_in"], clean["rows_out"], clean["bad_share"]) == (1000, 1000, 0.0)
+    assert clean["engine"] == "pandas"
     assert dropped(clean) == dict.fromkeys(REASONS, 0)
     assert "| device_id | ts |" in clean["preview"]
     assert check(result, "bad_share_below_threshold").passed
@@ -224,7 +230,7 @@ def test_range_run_keeps_metadata_per_day(tmp_lake: LakeResource) -> None:
 
 def test_new_raw_day_triggers_clean_pings_automation(tmp_lake: LakeResource) -> None:
     write_raw(tmp_lake, DAY, good_pings(50))
-    defs = dg.Definitions(assets=ASSETS, resources={"lake": tmp_lake})
+    defs = dg.Definitions(assets=ASSETS, resources=resources(tmp_lake))
     with dg.instance_for_test() as instance:
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.total_requested == 0
@@ -278,7 +284,7 @@ def test_sensor_requests_runs_for_new_and_changed_days(tmp_lake: LakeResource) -
 def test_sensor_run_request_executes_the_pings_job(tmp_lake: LakeResource) -> None:
     for i, day in enumerate(["2024-03-05", "2024-03-06"]):
         write_raw(tmp_lake, day, good_pings(30, day_ms=DAY_MS + i * 86_400_000))
-    defs = dg.Definitions(assets=ASSETS, jobs=[pings_job], resources={"lake": tmp_lake})
+    defs = dg.Definitions(assets=ASSETS, jobs=[pings_job], resources=resources(tmp_lake))
     with dg.instance_for_test() as instance:
         (request,) = sensor_tick(tmp_lake, instance, None).run_requests
         result = defs.resolve_job_def("pings_daily").execute_in_process(

@@ -1,6 +1,7 @@
 """The Spark resource: real local Spark end to end, and what would be submitted to EMR (moto)."""
 
 import base64
+import gzip
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.spark_jobs.deploy import build_py_files, deploy_scripts
 from near_assets.spark_jobs.examples import count_pings
 from resources.lake import LakeResource
-from resources.spark import SparkResource, function_path
+from resources.spark import EMR_RELEASE, LOCAL_CONF, SPARK_LINE, SparkResource, function_path
 
 CLUSTER_JSON = Path(__file__).resolve().parent.parent / "deploy" / "emr" / "cluster.json"
 DAY = "2024-01-01"
@@ -153,8 +154,13 @@ def artifacts(moto_endpoint: str) -> str:
 
 
 @pytest.fixture
-def emr_cluster(moto_endpoint: str) -> str:
+def emr_cluster(moto_endpoint: str, artifacts: str) -> str:
     request = json.loads(CLUSTER_JSON.read_text())
+    assert (request["ReleaseLabel"], request["Applications"]) == (
+        EMR_RELEASE,  # Spark 4.0.2: the line of the local pyspark pin (deploy/emr/README.md)
+        [{"Name": "Spark"}],  # the release has no Hadoop application (YARN/HDFS come with Spark)
+    )
+    request["LogUri"] = f"s3://{artifacts}/emr/logs/"
     return boto3.client("emr", endpoint_url=moto_endpoint).run_job_flow(**request)["JobFlowId"]
 
 
@@ -218,7 +224,7 @@ def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # for the remote side's boto3
     s3_lake.write_parquet(pings(50), f"work/clean_pings/date={DAY}")
     spark = emr_resource(
-        moto_endpoint, artifacts, emr_cluster, poll_interval_s=0.2, step_timeout_s=3
+        moto_endpoint, artifacts, emr_cluster, poll_interval_s=0.2, step_timeout_s=3, log_wait_s=5
     )
     call = {
         "script": APPLY_BY_DEVICE,
@@ -262,6 +268,10 @@ def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
         s3.get_object(Bucket=context_ref["bucket"], Key=context_ref["key"])["Body"].read()
     )
     play_the_remote_driver(args)  # what apply_by_device does on the cluster, minus Spark
+    step_logs = f"emr/logs/{emr_cluster}/steps/{steps[0]['Id']}"  # what EMR pushes to LogUri
+    for stream in ("stdout", "stderr"):
+        body = gzip.compress(f"spark-submit said this on {stream}\n".encode())
+        s3.put_object(Bucket=artifacts, Key=f"{step_logs}/{stream}.gz", Body=body)
     runner.join(60)
 
     assert not runner.is_alive()
@@ -271,6 +281,10 @@ def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
     assert "TimeoutError" in failure.event_specific_data.error.to_string()
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("hello from the remote driver" in m for m in logs), "S3 messages not read"
+    for stream in ("stdout", "stderr"):  # the step's log tails, even for a step that timed out
+        assert any(
+            f"----- begin {stream} -----\nspark-submit said this on {stream}" in m for m in logs
+        ), f"no {stream} tail in the run log"
     expected = spark.emr_step(lake=s3_lake, **call)
     step = emr.describe_step(ClusterId=emr_cluster, StepId=steps[0]["Id"])["Step"]
     assert step["Name"] == expected["Name"]
@@ -289,6 +303,7 @@ def test_emr_submission_adds_the_documented_step_with_pipes_on_s3(
     assert confs["spark.executor.instances"] == "12"
     assert confs["spark.executor.cores"] == "2"
     assert confs["spark.sql.session.timeZone"] == "UTC"
+    assert confs["spark.sql.ansi.enabled"] == "true"  # as locally (LOCAL_CONF)
     job = apply_by_device.parse_args(args[script + 1 :])
     lake_root = f"s3a://{s3_lake.bucket}/platform"
     assert job.function == "near_assets.spark_jobs.examples:count_pings"
@@ -328,3 +343,49 @@ def test_build_py_files_contains_the_science_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(build_py_files(tmp_path / "p.zip")).namelist()
     assert "near_assets/science/engine.py" in names
     assert not any("__pycache__" in n for n in names)
+
+
+def test_the_run_process_never_hosts_spark() -> None:
+    """Pipes replaces ``dagster_pyspark.PySparkResource``: loading the code location (what a run
+    process does) imports no pyspark/py4j, and the ``spark`` resource is the Pipes launcher."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, near_assets.definitions as d, resources.spark as s\n"
+        "assert isinstance(d.defs.resources['spark'], s.SparkResource), d.defs.resources['spark']\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " {'pyspark', 'py4j', 'dagster_pyspark'}))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_local_pyspark_is_on_the_spark_line_of_the_emr_release() -> None:
+    """Tests run the engine production runs: pyspark 4.0.x locally, emr-spark-8.0.0 (4.0.2)."""
+    from importlib.metadata import version
+
+    assert json.loads(CLUSTER_JSON.read_text())["ReleaseLabel"] == EMR_RELEASE
+    assert version("pyspark").startswith(f"{SPARK_LINE}."), version("pyspark")
+    assert LOCAL_CONF["spark.sql.ansi.enabled"] == "true"
+
+
+def test_emr_cost_model_prices_every_instance_of_cluster_json() -> None:
+    """``deploy/emr/cost.py`` gives the README's figures (25 CPU-µs/ping: $1.56 of work)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("emr_cost", CLUSTER_JSON.with_name("cost.py"))
+    assert spec and spec.loader
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    cluster = json.loads(CLUSTER_JSON.read_text())
+    kinds = {g["InstanceType"] for g in cluster["Instances"]["InstanceGroups"]}
+    assert kinds <= set(cost.PRICES), "price the new instance types in deploy/emr/cost.py"
+    day = cost.day_cost(25)
+    assert (day["effective_vcpus"], day["cluster_minutes_working"]) == (24, 28.3)
+    assert (day["usd_working"], day["usd_day_cluster_started_daily"]) == (1.56, 5.52)
+    assert cost.day_cost(10)["usd_working"] == 0.98

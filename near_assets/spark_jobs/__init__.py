@@ -1,7 +1,8 @@
 """PySpark job scripts run by the ``spark`` resource, locally or on EMR (the same script).
 
 ``apply_by_device.py`` runs any per-device science function (``near_assets.science.engine``)
-with ``groupBy(...).applyInPandas``. Job scripts import ``dagster_pipes`` only, never
+with ``groupBy(...).applyInPandas``; ``clean_pings.py`` is the Spark engine of ``clean_pings``
+(Spark SQL over a day's raw files). Job scripts import ``dagster_pipes`` only, never
 ``dagster``: they are shipped to the cluster in the ``--py-files`` zip (``deploy.py`` builds and
 uploads it; it runs on the Dagster side only).
 """
@@ -10,5 +11,6 @@ from pathlib import Path
 
 JOBS_DIR = Path(__file__).resolve().parent
 APPLY_BY_DEVICE = JOBS_DIR / "apply_by_device.py"
-JOB_SCRIPTS = (APPLY_BY_DEVICE,)
+CLEAN_PINGS = JOBS_DIR / "clean_pings.py"
+JOB_SCRIPTS = (APPLY_BY_DEVICE, CLEAN_PINGS)
 """The job scripts uploaded to ``EMR_SCRIPTS_S3`` (``deploy.py``)."""
