@@ -26,6 +26,15 @@ imported the code once and forks a run worker per run (tens of milliseconds).
   and SQLAlchemy imports) and closes it before forking.
 - Edited code: the warm parent notices changed source files at the next launch, exits, and a
   new one is started (that run pays the cold start once).
+- More than one host: a warm worker is a local process of the host whose launcher forked it
+  (the daemon's, as the queued run coordinator launches runs), recorded as ``HOST_TAG``. No
+  process ever signals or inspects a pid recorded by another host: :meth:`check_run_worker_health`
+  reports such a run ``RUNNING`` with "on another host: not checked" (run monitoring fails runs
+  for any other status; the run's ``max_runtime`` still applies), and :meth:`terminate` from
+  another host (a webserver elsewhere) only marks the run ``CANCELING``; the daemon on the
+  worker's host delivers the SIGINT within ``CANCEL_POLL_S`` (a watcher thread that looks for
+  its own host's canceling warm runs), and a run nobody signals is failed by run monitoring's
+  ``cancel_timeout_seconds``. Each worker is signalled once (``SIGNALLED_TAG``).
 
 Configure in ``dagster.yaml``::
 
@@ -62,6 +71,8 @@ from instance_plugins.warm_worker import WARM_IMPORTS_ENV, WARM_INSTANCE_REF_ENV
 PID_TAG = "platform/run_worker_pid"
 CREATED_TAG = "platform/run_worker_created"
 HOST_TAG = "platform/run_worker_host"
+SIGNALLED_TAG = "platform/run_worker_signalled"
+CANCEL_POLL_S = 2.0
 WARM_START_TIMEOUT_S = 120.0
 WARM_RETRY_AFTER_S = 60.0  # after a parent failed to start, runs launch cold this long
 
@@ -249,6 +260,8 @@ class WarmRunLauncher(DefaultRunLauncher):
         self._parents: dict[CodeKey, WarmParent] = {}
         self._parents_lock = threading.Lock()
         self._host = socket.gethostname()
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @classmethod
     def config_type(cls) -> dict[str, Field]:
@@ -312,8 +325,56 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def register_instance(self, instance) -> None:
         super().register_instance(instance)
-        if self.preload and _is_daemon_process():
-            self._warm_preloads()
+        if _is_daemon_process():
+            if self.preload:
+                self._warm_preloads()
+            self._watch_cancellations()
+
+    def _watch_cancellations(self) -> None:
+        """In the daemon: deliver cancellations requested from other hosts to this host's workers."""
+        if self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop_watch.wait(CANCEL_POLL_S):
+                try:
+                    self.deliver_cancellations()
+                except Exception:  # a storage hiccup must not end the watcher
+                    continue
+
+        self._watcher = threading.Thread(target=loop, name="warm-run-cancel-watcher", daemon=True)
+        self._watcher.start()
+
+    def deliver_cancellations(self) -> int:
+        """SIGINT this host's warm workers whose runs are ``CANCELING``; returns how many."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        records = self._instance.get_run_records(
+            filters=RunsFilter(statuses=[DagsterRunStatus.CANCELING], tags={HOST_TAG: self._host}),
+            limit=100,
+        )
+        n = 0
+        for record in records:
+            run = record.dagster_run
+            if PID_TAG in run.tags and SIGNALLED_TAG not in run.tags:
+                n += self._signal_local(run)
+        return n
+
+    def _signal_local(self, run, *, tagged: bool = False) -> bool:
+        """Signal ``run``'s worker on this host once (SIGINT: Dagster's own cancellation)."""
+        import signal
+
+        if not tagged:
+            self._instance.add_run_tags(run.run_id, {SIGNALLED_TAG: repr(time.time())})
+        if self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
+            self._instance.report_run_canceled(run, "run worker already gone")
+            return False
+        os.kill(int(run.tags[PID_TAG]), signal.SIGINT)
+        return True
+
+    def is_local(self, run) -> bool:
+        """True when ``run``'s warm worker was forked on this host."""
+        return run.tags.get(HOST_TAG) == self._host
 
     def _warm_preloads(self) -> None:
         """Start the configured modules' warm parents (in the background) before their first run."""
@@ -328,9 +389,16 @@ class WarmRunLauncher(DefaultRunLauncher):
         import psutil
 
         pid = run.tags.get(PID_TAG)
-        if pid is None or run.tags.get(HOST_TAG) != self._host:
+        if pid is None:
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, "launched through the code server: not checked"
+            )
+        if not self.is_local(run):
+            # never read a pid of another host: run monitoring fails any status but RUNNING
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING,
+                f"run worker {pid} is on host {run.tags.get(HOST_TAG)!r}, not "
+                f"{self._host!r}: not checked",
             )
         try:
             proc = psutil.Process(int(pid))
@@ -348,21 +416,28 @@ class WarmRunLauncher(DefaultRunLauncher):
         )
 
     def terminate(self, run_id: str) -> bool:
-        import signal
-
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
         if run is None or PID_TAG not in run.tags:
             return super().terminate(run_id)
         if run.is_finished:
             return False
-        self._instance.report_run_canceling(run)
-        if self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
-            self._instance.report_run_canceled(run, "run worker already gone")
+        if not self.is_local(run):
+            self._instance.report_run_canceling(
+                run,
+                message=(
+                    f"Run worker {run.tags[PID_TAG]} is on host {run.tags.get(HOST_TAG)!r}; "
+                    f"the daemon there delivers the cancellation (asked from {self._host!r})."
+                ),
+            )
             return True
-        os.kill(int(run.tags[PID_TAG]), signal.SIGINT)
+        # tagged before CANCELING is visible, so this host's daemon never signals it a second time
+        self._instance.add_run_tags(run.run_id, {SIGNALLED_TAG: repr(time.time())})
+        self._instance.report_run_canceling(run)
+        self._signal_local(run, tagged=True)
         return True
 
     def dispose(self) -> None:
+        self._stop_watch.set()
         with self._parents_lock:
             for parent in self._parents.values():
                 parent.close()

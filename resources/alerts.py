@@ -40,7 +40,8 @@ class AlertsResource(dg.ConfigurableResource):
         return bool(self.token)
 
     def slack_client(self):
-        client = SlackResource(token=self.token).get_client()
+        token = self.token.get_value() if isinstance(self.token, dg.EnvVar) else self.token
+        client = SlackResource(token=token).get_client()
         if self.api_url:
             client.base_url = self.api_url.rstrip("/") + "/"
         return client

@@ -68,7 +68,8 @@ class BankDataResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> BankDataResource:
-        return cls(api_url=os.environ.get("BANK_API_URL") or None)
+        # the URL may carry a key (https://key@host or ?key=...): the UI shows the name only
+        return cls(api_url=dg.EnvVar("BANK_API_URL") if os.environ.get("BANK_API_URL") else None)
 
     @property
     def backend(self) -> str:
@@ -76,9 +77,10 @@ class BankDataResource(dg.ConfigurableResource):
 
     def summary(self, user_id: str, declared_annual_revenue: float | None = None) -> dict:
         """The 12-month account summary of ``user_id``; raises :class:`BankApiError` on failure."""
-        if not self.api_url:
+        api_url = self.api_url.get_value() if isinstance(self.api_url, dg.EnvVar) else self.api_url
+        if not api_url:
             return simulate_bank_summary(user_id, declared_annual_revenue)
-        url = f"{self.api_url.rstrip('/')}/accounts/{urllib.parse.quote(user_id, safe='')}/summary"
+        url = f"{api_url.rstrip('/')}/accounts/{urllib.parse.quote(user_id, safe='')}/summary"
         error: Exception | None = None
         for attempt in range(max(1, self.attempts)):
             try:

@@ -95,12 +95,62 @@ def start_redis_server(
         raise RuntimeError(f"embedded redis-server did not answer on port {port} in {timeout_s}s")
 
 
-def stop_redis_server(data_dir: str | os.PathLike[str]) -> None:
+def _is_redis_server(pid: int) -> bool:
+    """True when ``pid`` is a running redis-server (a stale pid file may name another process)."""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:  # no /proc (macOS): trust the pid file if the process exists
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def stop_redis_server(data_dir: str | os.PathLike[str], timeout_s: float = 10.0) -> bool:
+    """Stop the server whose PID is in ``data_dir``/redis.pid (SIGTERM, then SIGKILL).
+
+    Returns True when a server was running and has stopped. Only that PID is signalled, and only
+    if it is a redis-server.
+    """
     pidfile = Path(data_dir) / "redis.pid"
-    if pidfile.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    if not pidfile.exists():
+        return False
+    try:
+        pid = int(pidfile.read_text())
+    except ValueError:
         pidfile.unlink(missing_ok=True)
+        return False
+    stopped = False
+    if pid > 0 and _is_redis_server(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _is_redis_server(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+                time.sleep(0.05)
+            if _is_redis_server(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped = True
+    pidfile.unlink(missing_ok=True)
+    return stopped
+
+
+def env_value(value: str | None) -> str | None:
+    """``value``, with a :class:`dagster.EnvVar` resolved (when a resource is used outside a run)."""
+    if isinstance(value, dg.EnvVar):
+        return value.get_value()
+    return value
+
+
+def env_var_if_set(name: str) -> dg.EnvVar | None:
+    """``dg.EnvVar(name)`` when the variable is set and non-empty, else ``None``.
+
+    Secrets reach Dagster as ``EnvVar``: the UI and its GraphQL then show the variable's name
+    (``REDIS_URL (ENV_VAR)``), never its value (``tests/test_secrets.py``).
+    """
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 class RedisResource(dg.ConfigurableResource):
@@ -115,17 +165,31 @@ class RedisResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> RedisResource:
         return cls(
-            url=os.environ.get("REDIS_URL") or None,
+            url=env_var_if_set("REDIS_URL"),  # may hold a password: the UI shows the name only
             embedded_port=int(os.environ.get("EMBEDDED_REDIS_PORT", DEFAULT_PORT)),
             embedded_dir=os.environ.get("EMBEDDED_REDIS_DIR", ".platform/redis"),
         )
 
     @property
     def effective_url(self) -> str:
-        if self.url:
-            return self.url
+        url = env_value(self.url)
+        if url:
+            return url
         start_redis_server(self.embedded_port, self.embedded_dir)
         return f"redis://127.0.0.1:{self.embedded_port}/0"
+
+    def describe(self) -> str:
+        """Which Redis this is, without its password (for logs and ``scripts/dev.sh``)."""
+        url = env_value(self.url)
+        if url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            return f"REDIS_URL {parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+        return (
+            f"embedded redis-server on 127.0.0.1:{self.embedded_port}, data in "
+            f"{Path(self.embedded_dir).resolve()}"
+        )
 
     def get_client(self) -> redis.Redis:
         if self._client is None:

@@ -1,70 +1,62 @@
-"""Delete finished runs (and their event logs) older than N days from the Dagster instance.
+"""Run the nightly housekeeping by hand: retire decided applicants' partitions, purge old runs.
 
-    uv run python scripts/purge_runs.py --older-than-days 14            # DAGSTER_HOME's instance
-    uv run python scripts/purge_runs.py --older-than-days 14 --dry-run
+    uv run python scripts/purge_runs.py --dry-run                  # count only
+    uv run python scripts/purge_runs.py                            # the platform horizon
+    uv run python scripts/purge_runs.py --older-than-days 40       # another horizon, once
 
-Dagster's ``retention:`` setting purges sensor/schedule ticks only; runs and their event logs stay
-forever (82 kB per onboarding run, ``bench/db_size.py``). Run this nightly (cron / systemd timer
-beside the daemon). Only finished runs (success, failure, canceled) are deleted; queued or running
-ones are never touched. Asset materialization history goes with the runs that produced it; the
-lake and Redis are not touched.
+The normal way is the ``platform_housekeeping`` job (``risk_assets`` location, scheduled nightly,
+alerted on failure): this is a thin command line over the same functions
+(``sensors/housekeeping.py``) for an operator at a shell. The horizon defaults to the platform's
+one horizon, ``retention_horizon_days()`` (the longest window an asset reads + 7 days). Only
+finished runs (success, failure, canceled) are deleted; queued or running ones are never touched;
+undecided applicants keep their partitions. The lake and Redis are not touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from datetime import UTC
+from types import SimpleNamespace
 
 import dagster as dg
 
-FINISHED = [
-    dg.DagsterRunStatus.SUCCESS,
-    dg.DagsterRunStatus.FAILURE,
-    dg.DagsterRunStatus.CANCELED,
-]
-
-
-def purge_runs(
-    instance: dg.DagsterInstance,
-    older_than_days: float,
-    *,
-    dry_run: bool = False,
-    batch: int = 500,
-    now: float | None = None,
-) -> int:
-    """Delete finished runs created more than ``older_than_days`` ago; returns how many."""
-    if older_than_days < 0:
-        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
-    cutoff = (time.time() if now is None else now) - older_than_days * 86400
-    from datetime import datetime
-
-    before = datetime.fromtimestamp(cutoff, tz=UTC)
-    deleted = 0
-    while True:
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(statuses=FINISHED, created_before=before),
-            limit=batch,
-        )
-        if not records:
-            return deleted
-        for record in records:
-            if not dry_run:
-                instance.delete_run(record.dagster_run.run_id)
-            deleted += 1
-        if dry_run or len(records) < batch:
-            return deleted
+from sensors.housekeeping import (  # noqa: F401  (purge_runs: imported by tests and callers)
+    FINISHED,
+    purge_runs,
+    retention_horizon_days,
+    retire_partitions,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--older-than-days", type=float, required=True)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--older-than-days",
+        type=float,
+        default=None,
+        help=f"horizon in days (default: the platform's, {retention_horizon_days()})",
+    )
     parser.add_argument("--dry-run", action="store_true", help="count, do not delete")
+    parser.add_argument(
+        "--runs-only", action="store_true", help="do not retire applicants' partitions"
+    )
     args = parser.parse_args()
+    horizon = args.older_than_days if args.older_than_days is not None else retention_horizon_days()
+    verb = "would" if args.dry_run else "did"
     with dg.DagsterInstance.get() as instance:
-        n = purge_runs(instance, args.older_than_days, dry_run=args.dry_run)
-    verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {n} finished run(s) older than {args.older_than_days} day(s)")
+        if not args.runs_only:
+            from resources.redis_store import RedisResource
+            from risk_assets.definitions import RETIRE_APPLICANTS
+
+            resources = SimpleNamespace(redis=RedisResource.from_env())
+            retired, kept = retire_partitions(
+                instance, RETIRE_APPLICANTS, horizon, resources=resources, dry_run=args.dry_run
+            )
+            print(
+                f"{verb} retire {retired} applicants partition(s) older than {horizon} day(s); "
+                f"kept {kept} undecided"
+            )
+        n = purge_runs(instance, horizon, dry_run=args.dry_run)
+    print(f"{verb} delete {n} finished run(s) older than {horizon} day(s)")
 
 
 if __name__ == "__main__":

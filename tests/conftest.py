@@ -5,16 +5,25 @@
 - ``tmp_lake`` / ``s3_lake``: a ``LakeResource`` on a temporary folder / a fresh S3 bucket.
 - ``slack_server``: a local HTTP server that records Slack Web API calls.
 - ``spark``: one local Spark session per pytest session.
+
+Every server a test starts is stopped by the test session: the fixtures above stop theirs, and
+code that falls back to the *embedded* Redis (``RedisResource`` without ``REDIS_URL``, in this
+process or in code servers / run workers it starts) gets a private one: ``EMBEDDED_REDIS_DIR`` /
+``EMBEDDED_REDIS_PORT`` point at a temporary folder and a free port (never the checkout's
+``.platform/redis`` on 6390, which ``scripts/dev.sh`` uses), and that server is stopped when the
+session ends (``pytest_sessionfinish``, and ``atexit`` should the session be interrupted).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -41,6 +50,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# a private embedded Redis for the whole session (see the module docstring)
+EMBEDDED_REDIS_DIR = tempfile.mkdtemp(prefix="platform-test-redis-")
+os.environ["EMBEDDED_REDIS_DIR"] = EMBEDDED_REDIS_DIR
+os.environ["EMBEDDED_REDIS_PORT"] = str(free_port())
+
+
+def stop_embedded_redis() -> None:
+    stop_redis_server(EMBEDDED_REDIS_DIR)
+    shutil.rmtree(EMBEDDED_REDIS_DIR, ignore_errors=True)
+
+
+atexit.register(stop_embedded_redis)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_embedded_redis()
 
 
 def wait_for_port(port: int, timeout_s: float = 15.0) -> None:

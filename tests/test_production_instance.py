@@ -1,216 +1,215 @@
-"""The production profile (deploy/production/dagster.yaml) against a real PostgreSQL.
+"""The production instance profile: valid, compute logs in S3 (moto), warm runs across hosts."""
 
-The server is the one on 127.0.0.1:5432 when it answers and accepts us (user from
-``DAGSTER_PG_USER``/``PGUSER``, default ``postgres``), otherwise one this module starts with
-``initdb``/``pg_ctl`` on a free port; without either the tests are skipped. Each test gets a
-fresh database that is dropped afterwards.
-"""
+from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
+import signal
 import subprocess
-import tempfile
+import sys
+import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from instance_plugins.run_launcher import (
+    CREATED_TAG,
+    HOST_TAG,
+    PID_TAG,
+    SIGNALLED_TAG,
+    WarmRunLauncher,
+)
 
-PROFILE = Path(__file__).resolve().parents[1] / "deploy" / "production" / "dagster.yaml"
-PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
-
-psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is needed to manage test databases")
-
-
-def _answers(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex((host, port)) == 0
-
-
-def _connect(server: dict[str, str], dbname: str = "postgres"):
-    conn = psycopg2.connect(
-        host=server["host"],
-        port=int(server["port"]),
-        user=server["user"],
-        password=server["password"],
-        dbname=dbname,
-        connect_timeout=5,
-    )
-    conn.autocommit = True
-    return conn
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "deploy" / "production" / "dagster.yaml"
+MARKER = "compute-log-marker-7f3a91"  # a constant: the step process re-imports this module
 
 
-def _pg_bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
+@dg.op
+def shout() -> None:
+    print(f"{MARKER} on stdout", flush=True)
+    print(f"{MARKER} on stderr", file=sys.stderr, flush=True)
 
 
-def _as_postgres_user() -> list[str]:
-    """initdb/postgres refuse to run as root: run them as the ``postgres`` account then."""
-    if os.geteuid() != 0:
-        return []
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("running as root without a 'postgres' account: cannot start PostgreSQL")
-    runuser = shutil.which("runuser")
-    if not runuser:
-        pytest.skip("running as root without 'runuser': cannot start PostgreSQL")
-    return [runuser, "-u", "postgres", "--"]
+@dg.job
+def shout_job() -> None:
+    shout()
 
 
-def _existing_server() -> dict[str, str] | None:
-    server = {
-        "host": "127.0.0.1",
-        "port": "5432",
-        "user": os.environ.get("DAGSTER_PG_USER") or os.environ.get("PGUSER") or "postgres",
-        "password": os.environ.get("DAGSTER_PG_PASSWORD") or os.environ.get("PGPASSWORD") or "",
+PROD_ENV = {
+    "DAGSTER_PG_HOST": "db.internal",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "not-a-real-password",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_COMPUTE_LOG_BUCKET": "compute-logs",
+    "DAGSTER_COMPUTE_LOG_PREFIX": "platform/compute",
+}
+
+
+def test_production_profile_is_a_valid_instance_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    for name, value in PROD_ENV.items():
+        monkeypatch.setenv(name, value)
+    config, _ = dagster_instance_config(str(PROFILE.parent))
+    logs = config["compute_logs"]
+    assert logs["class"] == "S3ComputeLogManager"
+    assert logs["config"]["bucket"] == {"env": "DAGSTER_COMPUTE_LOG_BUCKET"}
+    assert config["storage"]["postgres"]["postgres_db"]["password"] == {
+        "env": "DAGSTER_PG_PASSWORD"
     }
-    if not _answers("127.0.0.1", 5432):
-        return None
-    try:
-        _connect(server).close()
-    except psycopg2.OperationalError:
-        return None
-    return server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[dict[str, str]]:
-    existing = _existing_server()
-    if existing:
-        yield existing
-        return
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip(
-            "no PostgreSQL: 127.0.0.1:5432 does not answer (or refuses us) and initdb/pg_ctl "
-            "are not installed (apt-get install postgresql)"
+@pytest.mark.slow
+def test_a_runs_stdout_and_stderr_land_in_the_s3_bucket(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import boto3
+
+    bucket = f"compute-logs-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOG_BUCKET", bucket)
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOG_PREFIX", "platform/compute")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)  # boto3 reads it: no config change
+    section = yaml.safe_load(PROFILE.read_text())["compute_logs"]
+    section["config"]["local_dir"] = str(tmp_path / "buffer")
+    with dg.instance_for_test(overrides={"compute_logs": section}) as instance:
+        assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
+        result = dg.execute_job(
+            dg.reconstructable(shout_job),
+            instance=instance,
+            run_config={"execution": {"config": {"in_process": {}}}},
         )
-    prefix = _as_postgres_user()
-    root = Path(tempfile.mkdtemp(prefix="platform-pg-"))
-    if prefix:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run(
-        [*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield {"host": "127.0.0.1", "port": str(port), "user": "postgres", "password": ""}
-    finally:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        assert result.success
+        run_id = result.run_id
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys and all(k.startswith("platform/compute/") for k in keys), keys
+    bodies = {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read().decode() for k in keys}
+    out = [k for k, text in bodies.items() if f"{MARKER} on stdout" in text]
+    err = [k for k, text in bodies.items() if f"{MARKER} on stderr" in text]
+    assert out and err, bodies
+    assert all(run_id in k or "compute_logs" in k for k in out + err)
+
+
+# --- the warm launcher on more than one host ------------------------------------------------------
 
 
 @pytest.fixture
-def production_home(
-    postgres_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
-    """A DAGSTER_HOME holding the production profile, pointed at a fresh database."""
-    db_name = f"dagster_test_{uuid.uuid4().hex[:12]}"
-    admin = _connect(postgres_server)
-    admin.cursor().execute(f'CREATE DATABASE "{db_name}"')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROFILE, home / "dagster.yaml")
-    for name, key in zip(PG_ENV, ("host", "port", "user", "password"), strict=True):
-        monkeypatch.setenv(name, postgres_server[key])
-    monkeypatch.setenv("DAGSTER_PG_DB", db_name)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+def sleeper():
+    """A real process standing in for a warm run worker (records whether it got SIGINT)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGINT, lambda *a: sys.exit(42))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     try:
-        yield home
+        yield proc
     finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
 
 
-daily = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=0)
+def warm_run(instance: dg.DagsterInstance, pid: int, host: str) -> str:
+    import psutil
+
+    run = instance.create_run_for_job(shout_job, status=dg.DagsterRunStatus.STARTED)
+    instance.add_run_tags(
+        run.run_id,
+        {
+            PID_TAG: str(pid),
+            CREATED_TAG: repr(psutil.Process(pid).create_time()),
+            HOST_TAG: host,
+        },
+    )
+    return run.run_id
 
 
-@dg.asset(partitions_def=daily)
-def tiny_daily(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """A tiny daily-partitioned asset: one row per partition."""
-    return dg.MaterializeResult(metadata={"rows": 1, "day": context.partition_key})
+def launcher_on(instance: dg.DagsterInstance, host: str) -> WarmRunLauncher:
+    launcher = WarmRunLauncher()
+    launcher.register_instance(instance)
+    launcher._host = host  # what socket.gethostname() returns on that host
+    return launcher
 
 
-def test_profile_reads_every_database_setting_from_the_environment():
-    storage = yaml.safe_load(PROFILE.read_text())["storage"]["postgres"]["postgres_db"]
-    assert {k: v for k, v in storage.items() if k not in ("params", "scheme")} == {
-        "hostname": {"env": "DAGSTER_PG_HOST"},
-        "port": {"env": "DAGSTER_PG_PORT"},
-        "username": {"env": "DAGSTER_PG_USER"},
-        "password": {"env": "DAGSTER_PG_PASSWORD"},
-        "db_name": {"env": "DAGSTER_PG_DB"},
+def test_a_run_on_another_host_is_never_signalled_by_local_pid(sleeper) -> None:
+    with dg.instance_for_test() as instance:
+        run_id = warm_run(instance, sleeper.pid, "worker-host-b")
+        here = launcher_on(instance, "webserver-host-a")
+        run = instance.get_run_by_id(run_id)
+        health = here.check_run_worker_health(run)
+        assert health.status.value == "RUNNING" and "not checked" in (health.msg or "")
+        assert here.terminate(run_id)  # asks for it ...
+        time.sleep(0.3)
+        assert sleeper.poll() is None  # ... but never signals a pid of another host
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELING
+        assert here.deliver_cancellations() == 0  # not this host's worker
+
+        there = launcher_on(instance, "worker-host-b")  # the daemon on the worker's host
+        assert there.deliver_cancellations() == 1
+        assert sleeper.wait(10) == 42  # SIGINT, as Dagster's own cancellation
+        assert SIGNALLED_TAG in instance.get_run_by_id(run_id).tags
+        assert there.deliver_cancellations() == 0  # signalled once only
+
+
+def test_a_local_warm_run_is_terminated_with_sigint_once(sleeper) -> None:
+    with dg.instance_for_test() as instance:
+        run_id = warm_run(instance, sleeper.pid, "host-a")
+        here = launcher_on(instance, "host-a")
+        assert here.check_run_worker_health(instance.get_run_by_id(run_id)).status.value == (
+            "RUNNING"
+        )
+        assert here.terminate(run_id)
+        assert sleeper.wait(10) == 42
+        assert here.deliver_cancellations() == 0  # the daemon does not signal it again
+        dead = here.check_run_worker_health(instance.get_run_by_id(run_id))
+        assert dead.status.value == "FAILED"
+
+
+def test_no_stray_signal_reaches_this_test_process() -> None:
+    """Sanity: the launcher's watcher thread only runs in a daemon process."""
+    assert os.getpid() and signal.getsignal(signal.SIGINT) is not None
+    with dg.instance_for_test() as instance:
+        launcher = launcher_on(instance, "h")
+        assert launcher._watcher is None
+
+
+# --- the container recipe (not run here: no Docker engine) is consistent with the workspace ------
+
+
+def test_compose_services_match_the_production_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._core.workspace.config_schema import process_workspace_config
+
+    workspace = yaml.safe_load((PROFILE.parent / "workspace.yaml").read_text())
+    monkeypatch.setenv("NEAR_CODE_SERVER_HOST", "near-code")
+    monkeypatch.setenv("RISK_CODE_SERVER_HOST", "risk-code")
+    assert process_workspace_config(workspace).success
+    servers = {
+        e["grpc_server"]["location_name"]: e["grpc_server"]["port"] for e in workspace["load_from"]
     }
-
-
-def test_batch_lane_can_never_take_every_run_slot():
-    config = yaml.safe_load(PROFILE.read_text())["run_coordinator"]["config"]
-    limits = {
-        item.get("value"): item["limit"]
-        for item in config["tag_concurrency_limits"]
-        if item["key"] == "platform/lane"
-    }
-    assert limits["batch"] < config["max_concurrent_runs"]
-    assert limits["onboarding"] >= config["max_concurrent_runs"] - limits["batch"]
-
-
-def test_production_instance_has_monitoring_retries_retention_and_no_telemetry(
-    production_home: Path,
-):
-    from dagster._core.run_coordinator import QueuedRunCoordinator
-    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
-    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
-
-    with dg.DagsterInstance.get() as instance:
-        assert isinstance(instance.run_storage, PostgresRunStorage)
-        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-        assert isinstance(instance.event_log_storage, SqlEventLogStorage)
-        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
-        assert instance.run_monitoring_enabled
-        assert instance.run_monitoring_start_timeout_seconds == 300
-        assert instance.run_monitoring_max_runtime_seconds == 21600
-        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
-        assert not instance.telemetry_enabled
-        retention = instance.get_tick_retention_settings(InstigatorType.SENSOR)
-        assert retention[TickStatus.SKIPPED] == 1
-
-
-def test_partitioned_materialization_round_trips_through_postgres(production_home: Path):
-    with dg.DagsterInstance.get() as instance:
-        for day in ("2024-01-01", "2024-01-02"):
-            result = dg.materialize([tiny_daily], instance=instance, partition_key=day)
-            assert result.success
-
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=tiny_daily.key), limit=10
-        ).records
-        assert sorted(r.partition_key for r in records) == ["2024-01-01", "2024-01-02"]
-
-        latest = instance.get_latest_materialization_event(tiny_daily.key)
-        assert latest is not None
-        assert latest.asset_materialization.partition == "2024-01-02"
-        assert latest.asset_materialization.metadata["day"].value == "2024-01-02"
-
-    # a second process reading the same database sees the same records
-    with dg.DagsterInstance.get() as reader:
-        assert reader.get_materialized_partitions(tiny_daily.key) == {"2024-01-01", "2024-01-02"}
+    compose = yaml.safe_load((PROFILE.parent / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "near-code", "risk-code", "webserver", "daemon"}
+    for name, location in (("near-code", "near_assets"), ("risk-code", "risk_assets")):
+        cmd = services[name]["command"]
+        assert cmd[:3] == ["dagster", "code-server", "start"]
+        assert cmd[cmd.index("-m") + 1] == f"{location}.definitions"
+        assert int(cmd[cmd.index("-p") + 1]) == servers[location]
+    for name in ("webserver", "daemon"):
+        assert "deploy/production/workspace.yaml" in services[name]["command"]
+    assert all(p.startswith("127.0.0.1:") for p in services["webserver"]["ports"])
+    dockerfile = (PROFILE.parent / "Dockerfile").read_text()
+    assert "uv sync --frozen --no-dev" in dockerfile and "UV_COMPILE_BYTECODE=1" in dockerfile
+    assert "\nUSER platform\n" in dockerfile

@@ -34,3 +34,93 @@ def test_purge_keeps_recent_and_unfinished_runs() -> None:
         assert not any(instance.all_logs(run_id) for run_id in done)
         with pytest.raises(ValueError, match=">= 0"):
             purge_runs(instance, -1)
+
+
+# --- the housekeeping job: one horizon, retiring decided applicants, alerting on failure ---------
+
+
+def test_one_horizon_covers_every_window_an_asset_reads() -> None:
+    from near_assets import audience, mobility
+    from sensors.housekeeping import MARGIN_DAYS, retention_horizon_days
+
+    windows = {
+        "home": 1 - mobility.HOME_MAPPING.start_offset,
+        "affinity": 1 - mobility.AFFINITY_MAPPING.start_offset,
+        "audience history": audience.HISTORY_DAYS + 1,
+    }
+    assert retention_horizon_days() == max(windows.values()) + MARGIN_DAYS
+    assert retention_horizon_days() == 35  # affinity's 28 days + 7 by default
+
+
+def applicant(user: str, ms: int) -> str:
+    from risk_assets.validation import partition_key
+
+    return partition_key(user, f"{ms}-0")
+
+
+def test_housekeeping_job_retires_old_decided_applicants_and_purges_old_runs(
+    redis_client, redis_url
+) -> None:
+    from resources.redis_store import RedisResource
+    from risk_assets import streams
+    from risk_assets.definitions import RETIRE_APPLICANTS, defs
+    from sensors.housekeeping import JOB_NAME, build_housekeeping
+
+    assert defs.get_job_def(JOB_NAME) is not None  # in the risk_assets location, with its
+    [schedule] = [s for s in defs.schedules or [] if s.name == f"{JOB_NAME}_schedule"]
+    assert schedule.cron_schedule == "15 3 * * *"
+    sensors = {s.name for s in defs.sensors or []}
+    assert "risk_assets_run_failure_alert" in sensors  # failure alert of every run of the location
+
+    now_ms = int(time.time() * 1000)
+    old = [applicant(f"old user {i}", now_ms - (40 + i) * 86_400_000) for i in range(4)]
+    young = [applicant("young user", now_ms - 86_400_000)]
+    for key in old[:3]:  # the 4th old applicant was never decided: it keeps its partition
+        redis_client.set(streams.DECIDED_PREFIX + key.rsplit("_", 1)[1], "1")
+    [job] = build_housekeeping([RETIRE_APPLICANTS]).jobs
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("applicants", sorted(old, key=lambda k: k[-15:]) + young)
+        dg.materialize([tiny], instance=instance)
+        result = job.execute_in_process(
+            instance=instance,
+            resources={"redis": RedisResource(url=redis_url)},
+            run_config={"ops": {"housekeeping": {"config": {"dry_run": True}}}},
+        )
+        assert result.success
+        assert len(instance.get_dynamic_partitions("applicants")) == 5  # dry run
+        result = job.execute_in_process(
+            instance=instance, resources={"redis": RedisResource(url=redis_url)}
+        )
+        assert result.success
+        assert sorted(instance.get_dynamic_partitions("applicants")) == sorted([old[3], *young])
+        logs = "\n".join(e.message or "" for e in instance.all_logs(result.run_id))
+        assert "retired 3 partition(s) older than 35 days, kept 1 not done" in logs
+        assert "purged 0 finished run(s)" in logs  # the runs are younger than the horizon
+        later = time.time() + 36 * 86400
+        assert purge_runs(instance, 35, now=later) == 3
+
+
+def test_a_failed_housekeeping_run_alerts(caplog: pytest.LogCaptureFixture) -> None:
+    from resources.redis_store import RedisResource
+    from risk_assets.definitions import RETIRE_APPLICANTS
+    from sensors.alerts import run_failure_alert_sensor
+    from sensors.housekeeping import build_housekeeping
+    from tests.conftest import free_port
+
+    [job] = build_housekeeping([RETIRE_APPLICANTS]).jobs
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("applicants", [applicant("u", 1_000_000_000_000)])
+        dead_redis = RedisResource(url=f"redis://127.0.0.1:{free_port()}/0")
+        result = job.execute_in_process(
+            instance=instance, resources={"redis": dead_redis}, raise_on_error=False
+        )
+        assert not result.success
+        sensor = run_failure_alert_sensor("risk_assets", token="")
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        sensor(context)
+    assert "[risk_assets] run of `platform_housekeeping` failed" in caplog.text

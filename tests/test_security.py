@@ -86,7 +86,8 @@ def ui_commands() -> list[tuple[str, str]]:
         if path.suffix not in {".sh", ".md", ".yaml", ".yml", ".service", ""}:
             continue
         for line in path.read_text(errors="replace").splitlines():
-            starts_ui = re.search(r"\b(dagster dev|dagster-webserver)\s+-", line)
+            # `dagster dev`, `"$PWD/.venv/bin/dagster" dev` (scripts/dev.sh), `dagster-webserver`
+            starts_ui = re.search(r"\b(dagster\"?\s+dev|dagster-webserver)\s+-", line)
             if starts_ui and not line.lstrip().startswith("#"):
                 lines.append((str(path.relative_to(REPO)), line.strip()))
     return lines
@@ -94,7 +95,7 @@ def ui_commands() -> list[tuple[str, str]]:
 
 def test_the_ui_binds_to_localhost_unless_told_otherwise():
     dev = REPO / "scripts" / "dev.sh"
-    assert re.search(r"dagster dev .*-h \"?\$\{DAGSTER_HOST:-127\.0\.0\.1\}\"?", dev.read_text())
+    assert re.search(r"dagster\"? dev .*-h \"?\$\{DAGSTER_HOST:-127\.0\.0\.1\}\"?", dev.read_text())
     commands = ui_commands()
     assert commands
     for where, line in commands:

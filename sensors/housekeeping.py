@@ -1,0 +1,241 @@
+"""Housekeeping inside the platform: the nightly ``platform_housekeeping`` job and its schedule.
+
+One job, visible in the UI, scheduled (``platform_housekeeping_schedule``, 03:15 UTC, running by
+default) and alerted on like any run of its location (the location's run-failure alert sensor
+posts a failed run to Slack). One run:
+
+1. **retires old dynamic partitions** (``applicants``): keys older than the horizon whose work
+   is done (an applicant that was decided) are deleted from the partitions definition, so the
+   partition list every multi-applicant run resolves stays bounded (about horizon x signups per
+   day). Undecided keys are kept whatever their age. What stays: the ``decisions`` stream
+   (user id, signup id, decision), the lake objects of every stage and, until the purge below,
+   the runs tagged ``dagster/partition=<key>``; the key itself is ``<user slug>_<signup id>``,
+   so it can be rebuilt from the applicant id and re-added to re-run (deploy/production/README.md).
+2. **purges finished runs** (success, failure, canceled) older than the same horizon, with their
+   event logs; queued and running runs are never touched.
+
+**One horizon** for both: the longest trailing window an asset reads plus a margin
+(``retention_horizon_days()``: affinity's 28 days + 7 = 35 days by default). Deleting a run
+deletes the materializations it recorded, so a daily partition inside a window that is still
+read must never lose its run: the horizon covers the longest window. The windows are declared in
+``near_assets/mobility.py`` from ``NEAR_HOME_WINDOW_DAYS`` / ``NEAR_AFFINITY_WINDOW_DAYS``; a
+shared folder may not import a code location, so the same variables are read here and
+``tests/test_purge_runs.py`` asserts that the horizon covers every window the code declares.
+
+``scripts/purge_runs.py`` is a thin command line over :func:`purge_runs` and
+:func:`retire_partitions` (cron-free: the schedule is the normal way).
+"""
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+JOB_NAME = "platform_housekeeping"
+MARGIN_DAYS = 7
+DEFAULT_CRON = "15 3 * * *"
+FINISHED = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
+
+
+def longest_window_days() -> int:
+    """The longest trailing window (days) an asset reads: affinity (28) by default."""
+    return max(
+        int(os.environ.get("NEAR_HOME_WINDOW_DAYS", "14")),
+        int(os.environ.get("NEAR_AFFINITY_WINDOW_DAYS", "28")),
+    )
+
+
+def retention_horizon_days() -> int:
+    """The platform's one retention horizon: the longest window plus ``MARGIN_DAYS``."""
+    return longest_window_days() + MARGIN_DAYS
+
+
+def purge_runs(
+    instance: dg.DagsterInstance,
+    older_than_days: float,
+    *,
+    dry_run: bool = False,
+    batch: int = 500,
+    now: float | None = None,
+) -> int:
+    """Delete finished runs created more than ``older_than_days`` ago; returns how many."""
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+    cutoff = (time.time() if now is None else now) - older_than_days * 86400
+    before = datetime.fromtimestamp(cutoff, tz=UTC)
+    deleted = 0
+    while True:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(statuses=FINISHED, created_before=before), limit=batch
+        )
+        if not records:
+            return deleted
+        for record in records:
+            if not dry_run:
+                instance.delete_run(record.dagster_run.run_id)
+            deleted += 1
+        if dry_run or len(records) < batch:
+            return deleted
+
+
+@dataclass(frozen=True)
+class RetireSpec:
+    """Which keys of a dynamic partitions definition may be retired.
+
+    ``created_at(key)``: the key's creation time (epoch seconds; ``None``: never retire it).
+    Keys are scanned in insertion order and the scan stops at the first key younger than the
+    horizon. ``done(resources, keys)``: one flag per key, True when its work is finished (a decided
+    applicant); ``resources`` has the job's ``resource_keys`` as attributes (``context.resources``
+    in the job, any object with the same attributes elsewhere, e.g. ``scripts/purge_runs.py``).
+    """
+
+    partitions_def_name: str
+    created_at: Callable[[str], float | None]
+    done: Callable[[Any, Sequence[str]], Sequence[bool]]
+    resource_keys: frozenset[str] = frozenset()
+
+
+def _delete_partitions(instance: dg.DagsterInstance, name: str, keys: Sequence[str]) -> None:
+    """Delete ``keys`` of dynamic partitions definition ``name``.
+
+    On SQL event-log storage (SQLite, PostgreSQL) one ``DELETE ... IN (...)`` per 500 keys: the
+    public ``delete_dynamic_partition`` is one statement per key (about 280 keys/s on SQLite,
+    an hour for a million); elsewhere, that public call per key.
+    """
+    storage = instance.event_log_storage
+    try:
+        import sqlalchemy as db
+        from dagster._core.storage.event_log.schema import DynamicPartitionsTable
+        from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+    except ImportError:  # pragma: no cover - a Dagster without these internals
+        storage = None
+    if not isinstance(storage, SqlEventLogStorage):
+        for key in keys:
+            instance.delete_dynamic_partition(name, key)
+        return
+    table = DynamicPartitionsTable
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start : start + 500])
+        with storage.index_connection() as conn:
+            conn.execute(
+                table.delete().where(
+                    db.and_(table.c.partitions_def_name == name, table.c.partition.in_(chunk))
+                )
+            )
+
+
+def retire_partitions(
+    instance: dg.DagsterInstance,
+    spec: RetireSpec,
+    older_than_days: float,
+    *,
+    resources: Any = None,
+    dry_run: bool = False,
+    page: int = 1000,
+    now: float | None = None,
+) -> tuple[int, int]:
+    """Delete ``spec``'s keys older than the horizon whose work is done.
+
+    Returns (retired, kept because not done).
+    """
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+    cutoff = (time.time() if now is None else now) - older_than_days * 86400
+    retired = kept = 0
+    cursor: str | None = None
+    while True:
+        result = instance.get_paginated_dynamic_partitions(
+            spec.partitions_def_name, limit=page, ascending=True, cursor=cursor
+        )
+        old: list[str] = []
+        reached_young = False
+        for key in result.results:
+            created = spec.created_at(key)
+            if created is None:
+                continue
+            if created >= cutoff:
+                reached_young = True
+                break
+            old.append(key)
+        flags = list(spec.done(resources, old)) if old else []
+        finished = [k for k, ok in zip(old, flags, strict=True) if ok]
+        kept += len(old) - len(finished)
+        if finished and not dry_run:
+            _delete_partitions(instance, spec.partitions_def_name, finished)
+        retired += len(finished)
+        if reached_young or not result.has_more:
+            return retired, kept
+        # deleted keys leave the table, but the id cursor stays valid for the rest
+        cursor = result.cursor
+
+
+class HousekeepingConfig(dg.Config):
+    horizon_days: float | None = None  # default: retention_horizon_days()
+    dry_run: bool = False
+
+
+def build_housekeeping(
+    retire: Sequence[RetireSpec] = (),
+    *,
+    cron: str = DEFAULT_CRON,
+    tags: dict[str, str] | None = None,
+) -> dg.Definitions:
+    """The ``platform_housekeeping`` job and its schedule (include in ONE code location)."""
+    resource_keys = set().union(*(s.resource_keys for s in retire)) if retire else set()
+
+    @dg.op(
+        name="housekeeping",
+        required_resource_keys=resource_keys,
+        description="Retire old done dynamic partitions, then purge finished runs: one horizon.",
+    )
+    def housekeeping(context: dg.OpExecutionContext, config: HousekeepingConfig) -> None:
+        horizon = (
+            config.horizon_days if config.horizon_days is not None else (retention_horizon_days())
+        )
+        meta: dict[str, object] = {"horizon_days": horizon, "dry_run": config.dry_run}
+        for spec in retire:
+            before = time.monotonic()
+            retired, kept = retire_partitions(
+                context.instance, spec, horizon, resources=context.resources, dry_run=config.dry_run
+            )
+            meta[f"{spec.partitions_def_name}_retired"] = retired
+            meta[f"{spec.partitions_def_name}_kept_not_done"] = kept
+            context.log.info(
+                f"{spec.partitions_def_name}: retired {retired} partition(s) older than "
+                f"{horizon} days, kept {kept} not done ({time.monotonic() - before:.1f} s)"
+            )
+        purged = purge_runs(context.instance, horizon, dry_run=config.dry_run)
+        meta["runs_purged"] = purged
+        context.log.info(f"purged {purged} finished run(s) older than {horizon} days")
+        context.add_output_metadata(meta)  # type: ignore[arg-type]
+
+    @dg.job(
+        name=JOB_NAME,
+        description=(
+            "Nightly retention: retire decided applicants' partitions and purge finished runs "
+            f"older than the platform horizon ({retention_horizon_days()} days: the longest "
+            f"window an asset reads + {MARGIN_DAYS})."
+        ),
+        tags={"platform/lane": "batch", "dagster/max_runtime": "3600", **(tags or {})},
+    )
+    def housekeeping_job() -> None:
+        housekeeping()
+
+    job = housekeeping_job
+    schedule = dg.ScheduleDefinition(
+        name=f"{JOB_NAME}_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Runs platform_housekeeping nightly; a failure alerts like any failed run.",
+    )
+    return dg.Definitions(jobs=[job], schedules=[schedule])
