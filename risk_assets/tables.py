@@ -49,3 +49,15 @@ def asset_args(objects: JsonObjects, **extra: Any) -> dict[str, Any]:
         "metadata": {"lake_prefix": objects.prefix, **extra.pop("metadata", {})},
         **extra,
     }
+
+
+# ---- K: packs (``risk_assets/packs``): each pack's current output under ``LATEST`` --------------
+def pack_output(pack: str) -> JsonObjects:
+    """Where pack ``pack`` keeps its output: ``work/onboarding/<pack>/latest.json`` (a new pack
+    needs no declaration here; ``FRAUD_DISTRIBUTIONS`` and ``RISK_MODEL`` are packs too)."""
+    return _onboarding(pack)
+
+
+INDUSTRY_DEFAULT_RATES = pack_output("industry_default_rates")
+DEVICE_IP_VELOCITY = pack_output("device_ip_velocity")
+BANK_STATEMENT_BASELINE = pack_output("bank_statement_baseline")

@@ -1,4 +1,8 @@
-"""Periodic risk assets: fraud distributions from recent signups, the daily risk model."""
+"""Periodic risk assets: fraud distributions from recent signups, the daily risk model.
+
+Both are packs now (``risk_assets/packs/defs/``); their asset keys and lake objects are unchanged,
+so onboarding keeps reading them (tests/test_packs.py covers the packs machinery).
+"""
 
 import json
 
@@ -51,6 +55,19 @@ def test_risk_model_reports_held_out_auc_and_scores_like_sklearn(tmp_lake: LakeR
 def test_automation_conditions_are_declared_on_cron():
     assert "*/5 * * * *" in str(fraud_distributions.automation_conditions_by_key)
     assert "0 3 * * *" in str(risk_model.automation_conditions_by_key)
+
+
+def test_periodic_assets_are_packs_with_the_keys_and_objects_onboarding_reads():
+    from risk_assets.tables import FRAUD_DISTRIBUTIONS, LATEST, RISK_MODEL
+
+    assert fraud_distributions.key == dg.AssetKey("fraud_distributions")
+    assert risk_model.key == dg.AssetKey("risk_model")
+    assert FRAUD_DISTRIBUTIONS.key(LATEST) == FRAUD_DISTRIBUTIONS_KEY
+    assert RISK_MODEL.key(LATEST) == RISK_MODEL_KEY
+    for asset in (fraud_distributions, risk_model):
+        spec = next(iter(asset.specs))
+        assert spec.tags["pack"] == spec.key.to_user_string()
+        assert spec.group_name == "onboarding_models"
 
 
 def test_risk_assets_are_owned_by_risk_and_say_where_they_live():
