@@ -37,6 +37,15 @@ no production copy (lake or target) is touched. If a target cannot publish after
 (and reading it back shows its swap did not run), the lake partition is rolled back to what it
 was and the step fails.
 
+**Operator override**: a run tagged ``platform/publish_override=<reason>`` (``OVERRIDE_TAG``;
+launchpad or ``dagster job execute --tags``) still runs and reports every audit, but publishes a
+partition whose failed audits are all overridable: those checks are reported failed with
+severity WARN, the materialization records ``override_reason``, ``overridden_audits`` and
+``override_run_id``, and an alert says "published by operator override". Contract breaks
+(``is_contract``: ``has_columns``, ``no_nulls``, ``unique_keys``, ``rows_satisfy``,
+``Audit(contract=True)``, an audit that raised), a target stage that failed its verify and an
+empty table still block (``override_blockers``). Roll back with ``scripts/restore.py``.
+
 Usage inside an asset declared with ``check_specs=audit_specs(key, AUDITS, targets)``::
 
     yield from write_audit_publish(
@@ -90,6 +99,9 @@ class Audit:
     passed: bool
     detail: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    contract: bool = False
+    """A contract audit (columns, nulls, keys, row invariants): an operator override never
+    publishes over its failure (``is_contract``)."""
 
 
 AuditFn = Callable[[pd.DataFrame], Audit]
@@ -167,7 +179,9 @@ def run_audits(df: pd.DataFrame, audits: Sequence[AuditFn]) -> list[Audit]:
         try:
             result = fn(df)
         except Exception as exc:  # a crashing audit is a failed audit, with the reason
-            result = Audit(audit_name(fn), False, f"audit raised {type(exc).__name__}: {exc}")
+            result = Audit(
+                audit_name(fn), False, f"audit raised {type(exc).__name__}: {exc}", contract=True
+            )
         results.append(result)
     return results
 
@@ -189,17 +203,68 @@ def is_warning(a: Audit) -> bool:
     return a.passed and a.figures.get("severity") == "WARN"
 
 
-def _check_result(key: dg.AssetKey, a: Audit) -> dg.AssetCheckResult:
-    # A warning publishes (the step goes on) but shows as a WARN-severity failed check.
-    warn = is_warning(a)
+def _check_result(key: dg.AssetKey, a: Audit, override: str | None = None) -> dg.AssetCheckResult:
+    # A warning publishes (the step goes on) but shows as a WARN-severity failed check; so does
+    # a failed audit an operator overrode (``override``: the reason).
+    warn = is_warning(a) or override is not None
+    detail = a.detail or None
+    if override is not None:
+        detail = f"overridden by operator ({override}): {a.detail or 'failed'}"
     return dg.AssetCheckResult(
         asset_key=key,
         check_name=a.name,
         passed=a.passed and not warn,
         severity=dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,
-        description=a.detail or None,
-        metadata={k: v for k, v in a.figures.items() if v is not None},
+        description=detail,
+        metadata={
+            **{k: v for k, v in a.figures.items() if v is not None},
+            **({"override_reason": override} if override is not None else {}),
+        },
     )
+
+
+# ---- operator override -----------------------------------------------------------------------
+
+OVERRIDE_TAG = "platform/publish_override"
+"""Run tag whose value (the reason) publishes a partition its audits blocked; see
+``override_blockers`` for what an override never publishes over (docs/OPERATIONS.md)."""
+OVERRIDE_MAX_CHARS = 300
+
+
+def publish_override(context: Any) -> str | None:
+    """The operator's reason from the run tag ``platform/publish_override`` (whitespace
+    collapsed, at most ``OVERRIDE_MAX_CHARS``), None without the tag or with an empty one."""
+    try:
+        tags = context.run.tags or {}
+    except Exception:  # a context without a run (direct invocation): no override
+        return None
+    raw = tags.get(OVERRIDE_TAG)
+    if raw is None:
+        return None
+    reason = " ".join(str(raw).split())[:OVERRIDE_MAX_CHARS]
+    if not reason:
+        context.log.warning(f"run tag {OVERRIDE_TAG} is empty: no override (a reason is required)")
+    return reason or None
+
+
+def is_contract(a: Audit) -> bool:
+    """A contract break: never published over, even with an operator override. Contract audits
+    are those built by ``has_columns``, ``no_nulls``, ``unique_keys`` and ``rows_satisfy`` (row
+    invariants, e.g. estimate >= visitors), any ``Audit(contract=True)`` or with
+    ``figures["contract"]``, and an audit that raised (it could not judge the rows)."""
+    return a.contract or bool(a.figures.get("contract"))
+
+
+def override_blockers(
+    df: pd.DataFrame, failed: Sequence[Audit], targets: Sequence[PublishTarget]
+) -> list[str]:
+    """Why an override cannot publish these failed audits: the contract breaks, a target stage
+    that failed its verify (the copy is not the audited rows) and an empty table."""
+    target_checks = {t.check_name for t in targets}
+    out = [a.name for a in failed if is_contract(a) or a.name in target_checks]
+    if len(df) == 0:
+        out.append("empty table (0 rows)")
+    return out
 
 
 def _discard(targets: Sequence[PublishTarget], log: Any) -> None:
@@ -489,21 +554,38 @@ def _locked_publish(
                 results.append(t.verify(df))
             except Exception as exc:
                 results.append(Audit(t.check_name, False, f"verify raised {exc}"))
-    for a in results:
-        yield _check_result(key, a)
     failed = [a for a in results if not a.passed]
+    override = publish_override(context) if failed else None
+    blockers = override_blockers(df, failed, targets) if override else []
+    overridden = [a for a in failed if override and not blockers]
+    for a in results:
+        yield _check_result(key, a, override if a in overridden else None)
     holds = _version_text(journal.read_stamp(lake, production))
-    if failed:
+    if failed and not overridden:
+        refused = (
+            f"\nOperator override ({override}) refused: {', '.join(blockers)} never published "
+            "over (docs/OPERATIONS.md)."
+            if override
+            else ""
+        )
         alerts.send(
-            failure_message(table, partition, failed, run_id) + f"\nLake production holds {holds}.",
+            failure_message(table, partition, failed, run_id)
+            + f"\nLake production holds {holds}."
+            + refused,
             context.log,
         )
         lake.delete(staging)
         _discard(targets, context.log)
         raise dg.Failure(
             description=f"{table} {partition or ''}: {len(failed)} audit(s) failed "
-            f"({', '.join(a.name for a in failed)}); production left untouched",
+            f"({', '.join(a.name for a in failed)}); production left untouched"
+            + (f"; override refused: {', '.join(blockers)}" if override else ""),
             metadata={a.name: a.detail for a in failed},
+        )
+    if overridden:
+        context.log.warning(
+            f"{table} {partition or ''}: publishing by operator override ({override}) over "
+            f"{', '.join(a.name for a in overridden)}"
         )
     fault("audited")
     now_fp = journal.fingerprint(lake, staging)
@@ -582,6 +664,16 @@ def _locked_publish(
     journal.delete_journal(lake, table, partition)
     fault("done")
     held = version if not published["unchanged"] else (before or {}).get("version", version)
+    if overridden:
+        alerts.send(
+            f":warning: *{table}* `{partition or '-'}` published by operator override: "
+            f"{override}; overridden: {', '.join(a.name for a in overridden)}\n"
+            + "\n".join(f"• `{a.name}`: {a.detail}" for a in overridden)
+            + f"\nRoll back: `uv run python scripts/restore.py {table}"
+            + (f" --date {partition.split('=', 1)[-1]}`" if partition else "`")
+            + f"\nRun: {run_url(run_id)}",
+            context.log,
+        )
     if warned := [a for a in results if is_warning(a)]:
         alerts.send(
             f":warning: *{table}* `{partition or '-'}` published with a warning "
@@ -607,6 +699,15 @@ def _locked_publish(
             ),
             **({"lock_waited_s": round(lease.waited_s, 3)} if lease.waited_s > 0.05 else {}),
             **({"recovered": recovered} if recovered else {}),
+            **(
+                {
+                    "override_reason": override,
+                    "overridden_audits": ", ".join(a.name for a in overridden),
+                    "override_run_id": run_id,
+                }
+                if overridden
+                else {}
+            ),
             **{k: v for k, v in {**staged_meta, **target_meta}.items() if v is not None},
             **(metadata or {}),
         },
@@ -635,7 +736,8 @@ def publish_days(
 
     A run over several partitions (a backfill) publishes day by day; each check reports the
     worst day, and the step fails on the first day whose audits fail (earlier days stay
-    published, that day and later ones are untouched).
+    published, that day and later ones are untouched). The operator override (run tag
+    ``platform/publish_override``) applies to each day on its own.
     """
     declared = _declared(table)
     checks: dict[str, list[dg.AssetCheckResult]] = {}
@@ -703,6 +805,8 @@ def publish_days(
                 {d: {k: _plain(v) for k, v in m.items()} for d, m in published.items()}
             ),
         }
+    if overridden := sorted(d for d, m in published.items() if "override_reason" in m):
+        meta = {**meta, "override_reason": publish_override(context), "overridden_days": overridden}
     yield dg.MaterializeResult(metadata={**meta, **run_meta})
 
 
@@ -822,12 +926,11 @@ def no_nulls(*columns: str) -> AuditFn:
     def audit(df: pd.DataFrame) -> Audit:
         missing = [c for c in columns if c not in df.columns]
         if missing:
-            return Audit("no_null_keys", False, f"missing columns {missing}")
+            return Audit("no_null_keys", False, f"missing columns {missing}", contract=True)
         nulls = {c: int(df[c].isna().sum()) for c in columns}
         bad = {c: n for c, n in nulls.items() if n}
-        return Audit(
-            "no_null_keys", not bad, f"nulls in {bad}" if bad else "no nulls in keys", nulls
-        )
+        detail = f"nulls in {bad}" if bad else "no nulls in keys"
+        return Audit("no_null_keys", not bad, detail, nulls, contract=True)
 
     audit.__doc__ = f"Key columns {', '.join(columns)} have no nulls."
     audit.audit_name = "no_null_keys"  # type: ignore[attr-defined]
@@ -841,6 +944,7 @@ def has_columns(*columns: str) -> AuditFn:
             "contract_columns",
             not missing,
             f"missing {missing}" if missing else "all contract columns present",
+            contract=True,
         )
 
     audit.__doc__ = f"Contract columns present: {', '.join(columns)}."
@@ -852,7 +956,11 @@ def unique_keys(*columns: str) -> AuditFn:
     def audit(df: pd.DataFrame) -> Audit:
         dupes = int(df.duplicated(list(columns)).sum()) if len(df) else 0
         return Audit(
-            "unique_keys", dupes == 0, f"{dupes} duplicated keys", {"duplicated_keys": dupes}
+            "unique_keys",
+            dupes == 0,
+            f"{dupes} duplicated keys",
+            {"duplicated_keys": dupes},
+            contract=True,
         )
 
     audit.__doc__ = f"Keys ({', '.join(columns)}) are unique."
@@ -861,9 +969,13 @@ def unique_keys(*columns: str) -> AuditFn:
 
 
 def rows_satisfy(
-    name: str, description: str, predicate: Callable[[pd.DataFrame], pd.Series]
+    name: str,
+    description: str,
+    predicate: Callable[[pd.DataFrame], pd.Series],
+    contract: bool = True,
 ) -> AuditFn:
-    """Every row satisfies ``predicate`` (a boolean Series over the frame)."""
+    """Every row satisfies ``predicate`` (a boolean Series over the frame); a row invariant is
+    a contract audit (never overridden) unless ``contract=False``."""
 
     def audit(df: pd.DataFrame) -> Audit:
         ok = predicate(df).fillna(False).astype(bool) if len(df) else pd.Series(dtype=bool)
@@ -873,6 +985,7 @@ def rows_satisfy(
             bad == 0,
             f"{bad} of {len(df)} rows violate: {description}",
             {"violating_rows": bad, "rows": len(df)},
+            contract=contract,
         )
 
     audit.__doc__ = description
