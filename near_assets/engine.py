@@ -5,6 +5,11 @@ and returns a DataFrame. ``run_per_device`` calls it in-process on the loaded ro
 input lake keys to ``SparkResource.run_per_device``, which runs the same function through
 ``near_assets/spark_jobs/apply_by_device.py`` (locally or on EMR) and writes its output under
 ``work/_engine``; the engine reads it back and deletes it.
+
+Side tables (``sides``: small tables every call needs whole, such as the POIs or the areas) are
+passed to the function as keyword arguments: as they are in-process; under Spark they are written
+to a scratch object under ``work/_engine`` that each Python worker reads once (see
+``apply_by_device.side_table``) and deleted after the job.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 
 from near_assets.science.engine import PerDeviceFn
 from near_assets.spark_jobs import APPLY_BY_DEVICE
-from near_assets.spark_jobs.apply_by_device import BASE_CONF
+from near_assets.spark_jobs.apply_by_device import BASE_CONF, SIDES_PARAM
 from near_assets.tables import ENGINE_OUTPUT
 from resources.lake import LakeResource
 from resources.spark import SparkResource
@@ -49,27 +54,41 @@ def run_per_device(
     inputs: Sequence[str],
     params: Mapping[str, Any],
     load: Callable[[], pd.DataFrame],
+    sides: Mapping[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``fn`` over the lake keys ``inputs``: in-process on ``load()``, or as one Spark job.
 
+    ``sides``: small tables passed whole to every call as keyword arguments (see module doc).
     Returns the output (timestamps as ``datetime64[ns, UTC]`` under both engines) and metadata
     naming the engine that ran (``spark_*``: the job's summary figures).
     """
+    sides = dict(sides or {})
     if engine == "pandas" or not inputs:
-        return fn(load(), **params), {"engine": "pandas"}
-    output = ENGINE_OUTPUT.key(f"{context.run_id}-{context.asset_key.to_python_identifier()}")
+        return fn(load(), **params, **sides), {"engine": "pandas"}
+    asset = context.asset_key.to_python_identifier()
+    output = ENGINE_OUTPUT.key(f"{context.run_id}-{asset}")
+    side_keys = {n: ENGINE_OUTPUT.key(f"{context.run_id}-side-{asset}-{n}") for n in sides}
     lake.delete(output)
-    summary = spark.run_per_device(
-        context,
-        script=APPLY_BY_DEVICE,
-        job_conf=BASE_CONF,
-        function=fn,
-        inputs=list(inputs),
-        output=output,
-        params=dict(params),
-        group_by=["device_id"],
-        lake=lake,
-    )
+    job_params = dict(params)
+    if sides:
+        job_params[SIDES_PARAM] = {
+            n: lake.uri(lake.write_parquet(sides[n], k)) for n, k in side_keys.items()
+        }
+    try:
+        summary = spark.run_per_device(
+            context,
+            script=APPLY_BY_DEVICE,
+            job_conf=BASE_CONF,
+            function=fn,
+            inputs=list(inputs),
+            output=output,
+            params=job_params,
+            group_by=["device_id"],
+            lake=lake,
+        )
+    finally:
+        for key in side_keys.values():
+            lake.delete(key)
     out = lake.read_parquet(output)
     lake.delete(output)
     meta: dict[str, Any] = {"engine": "spark"}

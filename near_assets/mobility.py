@@ -2,11 +2,11 @@
 
 Daily-partitioned and thin: load from the lake (``near_assets.tables``), call the science in
 ``near_assets.science``, publish through write-audit-publish and describe each day. Stay
-detection and home inference run on the engine of the asset's ``engine`` config
-(``near_assets.engine``: ``pandas`` in-process or one ``spark`` job); visits, demographics and
-brand affinity work on stays and homes (thousands of rows, not millions) and run in-process
-under both settings. Accuracy against the generator's ground truth is scored by asset checks in
-``near_assets.evaluation.mobility``.
+detection, visit matching and home inference run on the engine of the asset's ``engine`` config
+(``near_assets.engine``: ``pandas`` in-process or one ``spark`` job; visits get the POIs as a
+side table); demographics and brand affinity work on homes and visits (thousands of rows, not
+millions) and run in-process under both settings. Accuracy against the generator's ground truth
+is scored by asset checks in ``near_assets.evaluation.mobility``.
 
 Every asset uses a single-run backfill policy and processes every partition key of its run: a
 month backfill is one run (and one Spark job per Spark-backed asset), not thirty.
@@ -29,7 +29,7 @@ from near_assets.science import affinity, home
 from near_assets.science.demographics import area_coverage, device_demographics
 from near_assets.science.home import HOME_COLUMNS, METHODS, HomeParams, homes_by_day
 from near_assets.science.stays import STAY_COLUMNS, StayParams, detect_stays, stays_per_device
-from near_assets.science.visits import VISIT_COLUMNS, PoiIndex, VisitParams, match_visits
+from near_assets.science.visits import VISIT_COLUMNS, VisitParams, visits_per_device
 from near_assets.tables import (
     AREA_COVERAGE,
     BRAND_AFFINITY,
@@ -102,7 +102,8 @@ class StayPointsConfig(EngineConfig):
 
 
 class VisitsConfig(EngineConfig):
-    """Visits are matched in-process under both engines."""
+    """Visits run on the configured engine (Spark: per device bucket, the POIs read once per
+    worker)."""
 
     max_distance_m: float = VisitParams.max_distance_m
     min_dwell_s: float = VisitParams.min_dwell_s
@@ -310,19 +311,20 @@ def describe_stays(df: pd.DataFrame, input_pings: int) -> dict[str, Any]:
     )
 
 
-def visits_of_day(
-    stays: pd.DataFrame | None, index: PoiIndex, config: VisitsConfig
-) -> pd.DataFrame:
-    """The day's visits in contract order (none without stays)."""
-    if stays is None or stays.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in VISIT_COLUMNS})
-    return match_visits(stays, index, config.max_distance_m, config.min_dwell_s)[VISIT_COLUMNS]
+def visits_of_days(visits: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Each day's visits (by the stay's start, UTC) in contract order."""
+    if visits.empty:
+        visits = pd.DataFrame({c: pd.Series(dtype=object) for c in VISIT_COLUMNS})
+    return {
+        d: df[VISIT_COLUMNS].sort_values(["device_id", "start_ts"], ignore_index=True)
+        for d, df in split_days(visits, "start_ts", days).items()
+    }
 
 
-def describe_visits(df: pd.DataFrame, stays: pd.DataFrame | None) -> dict[str, Any]:
+def describe_visits(df: pd.DataFrame, stays: int) -> dict[str, Any]:
     return clean_meta(
         {
-            "stays": 0 if stays is None else len(stays),
+            "stays": stays,
             "devices": int(df["device_id"].nunique()),
             "pois_visited": int(df["poi_id"].nunique()),
             "median_dwell_min": round(float(df["dwell_s"].median() / 60), 1) if len(df) else None,
@@ -506,7 +508,7 @@ def stay_points(
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    kinds=PANDAS_KINDS,
+    kinds=ENGINE_KINDS,
     pool=publish_pool(VISITS.name),
     **published_asset_args(VISITS),
 )
@@ -515,29 +517,36 @@ def visits(
     config: VisitsConfig,
     lake: LakeResource,
     alerts: AlertsResource,
+    spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Visits: stay points matched to POI polygons (STRtree on stay centroids), with dwell time.
 
     A stay whose centroid lies in (or within ``max_distance_m`` of) a place's polygon and that
     lasts at least ``min_dwell_s`` is a visit to the nearest such place. Published to
-    ``curated/visits`` (plus ``brand`` and ``distance_m``).
+    ``curated/visits`` (plus ``brand`` and ``distance_m``). Runs on the ``engine`` of its
+    config (Spark: per device bucket, the POI index built once per worker).
     """
     started = time.perf_counter()
+    days = list(context.partition_keys)
     pois = load_reference_pois(lake, log=context.log)
-    index = PoiIndex(pois)
-    published = {d: int(STAY_POINTS.exists(lake, d)) for d in context.partition_keys}
-    frames, metadata = {}, {}
-    for d in days_with_input(context, published, STAY_POINTS.name):
-        stays = STAY_POINTS.read(lake, d)
-        frames[d] = visits_of_day(stays, index, config)
-        metadata[d] = describe_visits(frames[d], stays)
+    published = {d: int(STAY_POINTS.exists(lake, d)) for d in days}
+    present = days_with_input(context, published, STAY_POINTS.name)
+    params = VisitParams(config.max_distance_m, config.min_dwell_s).as_dict()
+    inputs = [STAY_POINTS.key(d) for d in present]
+
+    def load() -> pd.DataFrame:
+        return STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)[0]
+
+    visits_all, engine_meta = run_per_device(
+        context, lake, spark, config.engine, visits_per_device, inputs, params, load, {"pois": pois}
+    )
+    frames = visits_of_days(visits_all, present)
+    metadata = {d: describe_visits(df, STAY_POINTS.rows(lake, d)) for d, df in frames.items()}
     run_meta = {
         "seconds": round(time.perf_counter() - started, 3),
         "pois": len(pois),
-        "params": dg.MetadataValue.json(
-            VisitParams(config.max_distance_m, config.min_dwell_s).as_dict()
-        ),
-        "engine": "pandas",
+        "params": dg.MetadataValue.json(params),
+        **engine_meta,
     }
     yield from publish_days(
         context,

@@ -285,12 +285,12 @@ def test_collapsed_day_fails_the_blocking_norm_check_and_keeps_production(mobili
 
 def test_in_process_assets_report_the_engine_that_ran_not_the_configured_one(mobility_lake):
     result = dg.materialize(
-        [mobility.stay_points, mobility.visits],
+        [mobility.stay_points, mobility.visits, mobility.brand_affinity],
         resources=resources(mobility_lake),
         partition_key=DATES[0],
-        run_config={"ops": {"visits": {"config": {"engine": "spark"}}}},
+        run_config={"ops": {"brand_affinity": {"config": {"engine": "spark"}}}},
     )
-    assert materialization(result, "visits")["engine"] == "pandas"
+    assert materialization(result, "brand_affinity")["engine"] == "pandas"
 
 
 def test_an_empty_input_day_is_no_data_and_never_overwrites_a_published_day(mobility_lake):

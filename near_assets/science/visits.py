@@ -16,9 +16,14 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from near_assets.science.engine import per_device
 from near_assets.science.stays import EARTH_M_PER_DEG
 
 VISIT_COLUMNS = ["device_id", "poi_id", "start_ts", "end_ts", "dwell_s", "brand", "distance_m"]
+VISIT_SCHEMA = (
+    "device_id string, poi_id string, start_ts timestamp, end_ts timestamp, dwell_s double, "
+    "brand string, distance_m double"
+)
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,31 @@ def match_visits(
     out["start_ts"] = pd.to_datetime(out["start_ts"], utc=True)
     out["end_ts"] = pd.to_datetime(out["end_ts"], utc=True)
     return out.sort_values(["device_id", "start_ts"], kind="stable", ignore_index=True)
+
+
+_INDEX: list[tuple[pd.DataFrame, PoiIndex]] = []
+
+
+def poi_index(pois: pd.DataFrame) -> PoiIndex:
+    """The ``PoiIndex`` of ``pois``, built once per DataFrame object (the last one is kept)."""
+    if not _INDEX or _INDEX[0][0] is not pois:
+        _INDEX[:] = [(pois, PoiIndex(pois))]
+    return _INDEX[0][1]
+
+
+@per_device(VISIT_SCHEMA)
+def visits_per_device(
+    stays: pd.DataFrame,
+    *,
+    pois: pd.DataFrame,
+    max_distance_m: float = VisitParams.max_distance_m,
+    min_dwell_s: float = VisitParams.min_dwell_s,
+) -> pd.DataFrame:
+    """``match_visits`` for the stays of whole devices, in ``VISIT_COLUMNS`` order.
+
+    ``pois`` is the whole (validated) POI table; its index is built once per table object, so
+    a Spark worker that calls this once per device bucket builds it once.
+    """
+    if stays.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in VISIT_COLUMNS})
+    return match_visits(stays, poi_index(pois), max_distance_m, min_dwell_s)[VISIT_COLUMNS]

@@ -25,6 +25,11 @@ may not split its input by them. Within a call rows are sorted by the group keys
 other columns, so the result does not depend on the order of Spark's shuffle. The bucket column
 never reaches the function or the output.
 
+**Side tables.** ``params["__sides__"]`` (``{name: Parquet URI}``, set by ``near_assets.engine``)
+names small tables every call needs whole (POIs, areas): each Python worker reads each one once
+(``side_table``, cached by URI) and the function gets it as the keyword argument ``name``, just as
+the in-process engine passes the DataFrame itself.
+
 Pipes parameters come from environment variables (local subprocess, EMR Serverless) or from
 ``--dagster-pipes-context/--dagster-pipes-messages`` arguments (EMR steps); S3 locations are
 read and written with boto3. Run without Dagster, the script just prints its summary.
@@ -56,6 +61,7 @@ DEVICE_KEY = "device_id"
 BUCKET_COLUMN = "__device_bucket"
 BUCKETS_PER_SLOT = 4
 MAX_ROWS_PER_BUCKET = 1_000_000
+SIDES_PARAM = "__sides__"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -93,9 +99,8 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def nanosecond_columns(uri: str) -> set[str]:
-    """Columns stored as ``TIMESTAMP(NANOS)``, which Spark reads as longs (``nanosAsLong``)."""
-    import pyarrow as pa
+def arrow_dataset(uri: str) -> Any:
+    """A pyarrow dataset over the Parquet file or folder ``uri`` (local, s3://, s3a://)."""
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
@@ -107,8 +112,25 @@ def nanosecond_columns(uri: str) -> set[str]:
             fs, path = pafs.FileSystem.from_uri(f"s3://{path}")
     else:
         fs, path = pafs.LocalFileSystem(), uri.replace("file://", "", 1)
-    schema = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+
+
+def nanosecond_columns(uri: str) -> set[str]:
+    """Columns stored as ``TIMESTAMP(NANOS)``, which Spark reads as longs (``nanosAsLong``)."""
+    import pyarrow as pa
+
+    schema = arrow_dataset(uri).schema
     return {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
+
+
+_SIDE_TABLES: dict[str, pd.DataFrame] = {}
+
+
+def side_table(uri: str) -> pd.DataFrame:
+    """The side table at ``uri``, read once per Python worker (the same object on every call)."""
+    if uri not in _SIDE_TABLES:
+        _SIDE_TABLES[uri] = arrow_dataset(uri).to_table().to_pandas()
+    return _SIDE_TABLES[uri]
 
 
 def pipes_io(loader: Any) -> tuple[Any, Any]:
@@ -246,9 +268,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     parallelism = spark.sparkContext.defaultParallelism
     buckets = bucket_count(getattr(args, "buckets", "auto"), group_by, input_rows, parallelism)
 
+    sides = dict(params.pop(SIDES_PARAM, None) or {})
+
     def apply(pdf: pd.DataFrame) -> pd.DataFrame:
         pdf = canonical_order(pdf.drop(columns=[BUCKET_COLUMN], errors="ignore"), group_by)
-        return fn(to_utc(pdf), **params)[names]
+        tables = {name: side_table(uri) for name, uri in sides.items()}
+        return fn(to_utc(pdf), **params, **tables)[names]
 
     if buckets:
         from pyspark.sql import functions as F
@@ -269,6 +294,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         "input_uris": list(args.input),
         "output_uri": args.output,
         "input_rows": input_rows,
+        "side_tables": sorted(sides),
         "rows": rows,
         "seconds": round(seconds, 3),
         "session_start_s": round(session_s, 3),
