@@ -393,7 +393,7 @@ def audience_estimates(
         frames,
         lambda day: day_audits(lake, reference, day),
         metadata,
-        {},
+        {"engine": "pandas"},  # no Spark path yet (issue 12): say what ran
         targets=[redis_target(redis)],
     )
 
