@@ -42,7 +42,7 @@ from near_assets.tables import (
     internal_asset_args,
     published_asset_args,
 )
-from publishing.tables import LakeTable, day_window, publish_pool, trailing_days, utc_days
+from publishing.tables import day_window, publish_pool, trailing_days, utc_days
 from publishing.wap import (
     AuditFn,
     audit_specs,
@@ -177,11 +177,6 @@ def devices_in_window(
     """Devices with a stay (or ping hour) starting on one of ``days`` (``stay_days``: each row's
     UTC day)."""
     return pd.unique(stays["device_id"][np.isin(stay_days, list(days))])
-
-
-def published_days(table: LakeTable, lake: LakeResource, days: Sequence[str]) -> list[str]:
-    """The days of ``days`` whose partition of ``table`` holds a Parquet file."""
-    return [d for d in days if table.exists(lake, d)]
 
 
 def single_or_per_day(per_day: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -476,7 +471,7 @@ def stay_points(
     params = config.params()
     input_pings = {d: CLEAN_PINGS.rows(lake, d) for d in days}
     present = days_with_input(context, input_pings, CLEAN_PINGS.name)
-    inputs = [CLEAN_PINGS.key(d) for d in published_days(CLEAN_PINGS, lake, days)]
+    inputs = [CLEAN_PINGS.key(d) for d in present]
     load = partial(read_pings, lake, days)
     stays, engine_meta = run_per_device(
         context, lake, spark, config.engine, detect_stays, inputs, params, load
@@ -640,11 +635,11 @@ def home_location(
     days = list(context.partition_keys)
     window_days = min(config.window_days, HOME_WINDOW_DAYS)
     upstream = list(context.asset_partition_keys_for_input("stay_points"))
-    present = published_days(STAY_POINTS, lake, upstream)
+    present = STAY_POINTS.present(lake, upstream)
     stays, _ = STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)
     inputs = [STAY_POINTS.key(d) for d in present]
     params = config.params(days, window_days)
-    ping_days = published_days(HOME_PING_HOURS, lake, upstream) if config.use_pings else []
+    ping_days = HOME_PING_HOURS.present(lake, upstream) if config.use_pings else []
     evidence = "stays+pings" if ping_days else "stays"
     shown = {**params, "as_of": len(days)}
     if ping_days and config.engine == "spark" and inputs:

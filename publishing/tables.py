@@ -205,6 +205,10 @@ class LakeTable:
         """Partition values present in the lake (folders, sorted)."""
         return [v for name in lake.list_dirs(self.prefix) if (v := self.value_of(name))]
 
+    def present(self, lake: LakeResource, values: Sequence[str]) -> list[str]:
+        """The partitions of ``values`` that hold a Parquet file, in order."""
+        return [v for v in values if self.exists(lake, v)]
+
     def latest(self, lake: LakeResource, values: Sequence[str]) -> str | None:
         """The last of ``values`` whose partition holds a Parquet file."""
         return next((v for v in reversed(list(values)) if self.exists(lake, v)), None)
