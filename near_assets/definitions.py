@@ -20,6 +20,7 @@ from near_assets import (  # noqa: E402
     mobility,
     monitors,
     pings,
+    profiles,
     reference,
 )
 from resources import shared_resources  # noqa: E402
@@ -64,6 +65,7 @@ defs = with_code_references(
         reference.defs,
         pings.defs,
         mobility.defs,
+        profiles.defs,
         campaigns.defs,
         insights.defs,
         audience.defs,

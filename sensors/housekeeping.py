@@ -18,7 +18,7 @@ posts a failed run to Slack). One run:
 (``retention_horizon_days()``: affinity's 28 days + 7 = 35 days by default). Deleting a run
 deletes the materializations it recorded, so a daily partition inside a window that is still
 read must never lose its run: the horizon covers the longest window. The windows are declared in
-``near_assets/mobility.py`` from ``NEAR_HOME_WINDOW_DAYS`` / ``NEAR_AFFINITY_WINDOW_DAYS``; a
+``near_assets/mobility.py`` / ``near_assets/profiles.py`` from ``NEAR_HOME_WINDOW_DAYS`` / ``NEAR_AFFINITY_WINDOW_DAYS``; a
 shared folder may not import a code location, so the same variables are read here and
 ``tests/test_purge_runs.py`` asserts that the horizon covers every window the code declares.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from near_assets import mobility
+from near_assets import mobility, profiles
 from near_assets.engine import default_engine
 from near_assets.evaluation.mobility import checks as accuracy_checks
 from near_assets.evaluation.mobility import stay_points_accuracy
@@ -27,8 +27,8 @@ ASSETS = [
     mobility.visits,
     mobility.home_ping_hours,
     mobility.home_location,
-    mobility.demographics,
-    mobility.brand_affinity,
+    profiles.demographics,
+    profiles.brand_affinity,
 ]
 
 
@@ -285,7 +285,7 @@ def test_collapsed_day_fails_the_blocking_norm_check_and_keeps_production(mobili
 
 def test_in_process_assets_report_the_engine_that_ran_not_the_configured_one(mobility_lake):
     result = dg.materialize(
-        [mobility.stay_points, mobility.visits, mobility.brand_affinity],
+        [mobility.stay_points, mobility.visits, profiles.brand_affinity],
         resources=resources(mobility_lake),
         partition_key=DATES[0],
         run_config={"ops": {"brand_affinity": {"config": {"engine": "spark"}}}},

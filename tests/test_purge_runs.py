@@ -40,12 +40,12 @@ def test_purge_keeps_recent_and_unfinished_runs() -> None:
 
 
 def test_one_horizon_covers_every_window_an_asset_reads() -> None:
-    from near_assets import audience, mobility
+    from near_assets import audience, mobility, profiles
     from sensors.housekeeping import MARGIN_DAYS, retention_horizon_days
 
     windows = {
         "home": 1 - mobility.HOME_MAPPING.start_offset,
-        "affinity": 1 - mobility.AFFINITY_MAPPING.start_offset,
+        "affinity": 1 - profiles.AFFINITY_MAPPING.start_offset,
         "audience history": audience.HISTORY_DAYS + 1,
     }
     assert retention_horizon_days() == max(windows.values()) + MARGIN_DAYS

@@ -15,7 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from near_assets import mobility
+from near_assets import mobility, profiles
 from near_assets.partitions import daily_partitions
 from near_assets.science import accuracy
 from near_assets.science.stays import STAY_COLUMNS, StayParams
@@ -208,7 +208,7 @@ def home_location_accuracy(
     return evaluate(context, figures, markdown=["home_reliability"])
 
 
-@dg.asset_check(asset=mobility.demographics, blocking=False, partitions_def=daily_partitions)
+@dg.asset_check(asset=profiles.demographics, blocking=False, partitions_def=daily_partitions)
 def demographics_accuracy(
     context: dg.AssetCheckExecutionContext, lake: LakeResource
 ) -> dg.AssetCheckResult:
