@@ -10,7 +10,7 @@ for _category in (dg.BetaWarning, dg.PreviewWarning):
 
 from resources import shared_resources  # noqa: E402
 from resources.bank import BankDataResource  # noqa: E402
-from risk_assets import onboarding, periodic, streams  # noqa: E402
+from risk_assets import onboarding, periodic, sla, streams  # noqa: E402
 from risk_assets.signups import APPLICANTS  # noqa: E402
 from risk_assets.validation import signup_id_of  # noqa: E402
 from sensors import platform_sensors  # noqa: E402
@@ -49,7 +49,7 @@ def with_code_references(located: dg.Definitions) -> dg.Definitions:
 
 # the only Definitions object at module level: `dagster -m risk_assets.definitions` finds it
 defs = dg.Definitions.merge(
-    with_code_references(dg.Definitions.merge(periodic.defs, onboarding.defs)),
+    with_code_references(dg.Definitions.merge(periodic.defs, onboarding.defs, sla.defs)),
     platform_sensors("risk_assets", daemon_health=True),
     build_housekeeping([RETIRE_APPLICANTS]),
     dg.Definitions(resources={**shared_resources(), "bank": BankDataResource.from_env()}),

@@ -11,7 +11,8 @@ import bisect
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 FEATURES = [
     "log_revenue",
@@ -43,6 +44,20 @@ FRAUD_REVIEW_FROM = 0.8
 TERM_MONTHS = 12
 MONTHLY_RATE = 0.015
 DIST_FIELDS = ("amount_to_revenue", "log_revenue", "years_in_business")
+MIN_YEARS_IN_BUSINESS = 0.5
+# extra fraud checks of the borderline path (``fraud_checks``)
+VELOCITY_KEYS = ("device_id", "ip", "ip_net")
+VELOCITY_FLOOR_24H = 3  # applications per device / IP / network in 24 h never flagged below this
+ANOMALY_Z = 3.5  # robust z-score (median, 1.4826 x MAD) beyond which a statement feature is odd
+ANOMALY_FEATURES = {  # bank-statement feature -> the direction that is bad (+1 high, -1 low)
+    "nsf_count": 1,
+    "inflow_volatility": 1,
+    "cash_margin": -1,
+    "negative_balance_months": 1,
+    "revenue_mismatch": 1,
+}
+ANOMALIES_TO_REVIEW = 2  # statement anomalies that send a borderline applicant to review
+RELATIVE_RISK_REVIEW = 2.0  # score / industry's model-implied default rate that sends to review
 
 # A prior model used until ``risk_model`` has been trained once (same form as a trained one).
 PRIOR_MODEL: dict[str, Any] = {
@@ -81,6 +96,11 @@ def bank_features(bank: dict[str, Any], declared_annual_revenue: float) -> dict[
     }
 
 
+def industry_key(industry: str) -> str:
+    """``"Professional Services "`` -> ``"professional_services"`` (keys of ``INDUSTRY_RISK``)."""
+    return str(industry).strip().lower().replace(" ", "_")
+
+
 def application_features(app: dict[str, Any]) -> dict[str, float]:
     """Declared-profile features of an application."""
     revenue = float(app["annual_revenue"])
@@ -88,9 +108,7 @@ def application_features(app: dict[str, Any]) -> dict[str, float]:
         "log_revenue": math.log1p(max(revenue, 0.0)),
         "years_in_business": float(app["years_in_business"]),
         "amount_to_revenue": float(app["requested_amount"]) / revenue if revenue > 0 else 10.0,
-        "industry_risk": INDUSTRY_RISK.get(
-            str(app["industry"]).strip().lower().replace(" ", "_"), DEFAULT_INDUSTRY_RISK
-        ),
+        "industry_risk": INDUSTRY_RISK.get(industry_key(app["industry"]), DEFAULT_INDUSTRY_RISK),
     }
 
 
@@ -175,24 +193,178 @@ def credit_features(app: dict[str, Any], bank: dict[str, float]) -> dict[str, fl
     }
 
 
-def decide(
-    app: dict[str, Any], risk_score: float, fraud: dict[str, float], credit: dict[str, float]
+# ---- branching by score band (the seed's ``bv_score`` 0/1/2 paths) ------------------------------
+
+OnboardingPath = Literal["fast", "borderline", "decline"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The path an applicant takes after the first score, and why (shown per applicant)."""
+
+    path: OnboardingPath
+    band: int
+    reason: str
+
+
+def score_band(risk_score: float) -> int:
+    """0: clear approval (< ``APPROVE_BELOW``), 1: borderline, 2: clear decline (>= ``DECLINE_FROM``)."""
+    return 0 if risk_score < APPROVE_BELOW else (1 if risk_score < DECLINE_FROM else 2)
+
+
+def choose_path(app: dict[str, Any], risk_score: float) -> Route:
+    """The stages after the first score, chosen per applicant.
+
+    ``decline``: a business younger than 6 months, or band 2: nothing more is computed.
+    ``fast``: band 0: fraud and affordability features only, no manual-review checks.
+    ``borderline``: band 1: the fast path's features plus the extra fraud checks (device / IP
+    velocity, bank-statement anomalies) and the industry benchmark.
+    """
+    band = score_band(risk_score)
+    if float(app["years_in_business"]) < MIN_YEARS_IN_BUSINESS:
+        return Route("decline", band, "business younger than 6 months")
+    if band == 2:
+        return Route(
+            "decline", band, f"high risk score {risk_score:.2f} >= {DECLINE_FROM}: clear decline"
+        )
+    if band == 0:
+        return Route(
+            "fast",
+            band,
+            f"low risk score {risk_score:.2f} < {APPROVE_BELOW}: clear approval, "
+            "no manual-review checks",
+        )
+    return Route(
+        "borderline",
+        band,
+        f"borderline risk score {risk_score:.2f} in [{APPROVE_BELOW}, {DECLINE_FROM}): "
+        "extra fraud checks",
+    )
+
+
+def velocity_key(app: dict[str, Any], kind: str) -> str | None:
+    """The applicant's ``device_id``, ``ip`` or ``ip_net`` (the /24 of the IP): the keys the
+    ``device_ip_velocity`` pack counts."""
+    if kind == "ip_net":
+        ip = app.get("ip")
+        return ".".join(str(ip).split(".")[:3]) + ".0/24" if ip and "." in str(ip) else None
+    value = app.get(kind)
+    return str(value) if value else None
+
+
+def fraud_checks(
+    app: dict[str, Any],
+    bank: dict[str, float],
+    velocity: dict[str, Any] | None,
+    baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Approve / decline / review by score band (the seed's ``bv_score`` 0/1/2 branches)."""
-    band = 0 if risk_score < APPROVE_BELOW else (1 if risk_score < DECLINE_FROM else 2)
+    """Extra fraud checks of a borderline applicant.
+
+    Velocity: applications of the applicant's device, IP and /24 network in the last 24 h
+    (``device_ip_velocity``); flagged above that key type's 99th percentile and at least
+    ``VELOCITY_FLOOR_24H``. Statement anomalies: robust z-score of each bank-statement feature
+    against the recent applicants (``bank_statement_baseline``: median, MAD, p95), in the
+    feature's bad direction; an anomaly beyond ``ANOMALY_Z`` (and beyond p95 for high-is-bad
+    features). ``None`` for a pack that has never run: its check is reported as unavailable.
+    """
+    counts: dict[str, int] = {}
+    flags: list[str] = []
+    for kind in VELOCITY_KEYS:
+        key = velocity_key(app, kind)
+        if key is None or velocity is None:
+            continue
+        n = int(velocity.get("velocity", {}).get(kind, {}).get(key, {}).get("24h", 0))
+        counts[kind] = n
+        if n >= max(VELOCITY_FLOOR_24H, int(velocity.get("p99_24h", {}).get(kind, 0)) + 1):
+            flags.append(f"{kind} {n} applications in 24h")
+    z_scores: dict[str, float] = {}
+    anomalies: list[str] = []
+    for name, direction in ANOMALY_FEATURES.items():
+        stats = (baseline or {}).get("features", {}).get(name)
+        if stats is None or name not in bank:
+            continue
+        excess = direction * (float(bank[name]) - float(stats["median"]))
+        spread = 1.4826 * float(stats["mad"])
+        z = excess / spread if spread > 0 else (math.inf if excess > 0 else 0.0)
+        z_scores[name] = round(z, 2) if math.isfinite(z) else 99.0
+        beyond_p95 = direction < 0 or float(bank[name]) > float(stats["p95"])
+        if z > ANOMALY_Z and beyond_p95:
+            anomalies.append(name)
+    passed = not flags and len(anomalies) < ANOMALIES_TO_REVIEW
+    return {
+        "velocity_24h": counts,
+        "velocity_flags": flags,
+        "statement_z": z_scores,
+        "statement_anomalies": anomalies,
+        "velocity_available": velocity is not None,
+        "baseline_available": baseline is not None,
+        "passed": passed,
+    }
+
+
+def industry_benchmark(
+    app: dict[str, Any], risk_score: float, rates: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The applicant's score against their industry (``industry_default_rates``): observed and
+    model-implied default rates, and ``relative_risk`` = score / model-implied rate (the same
+    model scores both, so 2.0 means twice as risky as the industry's average applicant)."""
+    industry = industry_key(app["industry"])
+    by_industry = (rates or {}).get("by_industry", {})
+    row = by_industry.get(industry) or by_industry.get("other")
+    if row is None:
+        return {"industry": industry, "available": False, "relative_risk": None}
+    model_rate = float(row["model_default_rate"])
+    return {
+        "industry": industry if industry in by_industry else "other",
+        "available": True,
+        "observed_default_rate": float(row["observed_default_rate"]),
+        "model_default_rate": model_rate,
+        "relative_risk": round(risk_score / model_rate, 3) if model_rate > 0 else None,
+    }
+
+
+def decide(
+    app: dict[str, Any],
+    risk_score: float,
+    fraud: dict[str, float] | None = None,
+    credit: dict[str, float] | None = None,
+    checks: dict[str, Any] | None = None,
+    benchmark: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Approve / decline / review from the stages the applicant's path ran (``choose_path``).
+
+    The decline path computes no features (``fraud`` and ``credit`` are ``None``); the fast path
+    gives fraud and affordability features; the borderline path adds ``checks`` (extra fraud
+    checks) and ``benchmark`` (industry), which send it to review when they fail.
+    """
+    band = score_band(risk_score)
+    if fraud is not None and fraud["fraud_score"] >= FRAUD_REVIEW_FROM:
+        return {"decision": "review", "band": band, "reason": "fraud signals: manual check"}
+    if float(app["years_in_business"]) < MIN_YEARS_IN_BUSINESS:
+        return {"decision": "decline", "band": band, "reason": "business younger than 6 months"}
+    if band == 2 or credit is None:
+        return {"decision": "decline", "band": band, "reason": f"high risk score {risk_score:.2f}"}
     requested = float(app["requested_amount"])
     cap = min(requested, 0.2 * float(app["annual_revenue"]), credit["max_affordable_amount"])
     amount = math.floor(cap / 100) * 100
-    if fraud["fraud_score"] >= FRAUD_REVIEW_FROM:
-        return {"decision": "review", "band": band, "reason": "fraud signals: manual check"}
-    if float(app["years_in_business"]) < 0.5:
-        return {"decision": "decline", "band": band, "reason": "business younger than 6 months"}
-    if band == 2:
-        return {"decision": "decline", "band": band, "reason": f"high risk score {risk_score:.2f}"}
     if amount < 1000:
         return {"decision": "decline", "band": band, "reason": "cash flow cannot carry a loan"}
     if band == 0:
         return {"decision": "approve", "band": band, "amount": amount, "reason": "low risk"}
+    if checks is not None and not checks["passed"]:
+        found = [*checks["velocity_flags"], *checks["statement_anomalies"]]
+        return {
+            "decision": "review",
+            "band": band,
+            "reason": "borderline, extra fraud checks: " + ", ".join(found),
+        }
+    relative = (benchmark or {}).get("relative_risk")
+    if relative is not None and relative >= RELATIVE_RISK_REVIEW:
+        return {
+            "decision": "review",
+            "band": band,
+            "reason": f"borderline, {relative:.1f}x the {benchmark['industry']} default rate",
+        }
     if credit["dscr"] >= 1.5:
         return {
             "decision": "approve",

@@ -30,10 +30,21 @@ BANK_FEATURES = _onboarding("bank_features")
 FRAUD_FEATURES = _onboarding("fraud_features")
 CREDIT_FEATURES = _onboarding("credit_features")
 RISK_SCORE = _onboarding("risk_score")
+FRAUD_CHECKS = _onboarding("fraud_checks")
+INDUSTRY_BENCHMARK = _onboarding("industry_benchmark")
 DECISION = _onboarding("decision")
 ONBOARDING = {
     t.name: t
-    for t in (APPLICATION, BANK_FEATURES, FRAUD_FEATURES, CREDIT_FEATURES, RISK_SCORE, DECISION)
+    for t in (
+        APPLICATION,
+        BANK_FEATURES,
+        RISK_SCORE,
+        FRAUD_FEATURES,
+        CREDIT_FEATURES,
+        FRAUD_CHECKS,
+        INDUSTRY_BENCHMARK,
+        DECISION,
+    )
 }
 
 # ---- periodic (the current version under ``LATEST``) --------------------------------------------

@@ -275,3 +275,179 @@ def test_stalled_run_is_retried_under_a_new_key_then_sent_to_review(
     assert final.reviewed == 1 and not final.batches
     [d] = decisions(redis_client)
     assert d["decision"] == "review" and "after 2 attempts" in d["reason"]
+
+
+# ---- branching by score band ----------------------------------------------------------------
+
+BAND_CASES = {  # user id -> payload; the simulated bank is deterministic per user id
+    "fast-co": {
+        **PAYLOAD,
+        "industry": "software",
+        "years_in_business": 12,
+        "requested_amount": 20000,
+    },
+    "borderline-co": {
+        **PAYLOAD,
+        "annual_revenue": 300000,
+        "requested_amount": 250000,
+        "device_id": "dev-42",
+        "ip": "10.1.2.3",
+    },
+    "decline-co": {
+        **PAYLOAD,
+        "industry": "restaurant",
+        "years_in_business": 3,
+        "annual_revenue": 300000,
+        "requested_amount": 900000,
+    },
+}
+
+
+def plant_packs(lake: LakeResource) -> None:
+    """Outputs of the three packs the borderline path reads, as the packs write them."""
+    from risk_assets.tables import (
+        BANK_STATEMENT_BASELINE,
+        DEVICE_IP_VELOCITY,
+        INDUSTRY_DEFAULT_RATES,
+        LATEST,
+    )
+
+    DEVICE_IP_VELOCITY.write(
+        lake,
+        LATEST,
+        {
+            "n": 500,
+            "velocity": {"device_id": {"dev-42": {"1h": 4, "24h": 9}}, "ip": {}, "ip_net": {}},
+            "p99_24h": {"device_id": 2, "ip": 3, "ip_net": 5},
+        },
+    )
+    stats = {"median": 0.1, "mad": 0.05, "p95": 0.4}
+    BANK_STATEMENT_BASELINE.write(
+        lake, LATEST, {"n": 500, "features": {"inflow_volatility": stats, "nsf_count": stats}}
+    )
+    rate = {"n": 600, "observed_default_rate": 0.2, "model_default_rate": 0.25}
+    INDUSTRY_DEFAULT_RATES.write(
+        lake, LATEST, {"by_industry": {"construction": rate, "other": rate}}
+    )
+
+
+def test_choose_path_by_band_is_a_pure_rule() -> None:
+    from risk_assets import science
+
+    app = {"years_in_business": 3}
+    assert science.choose_path(app, 0.1).path == "fast"
+    assert science.choose_path(app, science.APPROVE_BELOW).path == "borderline"
+    assert science.choose_path(app, science.DECLINE_FROM).path == "decline"
+    young = science.choose_path({"years_in_business": 0.2}, 0.1)
+    assert (young.path, young.band, young.reason) == (
+        "decline",
+        0,
+        "business younger than 6 months",
+    )
+    # the decline path decides from the score alone; the borderline path reviews failed checks
+    assert science.decide(app, 0.7)["decision"] == "decline"
+    checks = {
+        "passed": False,
+        "velocity_flags": ["ip 7 applications in 24h"],
+        "statement_anomalies": [],
+    }
+    app = {**PAYLOAD, "years_in_business": 3}
+    credit = {"max_affordable_amount": 50000.0, "dscr": 2.0}
+    fraud = {"fraud_score": 0.1}
+    assert science.decide(app, 0.3, fraud, credit)["decision"] == "approve"
+    verdict = science.decide(app, 0.3, fraud, credit, checks=checks)
+    assert verdict["decision"] == "review" and "ip 7 applications" in verdict["reason"]
+
+
+def test_each_applicant_runs_the_stages_of_its_band_and_is_decided_once(
+    redis_client, redis_url, tmp_lake
+) -> None:
+    plant_packs(tmp_lake)
+    ids = {
+        user: redis_client.xadd("signups", {"user_id": user, "payload": json.dumps(payload)})
+        for user, payload in BAND_CASES.items()
+    }
+    with dg.instance_for_test() as instance:
+        result = tick(instance, redis_url)
+        apply_partitions(instance, result)
+        [request] = result.run_requests  # one run covers the three applicants
+        run = execute(instance, request, redis_url, tmp_lake)
+        # the whole run again (a retry or a manual re-run): nothing new is published
+        again = execute(instance, request, redis_url, tmp_lake)
+        keys = {p.split("_")[0]: p for p in result.dynamic_partitions_requests[0].partition_keys}
+
+        def materialized(asset: str) -> set[str]:
+            parts = instance.get_materialized_partitions(dg.AssetKey(asset))
+            return {user for user, p in keys.items() if p in parts}
+
+        def metadata(asset: str, user: str) -> dict:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[keys[user]]),
+                limit=1,
+            ).records
+            mat = records[0].event_log_entry.asset_materialization
+            return {k: v.value for k, v in mat.metadata.items()}
+
+        everyone = set(BAND_CASES)
+        assert run.success and again.success
+        for asset in ("application", "bank_features", "risk_score", "decision"):
+            assert materialized(asset) == everyone, asset
+        assert materialized("fraud_features") == {"fast-co", "borderline-co"}
+        assert materialized("credit_features") == {"fast-co", "borderline-co"}
+        assert materialized("fraud_checks") == {"borderline-co"}
+        assert materialized("industry_benchmark") == {"borderline-co"}
+        paths = {user: metadata("risk_score", user)["path"] for user in BAND_CASES}
+        assert paths == {"fast-co": "fast", "borderline-co": "borderline", "decline-co": "decline"}
+        fast = metadata("decision", "fast-co")
+        assert fast["path"] == "fast" and "clear approval" in fast["why"]
+        assert fast["skipped"] == "fraud_checks, industry_benchmark"
+        assert fast["signup_to_decision_s"] >= 0
+        assert metadata("fraud_checks", "borderline-co")["passed"] is False
+        assert metadata("decision", "decline-co")["skipped"] == (
+            "credit_features, fraud_checks, fraud_features, industry_benchmark"
+        )
+        assert metadata("decision", "fast-co")["already_published"] == 3  # from the re-run
+
+    out = {d["signup_id"]: d for d in decisions(redis_client)}
+    assert len(decisions(redis_client)) == 3 and set(out) == set(ids.values())
+    assert out[ids["fast-co"]]["decision"] == "approve"
+    assert out[ids["decline-co"]]["decision"] == "decline"
+    review = out[ids["borderline-co"]]
+    assert review["decision"] == "review" and "device_id 9 applications in 24h" in review["reason"]
+    record = tmp_lake.read_json(f"work/onboarding/decision/{keys['borderline-co']}.json")
+    assert record["path"] == "borderline" and record["stages"][-2:] == [
+        "industry_benchmark",
+        "decision",
+    ]
+    assert record["signup_to_decision_s"] >= 0 and record["published_by_this_run"] is False
+    assert redis_client.xpending("signups", "onboarding")["pending"] == 0
+
+
+def test_a_run_of_fast_applicants_skips_the_borderline_stages(
+    redis_client, redis_url, tmp_lake
+) -> None:
+    redis_client.xadd(
+        "signups", {"user_id": "fast-co", "payload": json.dumps(BAND_CASES["fast-co"])}
+    )
+    with dg.instance_for_test() as instance:
+        result = tick(instance, redis_url)
+        apply_partitions(instance, result)
+        run = execute(instance, result.run_requests[0], redis_url, tmp_lake)
+        planned = {k.to_user_string() for k in run.dagster_run.asset_selection or []}
+        done = {
+            e.asset_key.to_user_string()
+            for e in run.get_asset_materialization_events()
+            if e.asset_key is not None
+        }
+    assert run.success
+    assert done == {
+        "application",
+        "bank_features",
+        "risk_score",
+        "fraud_features",
+        "credit_features",
+        "decision",
+    }
+    assert not planned or {"fraud_checks", "industry_benchmark"} <= planned
+    [d] = decisions(redis_client)
+    assert d["decision"] == "approve"

@@ -3,16 +3,10 @@
 from collections import Counter
 from typing import Any
 
+from risk_assets.science import VELOCITY_KEYS as KEYS
+from risk_assets.science import velocity_key
+
 HOUR_MS = 3_600_000
-KEYS = ("device_id", "ip", "ip_net")
-
-
-def _key(app: dict[str, Any], kind: str) -> str | None:
-    if kind == "ip_net":
-        ip = app.get("ip")
-        return ".".join(str(ip).split(".")[:3]) + ".0/24" if ip and "." in str(ip) else None
-    value = app.get(kind)
-    return str(value) if value else None
 
 
 def run(recent_signups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -24,7 +18,7 @@ def run(recent_signups: list[dict[str, Any]]) -> dict[str, Any]:
     for kind in KEYS:
         hour, day = Counter(), Counter()
         for app, ts in zip(recent_signups, stamps, strict=True):
-            key = _key(app, kind)
+            key = velocity_key(app, kind)
             if key is None or ts < end - 24 * HOUR_MS:
                 continue
             day[key] += 1
