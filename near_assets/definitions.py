@@ -23,6 +23,7 @@ from near_assets import (  # noqa: E402
     profiles,
     reference,
 )
+from near_assets.models import high_density_points, visit_history  # noqa: E402
 from resources import shared_resources  # noqa: E402
 from resources.spark import SparkResource  # noqa: E402
 from sensors import platform_sensors  # noqa: E402
@@ -66,6 +67,8 @@ defs = with_code_references(
         pings.defs,
         mobility.defs,
         profiles.defs,
+        visit_history.defs,
+        high_density_points.defs,
         campaigns.defs,
         insights.defs,
         audience.defs,

@@ -130,6 +130,26 @@ evidence (a sparse night yields pings but no stay)."""
 ENGINE_OUTPUT = LakeTable("engine_output", "work/_engine", partition="run")
 """Scratch output of one Spark job (``run=<run id>``), read back and deleted by the engine."""
 
+HDP_CELLS = LakeTable(
+    "hdp_cells",
+    "work/hdp_cells",
+    columns={
+        "cell": "int64 (grid cell code, near_assets.science.hdp.cell_codes)",
+        "lat": "float64 (dominant exact point)",
+        "lon": "float64",
+        "devices": "int64",
+        "pings": "int64",
+        "point_devices": "int64 (devices on the exact point of the accuracy pattern)",
+        "local_density": "float64 (mean devices per neighbouring cell)",
+        "concentration": "float64",
+        "accuracy_share": "float64",
+        "accuracy_devices": "int64 (devices sharing the modal accuracy)",
+        "flagged": "bool",
+    },
+)
+"""``work/hdp_cells/date=D``: one day's dense cells and whether each was flagged (the evidence
+the maintained list is built from)."""
+
 # ---- published tables (curated/, write-audit-publish) --------------------------------------------
 
 STAY_POINTS = LakeTable.curated(
@@ -219,6 +239,62 @@ CAMPAIGN_INSIGHTS = LakeTable.curated(
         "as_of": "string (YYYY-MM-DD)",
     },
 )
+
+VISIT_HISTORY = LakeTable.curated(
+    "visit_history",
+    columns={
+        "device_id": "string",
+        "poi_id": "string",
+        "brand": "string (nullable)",
+        "first_seen": TS,
+        "last_seen": TS,
+        "visits_total": "int64",
+        "dwell_total_s": "float64",
+        "visits_7d": "int64",
+        "dwell_7d_s": "float64",
+        "visits_30d": "int64",
+        "dwell_30d_s": "float64",
+        "visits_90d": "int64",
+        "dwell_90d_s": "float64",
+    },
+    descriptions={
+        "first_seen": "start of the pair's first visit within the retention horizon",
+        "last_seen": "end of the pair's latest visit up to the partition's day",
+        "visits_total": "visits within the retention horizon (365 days)",
+        "visits_7d": "visits starting D-6 .. D (UTC days)",
+        "visits_30d": "visits starting D-29 .. D",
+        "visits_90d": "visits starting D-89 .. D",
+    },
+)
+"""``curated/visit_history/date=D``: the snapshot of every (device, POI) pair as of day D."""
+
+HIGH_DENSITY_POINTS = LakeTable.curated(
+    "high_density_points",
+    columns={
+        "cell": "int64",
+        "lat": "float64",
+        "lon": "float64",
+        "days_flagged": "int64",
+        "days_seen": "int64",
+        "devices_median": "float64",
+        "concentration_median": "float64",
+        "accuracy_share_median": "float64",
+        "first_flagged": "string (YYYY-MM-DD)",
+        "last_flagged": "string (YYYY-MM-DD)",
+        "exact_point": "bool",
+    },
+    descriptions={
+        "cell": "grid cell (1e-4 degree, ~11 m) whose pings clean_pings drops",
+        "lat": "the cell's dominant exact point (WGS84)",
+        "days_flagged": "days of the trailing window (7) the cell was flagged",
+        "days_seen": "days of the window the cell had >= min_devices devices",
+        "devices_median": "median distinct devices a flagged day",
+        "concentration_median": "devices / (local density + 1), median over flagged days",
+        "accuracy_share_median": "share of devices reporting one identical accuracy",
+        "exact_point": "true: only pings on (lat, lon) are dropped; false: the whole cell",
+    },
+)
+"""``curated/high_density_points/date=D``: the HDP list maintained as of day D."""
 
 # ---- on-demand outputs ---------------------------------------------------------------------------
 

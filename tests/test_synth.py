@@ -333,3 +333,26 @@ def test_routines_follow_the_local_clock(tmp_path: Path, timezone: str) -> None:
     day_shift = kinds[~homes.loc[kinds.index, "night_shift"].to_numpy()]
     assert len(day_shift) >= 20 and (day_shift == "home").all()
     assert lake.read_json("truth/panel.json")["timezone"] == timezone
+
+
+def test_hdp_option_plants_high_density_points_with_truth(tmp_path: Path) -> None:
+    """``hdp=True`` plants towers, IP centroids and SDK defaults (half beside busy POIs) with
+    their truth; the same seed gives the same lake."""
+    kw = {"devices": 80, "days": 2, "start": START, "progress": False, "dirt": False}
+    lake = _lake(tmp_path, "hdp")
+    generate(lake, seed=5, hdp=True, **kw)
+    planted = lake.read_parquet("truth/hdp")
+    assert set(planted["kind"]) == {"cell_tower", "ip_centroid", "sdk_default"}
+    assert planted["near_poi_id"].notna().sum() == len(planted) // 2
+    day = _days(START, 1)[0]
+    rows = lake.read_parquet(f"truth/hdp_pings/date={day}")
+    pings = _read_pings(lake, day).merge(rows, on=["device_id", "ts"])
+    assert len(pings) == len(rows) > 0
+    exact = pings.merge(planted, on="hdp_id", suffixes=("", "_hdp"))
+    exact = exact[exact["kind"] != "ip_centroid"]
+    assert (exact["lat"] == exact["lat_hdp"]).all() and (exact["lon"] == exact["lon_hdp"]).all()
+    again = _lake(tmp_path, "hdp-again")
+    generate(again, seed=5, hdp=True, **kw)
+    pd.testing.assert_frame_equal(
+        lake.read_parquet(f"raw/pings/date={day}"), again.read_parquet(f"raw/pings/date={day}")
+    )

@@ -17,7 +17,9 @@ low_accuracy    has ``accuracy_m > max_accuracy_m`` (a missing accuracy is accep
 duplicate       repeats an earlier ping of the same device (same ``ts``, ``lat``, ``lon``);
                 the first one, in arrival order, is kept
 high_density    sits on an exact coordinate reported by at least ``hdp_min_devices`` distinct
-                devices that day (cell towers, IP-geolocation centroids)
+                devices that day (cell towers, IP-geolocation centroids), or in a cell of the
+                learnt list ``hdps`` (``near_assets.science.hdp``, the ``high_density_points``
+                table) when one is given
 ==============  ==========================================================================
 
 Duplicates lose no information (one copy is kept), so :func:`bad_share` does not count them
@@ -32,6 +34,8 @@ from datetime import UTC, date, datetime, time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from near_assets.science.hdp import on_hdp
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("device_id", "ts", "lat", "lon")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("accuracy_m",)
@@ -295,6 +299,7 @@ def clean_pings(
     max_accuracy_m: float = 1000.0,
     hdp_min_devices: int = 50,
     hdp_decimals: int | None = None,
+    hdps: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one UTC day of pings into ``(clean, quarantine)``.
 
@@ -303,7 +308,9 @@ def clean_pings(
     docstring); ``clean`` keeps every other row. ``max_accuracy_m`` is in metres;
     ``hdp_min_devices`` is the number of distinct devices on one exact coordinate that makes it
     a high-density point; ``hdp_decimals`` rounds coordinates before that count (``None``:
-    exact equality). Both outputs are sorted by ``device_id``, ``ts`` (arrival order on ties)
+    exact equality). ``hdps`` is a learnt list of high-density cells (column ``cell``,
+    ``near_assets.science.hdp``): rows inside a listed cell are ``high_density`` too (``None``
+    or empty: the fixed rule alone). Both outputs are sorted by ``device_id``, ``ts`` (arrival order on ties)
     with a fresh index; ``quarantine`` has an extra ``reason`` column.
     """
     if hdp_min_devices < 1:
@@ -361,12 +368,24 @@ def clean_pings(
         "high_density",
         among_alive(lambda d, b, a: _high_density(d, b, a, hdp_min_devices), device_codes, y, x),
     )
+    if hdps is not None and len(hdps):
+        assign("high_density", on_listed_hdp(lat, lon, hdps))
 
     bad = reason >= 0
     clean = _frame({name: values[~bad] for name, values in columns.items()})
     quarantine = _frame({name: values[bad] for name, values in columns.items()})
     quarantine["reason"] = np.asarray(REASONS, dtype=object)[reason[bad]]
     return clean, quarantine
+
+
+def on_listed_hdp(lat: np.ndarray, lon: np.ndarray, hdps: pd.DataFrame) -> np.ndarray:
+    """True for each coordinate inside a cell of the learnt HDP list (``hdps``: column ``cell``,
+    grid ``near_assets.science.hdp.HdpParams.cell_deg``)."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(lat) & np.isfinite(lon)
+    out = np.zeros(len(lat), dtype=bool)
+    out[finite] = on_hdp(lat[finite], lon[finite], hdps)
+    return out
 
 
 def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:

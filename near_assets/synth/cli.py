@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         "--timezone",
         help="clock of the daily routines (default: the profile's, else $LAKE_TIMEZONE, else UTC)",
     )
+    parser.add_argument(
+        "--hdp",
+        action="store_true",
+        help="plant high-density points (cell towers, IP centroids, SDK defaults) and round "
+        "genuine coordinates per device SDK (near_assets.synth.hdp)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     lake = LakeResource.from_env()
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         dirt=not args.no_dirt,
         timezone=args.timezone,
         progress=not args.no_progress,
+        hdp=args.hdp,
     )
     rate = summary["pings"] / max(summary["seconds"], 1e-9)
     print(json.dumps({**summary, "pings_per_s": round(rate)}, indent=2))

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from near_assets.science.cleaning import REASONS as CLEANING_PRECEDENCE
 from near_assets.synth import campaigns as camp
+from near_assets.synth import hdp as hdps
 from near_assets.synth.city import REGION_M, City, Frame, build_city
 from near_assets.synth.dirt import (
     DEFAULT_DIRT_SHARE,
@@ -96,6 +97,7 @@ class World:
     shadow_p: np.ndarray | None = None
     shadow_expected: float = 0.0
     away: np.ndarray | None = None  # (devices, days + 3): night starting on local start-2+j away
+    hdp: hdps.HdpPlan | None = None  # planted high-density points (option ``hdp``)
 
     def dates(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
@@ -163,6 +165,7 @@ def build_world(
     campaigns: int,
     timezone: str = "UTC",
     audience: bool = True,
+    hdp: bool = False,
 ) -> World:
     """Everything that does not change from day to day: city, panel, observation, campaigns.
 
@@ -224,6 +227,7 @@ def build_world(
         shadow_p=shadow_p,
         shadow_expected=shadow_expected,
         away=away,
+        hdp=hdps.plan_hdps(seed, city, devices) if hdp else None,
     )
 
 
@@ -233,6 +237,7 @@ class DayResult:
     dirt: dict[str, int]
     stays: pd.DataFrame
     visitors: pd.DataFrame
+    hdp_rows: pd.DataFrame | None = None
 
 
 def _local_windows(day: date, timezone: str) -> list[tuple[date, float, float]]:
@@ -410,11 +415,17 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
         t = cols["t_ms"] - day_start_ms
         up = (t < outage[0] * 1000.0) | (t >= outage[1] * 1000.0)
         cols = {k: v[up] for k, v in cols.items()}
+    if world.hdp is not None:
+        hdps.round_coordinates(cols, world.hdp.decimals)
+        hdps.plant_hdps(world.seed, day.toordinal(), cols, world.hdp)
     rng = np.random.default_rng([world.seed, 707, day.toordinal()])
     cols, dirt = plant_dirt(
         rng, cols, share=dirt_share, day_start_ms=day_start_ms, towers_latlon=world.towers
     )
-    return DayResult(pings=cols, dirt=dirt, stays=stays_df, visitors=visitors)
+    hdp_rows = (
+        hdps.planted_rows(cols, panel.device_ids, world.hdp) if world.hdp is not None else None
+    )
+    return DayResult(pings=cols, dirt=dirt, stays=stays_df, visitors=visitors, hdp_rows=hdp_rows)
 
 
 def _visitors(
@@ -532,6 +543,8 @@ def write_day(world: World, lake: LakeResource, day_index: int, result: DayResul
         f"truth/poi_visitors/date={d}/part-0.parquet",
     )
     lake.write_json(f"truth/dirt/date={d}.json", result.dirt)
+    if result.hdp_rows is not None:
+        lake.write_parquet(result.hdp_rows, f"truth/hdp_pings/date={d}")
     return int(sum(t.num_rows for t in tables))
 
 
@@ -606,6 +619,8 @@ def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> Non
             f"raw/exposures/campaign_id={c.campaign_id}",
         )
     lake.write_json("truth/panel.json", params)
+    if world.hdp is not None:
+        lake.write_parquet(world.hdp.table, "truth/hdp")
 
 
 def _params(world: World, devices: int, dirt_share: float, summary: dict[str, Any]) -> dict:
@@ -677,12 +692,15 @@ def generate(
     dirt_share: float | None = None,
     timezone: str | None = None,
     progress: bool = True,
+    hdp: bool = False,
 ) -> dict[str, Any]:
     """Generate ``days`` days of pings for ``devices`` panel devices, references and truth.
 
     ``dirt_share`` (share of dirty rows per day) defaults to 6.8 % when ``dirt`` is on.
     Daily routines follow the clock of ``timezone`` (default ``LAKE_TIMEZONE``, else UTC);
-    files and truth are still cut by UTC day.
+    files and truth are still cut by UTC day. ``hdp`` plants high-density points of several
+    kinds and rounds genuine coordinates per device SDK (``near_assets.synth.hdp``); off, the
+    output is the same as without the option.
     Returns a summary: pings written, rows per day, seconds, campaigns.
     """
     from tqdm import tqdm
@@ -691,7 +709,14 @@ def generate(
     start = start or default_start(days)
     share = (DEFAULT_DIRT_SHARE if dirt_share is None else dirt_share) if dirt else 0.0
     world = build_world(
-        seed, devices, start, days, profile, campaigns, profile_timezone(profile, timezone)
+        seed,
+        devices,
+        start,
+        days,
+        profile,
+        campaigns,
+        profile_timezone(profile, timezone),
+        hdp=hdp,
     )
     write_reference(world, lake)
     per_day: dict[str, int] = {}

@@ -1,0 +1,9 @@
+"""Near's foundational models beyond the daily chain (issue 16), one module per model.
+
+- ``visit_history``: per-device, per-POI rolling history, incremental from the daily visits;
+- ``high_density_points``: coordinates and small cells reported by implausibly many devices,
+  learnt from the clean pings (the list ``clean_pings`` may drop).
+
+Each module ends with ``defs = dg.Definitions(...)``; ``near_assets/definitions.py`` merges them.
+Tables are declared in ``near_assets.tables``.
+"""
