@@ -28,6 +28,7 @@ big machine::
 
     uv run python bench/scale.py                       # 2 M pings, both engines
     uv run python bench/scale.py --pings 50e6 --engines spark
+    uv run python bench/scale.py --pings 4e6 --engines spark --select mobility   # up to homes
 """
 
 from __future__ import annotations
@@ -220,7 +221,13 @@ def step_events(home: Path) -> tuple[str, dict[str, dict[str, Any]]]:
 
 
 def run_engine(
-    engine: str, src: Path, work: Path, pings: int, master: str, redis_port: int
+    engine: str,
+    src: Path,
+    work: Path,
+    pings: int,
+    master: str,
+    redis_port: int,
+    select: tuple[str, ...] = CHAIN,
 ) -> dict[str, Any]:
     """The chain on ``engine`` through the CLI, on a copy of the lake; figures per step."""
     import redis
@@ -254,7 +261,7 @@ def run_engine(
         "-m",
         "near_assets.definitions",
         "--select",
-        ",".join(CHAIN),
+        ",".join(select),
         "--partition",
         DAY,
     ]
@@ -381,7 +388,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--redis-port", type=int, default=6397, help="embedded Redis of the runs")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--select",
+        default="all",
+        help="'all' (the chain), 'mobility' (raw pings to home_location) or comma-separated assets",
+    )
     args = parser.parse_args()
+    select = {"all": CHAIN, "mobility": CHAIN[: CHAIN.index("home_location") + 1]}.get(
+        args.select, tuple(a.strip() for a in args.select.split(",") if a.strip())
+    )
 
     root = Path(args.root)
     label = f"{args.pings / 1e6:g}M"
@@ -402,6 +417,7 @@ def main() -> int:
             info["raw_pings"],
             args.master,
             args.redis_port,
+            select,
         )
         results[engine] = result
         per_step[engine] = report(result, cost_model)

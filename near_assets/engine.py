@@ -6,6 +6,12 @@ input lake keys to ``SparkResource.run_per_device``, which runs the same functio
 ``near_assets/spark_jobs/apply_by_device.py`` (locally or on EMR) and writes its output under
 ``work/_engine``; the engine reads it back and deletes it.
 
+``run_per_device_days`` (Spark only) goes further: the job writes each output day as ONE Parquet
+object straight to where it belongs (a published table's run staging folder, or an internal
+table's partition), sorted and typed as the in-process path writes it, with the version stamp
+in its footer, and reports each day's audit figures (``publishing.wap.Figures``) through Pipes:
+the run process audits and publishes objects it never loads (``publishing.wap.Staged``).
+
 Side tables (``sides``: small tables every call needs whole, such as the POIs or the areas) are
 passed to the function as keyword arguments: as they are in-process; under Spark they are written
 to a scratch object under ``work/_engine`` that each Python worker reads once (see
@@ -23,10 +29,24 @@ import pandas as pd
 
 from near_assets.science.engine import PerDeviceFn
 from near_assets.spark_jobs import APPLY_BY_DEVICE
-from near_assets.spark_jobs.apply_by_device import BASE_CONF, SIDES_PARAM
+from near_assets.spark_jobs.apply_by_device import BASE_CONF, SIDES_PARAM, STAGE_PARAM
 from near_assets.tables import ENGINE_OUTPUT
+from publishing import journal
+from publishing.tables import PART_FILE
+from publishing.wap import Figures, Staged
 from resources.lake import LakeResource
 from resources.spark import SparkResource
+
+ARROW_TYPES = {
+    "string": "string",
+    "timestamp": "timestamp[ns, tz=UTC]",
+    "double": "double",
+    "int": "int32",
+    "bigint": "int64",
+    "boolean": "bool",
+}
+"""Spark DDL type -> the Arrow type the in-process path writes (pandas ``object`` strings,
+``datetime64[ns, UTC]``, ``int32`` counts)."""
 
 Engine = Literal["pandas", "spark"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -62,9 +82,147 @@ def run_per_device(
     Returns the output (timestamps as ``datetime64[ns, UTC]`` under both engines) and metadata
     naming the engine that ran (``spark_*``: the job's summary figures).
     """
-    sides = dict(sides or {})
     if engine == "pandas" or not inputs:
-        return fn(load(), **params, **sides), {"engine": "pandas"}
+        return fn(load(), **params, **dict(sides or {})), {"engine": "pandas"}
+    _, meta = _spark_job(context, lake, spark, fn, inputs, params, sides)
+    output = ENGINE_OUTPUT.key(f"{context.run_id}-{context.asset_key.to_python_identifier()}")
+    out = lake.read_parquet(output)
+    lake.delete(output)
+    return nanosecond_timestamps(out), meta
+
+
+def nanosecond_timestamps(df: pd.DataFrame) -> pd.DataFrame:
+    """Spark writes microseconds: every timestamp column as ``datetime64[ns, UTC]``."""
+    for col in df.columns:
+        if isinstance(df[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
+            df[col]
+        ):
+            df[col] = pd.to_datetime(df[col], utc=True).dt.as_unit("ns")
+    return df
+
+
+def arrow_schema(ddl: str, columns: Sequence[str]) -> Any:
+    """The Arrow schema of ``columns`` of a per-device function's Spark DDL, typed as the
+    in-process engine writes them (``ARROW_TYPES``)."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "timestamp[ns, tz=UTC]": pa.timestamp("ns", tz="UTC"),
+        "double": pa.float64(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "bool": pa.bool_(),
+    }
+    fields = {}
+    for part in ddl.split(","):
+        name, kind = part.split()
+        fields[name] = types[ARROW_TYPES[kind.lower()]]
+    return pa.schema([(c, fields[c]) for c in columns])
+
+
+def run_per_device_days(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    fn: PerDeviceFn,
+    inputs: Sequence[str],
+    params: Mapping[str, Any],
+    *,
+    targets: Mapping[str, str],
+    columns: Sequence[str],
+    day: str,
+    sort: Sequence[str],
+    needs: Mapping[str, Any] | None = None,
+    stamped: bool = True,
+    sides: Mapping[str, pd.DataFrame] | None = None,
+    input_windows: Mapping[str, Sequence[str]] | None = None,
+    input_day: str | None = None,
+) -> tuple[dict[str, Staged], dict[str, Any]]:
+    """``fn`` over the lake keys ``inputs`` as one Spark job that writes one object per day.
+
+    ``targets``: day -> the lake folder the day's ``part-0.parquet`` goes to (a run staging
+    folder, ``publishing.tables.run_staging_key``, or an internal table's partition); ``day``:
+    the SQL expression of an output row's day; ``sort``: the row order within a day (the
+    in-process path's); ``columns``: the written columns (typed by ``arrow_schema``). ``needs``:
+    what to compute per day, ``publishing.wap.audit_needs(audits)`` plus ``distinct``,
+    ``medians``, ``value_counts`` (column lists) for the metadata. ``stamped``: put a version
+    stamp in each footer (published tables). ``input_windows``: day -> days whose input rows
+    (by the SQL ``input_day``) count their distinct devices (returned as
+    ``meta["input_distinct"]``).
+
+    Returns day -> ``Staged`` (folder, version, content digest, size, ``Figures``) and the
+    metadata naming the engine (``spark_*``: the job's figures). The run process reads nothing
+    the job wrote.
+    """
+    import base64
+
+    need = dict(needs or {})
+    rules = dict(need.get("rules", {}))
+    duplicates = list(need.get("duplicates", []))
+    for rule in rules.values():
+        key = ",".join(rule.get("unique", []))
+        if key and key not in duplicates:
+            duplicates.append(key)
+    for key in duplicates:  # found as adjacent repeats: the keys must lead the sort
+        if list(sort[: len(key.split(","))]) != key.split(","):
+            raise ValueError(f"duplicate keys {key} must be a prefix of the sort {list(sort)}")
+    schema = arrow_schema(fn.spark_schema, columns)  # type: ignore[attr-defined]
+    run_id = context.run_id
+    versions = {d: journal.new_version() for d in targets}
+    spec = {
+        "day": day,
+        "sort": list(sort),
+        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
+        "targets": {
+            d: {
+                "uri": spark.spark_uri(lake, f"{folder}/{PART_FILE}"),
+                "stamp": {"version": versions[d], "run_id": run_id} if stamped else None,
+            }
+            for d, folder in targets.items()
+        },
+        "rules": rules,
+        "nulls": list(need.get("nulls", [])),
+        "duplicates": duplicates,
+        "distinct": list(need.get("distinct", [])),
+        "medians": list(need.get("medians", [])),
+        "value_counts": list(need.get("value_counts", [])),
+        "input_windows": {d: list(w) for d, w in (input_windows or {}).items()},
+        "input_day": input_day,
+        "s3_endpoint": lake.endpoint_url if lake.backend == "s3" else None,
+    }
+    summary, meta = _spark_job(context, lake, spark, fn, inputs, params, sides, spec)
+    staged = {}
+    for d, folder in targets.items():
+        out = summary.get("days", {}).get(d)
+        if out is None:  # no input at all: the job did not run
+            raise dg.Failure(f"the Spark job wrote no object for {d} ({folder})")
+        staged[d] = Staged(
+            key=folder,
+            version=versions[d],
+            content=out["content"],
+            size=int(out["size"]),
+            figures=Figures.from_dict(out["figures"]),
+        )
+    if input_windows:
+        meta["input_distinct"] = summary.get("input_distinct", {})
+    return staged, meta
+
+
+def _spark_job(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    fn: PerDeviceFn,
+    inputs: Sequence[str],
+    params: Mapping[str, Any],
+    sides: Mapping[str, pd.DataFrame] | None,
+    stage: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One ``apply_by_device`` job (side tables written to scratch and deleted after); returns
+    its summary and the metadata naming the engine. Without ``stage`` the output is the scratch
+    folder ``ENGINE_OUTPUT.key(<run>-<asset>)``, left for the caller to read and delete."""
+    sides = dict(sides or {})
     asset = context.asset_key.to_python_identifier()
     output = ENGINE_OUTPUT.key(f"{context.run_id}-{asset}")
     side_keys = {n: ENGINE_OUTPUT.key(f"{context.run_id}-side-{asset}-{n}") for n in sides}
@@ -74,6 +232,8 @@ def run_per_device(
         job_params[SIDES_PARAM] = {
             n: lake.uri(lake.write_parquet(sides[n], k)) for n, k in side_keys.items()
         }
+    if stage is not None:
+        job_params[STAGE_PARAM] = stage
     try:
         summary = spark.run_per_device(
             context,
@@ -89,8 +249,6 @@ def run_per_device(
     finally:
         for key in side_keys.values():
             lake.delete(key)
-    out = lake.read_parquet(output)
-    lake.delete(output)
     meta: dict[str, Any] = {"engine": "spark"}
     meta.update(
         {
@@ -100,14 +258,4 @@ def run_per_device(
         }
     )
     meta.update(summary.get("metadata", {}))  # EMR step/console links and log paths
-    return nanosecond_timestamps(out), meta
-
-
-def nanosecond_timestamps(df: pd.DataFrame) -> pd.DataFrame:
-    """Spark writes microseconds: every timestamp column as ``datetime64[ns, UTC]``."""
-    for col in df.columns:
-        if isinstance(df[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
-            df[col]
-        ):
-            df[col] = pd.to_datetime(df[col], utc=True).dt.as_unit("ns")
-    return df
+    return summary, meta

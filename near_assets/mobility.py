@@ -2,11 +2,13 @@
 
 Daily-partitioned and thin: load from the lake (``near_assets.tables``), call the science in
 ``near_assets.science``, publish through write-audit-publish and describe each day. Stay
-detection, visit matching and home inference run on the engine of the asset's ``engine`` config
-(``near_assets.engine``: ``pandas`` in-process or one ``spark`` job; visits get the POIs as a
-side table); demographics and brand affinity work on homes and visits (thousands of rows, not
-millions) and run in-process under both settings. Accuracy against the generator's ground truth
-is scored by asset checks in ``near_assets.evaluation.mobility``.
+detection, visit matching, ping hours and home inference run on the engine of the asset's
+``engine`` config (``near_assets.engine``): ``pandas`` loads the inputs and computes in-process;
+``spark`` is one job per asset that writes each day's object itself (published tables: into
+the run's staging folder, stamped) and reports the day's audit figures, so the run process
+audits and publishes objects it never loads (``run_per_device_days``, ``publishing.wap.Staged``).
+Accuracy against the generator's ground truth is scored by asset checks in
+``near_assets.evaluation.mobility``.
 
 Every asset uses a single-run backfill policy and processes every partition key of its run: a
 month backfill is one run (and one Spark job per Spark-backed asset), not thirty.
@@ -22,11 +24,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from near_assets.engine import EngineConfig, run_per_device
+from near_assets.engine import EngineConfig, run_per_device, run_per_device_days
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.reference import load_reference_pois
 from near_assets.science import home
 from near_assets.science.home import HOME_COLUMNS, METHODS, HomeParams, homes_by_day
+from near_assets.science.ping_hours import PING_HOURS_SORT, ping_hours_by_day
 from near_assets.science.stays import STAY_COLUMNS, StayParams, detect_stays, stays_per_device
 from near_assets.science.visits import VISIT_COLUMNS, VisitParams, visits_per_device
 from near_assets.tables import (
@@ -38,17 +41,20 @@ from near_assets.tables import (
     internal_asset_args,
     published_asset_args,
 )
-from publishing.tables import day_window, publish_pool, trailing_days, utc_days
+from publishing.baselines import DayValue, calendar_band, published_histories, published_history
+from publishing.tables import day_window, publish_pool, run_staging_key, utc_days
 from publishing.wap import (
     AuditFn,
+    Figures,
+    Rows,
+    Staged,
+    audit_needs,
     audit_specs,
     clean_meta,
     has_columns,
     no_nulls,
     publish_days,
-    row_count_band,
     rows_satisfy,
-    value_band,
 )
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
@@ -62,7 +68,6 @@ RETRY = dg.RetryPolicy(
     max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 ENGINE_KINDS = {"pandas", "spark", "parquet"}
-PANDAS_KINDS = {"pandas", "parquet"}
 PING_COLUMNS = ["device_id", "ts", "lat", "lon"]
 HOME_STAY_COLUMNS = ["device_id", "start_ts", "end_ts", "lat", "lon"]
 PING_HOUR_COLUMNS = ["device_id", "ts", "lat", "lon"]
@@ -83,9 +88,10 @@ class StayPointsConfig(EngineConfig):
     min_pings: int = StayParams.min_pings
     max_outliers: int = StayParams.max_outliers
     norm_low: float = 0.5
-    """Fail the day when stays per device fall below this x the trailing median ..."""
+    """Ignored: stays per device are judged against the calendar-aware baseline
+    (``publishing.baselines.calendar_band``); accepted so that older run configurations load."""
     norm_high: float = 2.0
-    """... or rise above this x the trailing median (7 published days, at least 3)."""
+    """Ignored (see ``norm_low``)."""
 
     def params(self) -> dict[str, Any]:
         return StayParams(
@@ -175,23 +181,48 @@ VISIT_CONTRACT = ["device_id", "poi_id", "start_ts", "end_ts", "dwell_s"]
 HOME_CONTRACT = ["device_id", "lat", "lon", "confidence", "nights"]
 
 
-def _stays_per_device(df: pd.DataFrame) -> float:
-    return stays_per_device(df, df["device_id"].nunique()) if len(df) else 0.0
+def rows_of(df: pd.DataFrame | Staged) -> Rows:
+    """A day's rows, or the figures of the object the Spark job staged."""
+    return df.figures if isinstance(df, Staged) else df
 
 
-def stays_norm(history: Sequence[float] = (), low: float = 0.5, high: float = 2.0) -> AuditFn:
-    """Stays per device within [low, high] x the trailing median of published days."""
-    return value_band(
+def _distinct(df: Rows, column: str) -> int:
+    """Distinct values of ``column`` (from the job's figures under Spark)."""
+    if isinstance(df, Figures):
+        return int(df.figure("distinct", column))
+    return int(df[column].nunique())
+
+
+def _median(df: Rows, column: str) -> float | None:
+    if not len(df):
+        return None
+    if isinstance(df, Figures):
+        value = df.figure("medians", column)
+        return None if value is None else float(value)
+    return float(df[column].median())
+
+
+def _stays_per_device(df: Rows) -> float:
+    return stays_per_device(df, _distinct(df, "device_id")) if len(df) else 0.0  # type: ignore[arg-type]
+
+
+def _rows(df: Rows) -> float:
+    return float(len(df))
+
+
+def stays_norm(history: Sequence[DayValue | float] = (), day: str | None = None) -> AuditFn:
+    """Stays per device against the calendar-aware baseline of ``day``."""
+    return calendar_band(
         "stays_per_device_within_norm",
-        "Stays per device within the band around the trailing 7 published days' median.",
+        "Stays per device (stays / distinct devices) of the day, against its calendar-aware "
+        "baseline of published stay_points days.",
         _stays_per_device,
         history,
-        low,
-        high,
+        day,
     )
 
 
-def stay_audits(history: Sequence[float] = (), low: float = 0.5, high: float = 2.0) -> list:
+def stay_audits(history: Sequence[DayValue | float] = (), day: str | None = None) -> list:
     return [
         has_columns(*STAY_CONTRACT),
         no_nulls("device_id", "start_ts", "end_ts", "lat", "lon"),
@@ -199,12 +230,13 @@ def stay_audits(history: Sequence[float] = (), low: float = 0.5, high: float = 2
             "stay_order",
             "Every stay ends at or after it starts and has at least one ping.",
             lambda df: (df["end_ts"] >= df["start_ts"]) & (df["n_pings"] >= 1),
+            sql="end_ts >= start_ts AND n_pings >= 1",
         ),
-        stays_norm(history, low, high),
+        stays_norm(history, day),
     ]
 
 
-def visit_audits(history: Sequence[int] = ()) -> list:
+def visit_audits(history: Sequence[DayValue | float] = (), day: str | None = None) -> list:
     return [
         has_columns(*VISIT_CONTRACT),
         no_nulls("device_id", "poi_id", "start_ts", "end_ts"),
@@ -215,8 +247,17 @@ def visit_audits(history: Sequence[int] = ()) -> list:
                 (df["dwell_s"] > 0)
                 & ((df["end_ts"] - df["start_ts"]).dt.total_seconds().sub(df["dwell_s"]).abs() < 1)
             ),
+            sql="dwell_s > 0 AND "
+            "abs((unix_micros(end_ts) - unix_micros(start_ts)) / 1000000.0 - dwell_s) < 1",
         ),
-        row_count_band(history, low=0.3, high=3.0),
+        calendar_band(
+            "row_count_band",
+            "Visits (rows) of the day, against its calendar-aware baseline of published visits "
+            "days.",
+            _rows,
+            history,
+            day,
+        ),
     ]
 
 
@@ -228,24 +269,34 @@ def home_audits() -> list:
             "confidence_in_unit_interval",
             "Confidence lies in 0..1 and each device has one home.",
             lambda df: df["confidence"].between(0, 1) & ~df["device_id"].duplicated(),
+            sql="confidence BETWEEN 0 AND 1",
+            unique=["device_id"],
         ),
     ]
 
 
-def trailing_stays_per_device(lake: LakeResource, day: str) -> list[float]:
-    """Stays per device of the published ``stay_points`` days before ``day`` (newest first)."""
-    out = []
-    for d in trailing_days(day, NORM_HISTORY_DAYS):
-        df = STAY_POINTS.read(lake, d, columns=["device_id"])
-        if df is not None and len(df):
-            out.append(_stays_per_device(df))
-    return out
+def stays_history(lake: LakeResource, day: str) -> list[DayValue]:
+    """Stays per device of the published ``stay_points`` days of the 4 weeks before ``day``
+    (one column of one day at a time)."""
+    return published_histories(
+        lake, STAY_POINTS, day, {"spd": _stays_per_device}, columns=["device_id"]
+    )["spd"]
 
 
-def trailing_visit_rows(lake: LakeResource, day: str) -> list[int]:
-    """Row counts of the published ``visits`` days before ``day`` (empty or missing: left out)."""
-    counts = [VISITS.rows(lake, d) for d in trailing_days(day, NORM_HISTORY_DAYS)]
-    return [c for c in counts if c]
+def visits_history(lake: LakeResource, day: str) -> list[DayValue]:
+    """Row counts (Parquet footers) of the published ``visits`` days of the 4 weeks before
+    ``day``."""
+    return published_history(lake, VISITS, day)
+
+
+def day_of(column: str) -> str:
+    """Spark SQL: the UTC day (``YYYY-MM-DD``) of a timestamp column (sessions run in UTC)."""
+    return f"date_format({column}, 'yyyy-MM-dd')"
+
+
+def staging_folders(table: Any, context: dg.AssetExecutionContext, days: Sequence[str]) -> dict:
+    """Where the Spark job stages each day of a published table: this run's staging folder."""
+    return {d: run_staging_key(table.name, table.folder(d), context.run_id) for d in days}
 
 
 # ---- per-day results and figures ----------------------------------------------------------
@@ -259,16 +310,15 @@ def stays_of_days(stays: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.Data
     }
 
 
-def describe_stays(df: pd.DataFrame, input_pings: int) -> dict[str, Any]:
+def describe_stays(df: Rows, input_pings: int) -> dict[str, Any]:
+    median = _median(df, "duration_s")
     return clean_meta(
         {
             "input_pings": input_pings,
             "input": "present" if input_pings else "missing or empty",
-            "devices": int(df["device_id"].nunique()),
+            "devices": _distinct(df, "device_id"),
             "stays_per_device": round(_stays_per_device(df), 3),
-            "median_duration_min": round(float(df["duration_s"].median() / 60), 1)
-            if len(df)
-            else None,
+            "median_duration_min": round(median / 60, 1) if median is not None else None,
         }
     )
 
@@ -283,13 +333,14 @@ def visits_of_days(visits: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.Da
     }
 
 
-def describe_visits(df: pd.DataFrame, stays: int) -> dict[str, Any]:
+def describe_visits(df: Rows, stays: int) -> dict[str, Any]:
+    median = _median(df, "dwell_s")
     return clean_meta(
         {
             "stays": stays,
-            "devices": int(df["device_id"].nunique()),
-            "pois_visited": int(df["poi_id"].nunique()),
-            "median_dwell_min": round(float(df["dwell_s"].median() / 60), 1) if len(df) else None,
+            "devices": _distinct(df, "device_id"),
+            "pois_visited": _distinct(df, "poi_id"),
+            "median_dwell_min": round(median / 60, 1) if median is not None else None,
         }
     )
 
@@ -304,37 +355,41 @@ def homes_of_days(homes: pd.DataFrame, days: Sequence[str]) -> dict[str, pd.Data
     }
 
 
-def describe_ping_hours(df: pd.DataFrame, input_pings: int) -> dict[str, Any]:
+def describe_ping_hours(df: Rows, input_pings: int) -> dict[str, Any]:
     return {
         "input_pings": input_pings,
         "rows": len(df),
-        "devices": int(df["device_id"].nunique()),
+        "devices": _distinct(df, "device_id"),
         "dagster/row_count": len(df),
     }
 
 
 def describe_homes(
-    df: pd.DataFrame,
-    eligible: np.ndarray,
+    df: Rows,
+    eligible: int,
     window: Sequence[str],
     present: Sequence[str],
     evidence: str,
     min_confidence: float,
 ) -> dict[str, Any]:
-    by_method = df["method"].value_counts()
+    if isinstance(df, Figures):
+        by_method = pd.Series(df.figure("value_counts", "method"), dtype="int64")
+    else:
+        by_method = df["method"].value_counts()
+    median = _median(df, "confidence")
     return clean_meta(
         {
             "window_days_found": len(set(window) & set(present)),
-            "devices_in_window": len(eligible),
+            "devices_in_window": eligible,
             "homes": len(df),
-            "coverage": round(len(df) / len(eligible), 4) if len(eligible) else None,
+            "coverage": round(len(df) / eligible, 4) if eligible else None,
             "homes_by_method": dg.MetadataValue.json(
                 {m: int(by_method.get(m, 0)) for m in METHODS}
             ),
             "evidence": evidence,
             "min_confidence": min_confidence,
             "calibration_version": home.calibration_version(),
-            "median_confidence": round(float(df["confidence"].median()), 3) if len(df) else None,
+            "median_confidence": round(median, 3) if median is not None else None,
         }
     )
 
@@ -402,17 +457,36 @@ def stay_points(
     input_pings = {d: CLEAN_PINGS.rows(lake, d) for d in days}
     present = days_with_input(context, input_pings, CLEAN_PINGS.name)
     inputs = [CLEAN_PINGS.key(d) for d in present]
-    load = partial(read_pings, lake, days)
-    stays, engine_meta = run_per_device(
-        context, lake, spark, config.engine, detect_stays, inputs, params, load
-    )
+    frames: dict[str, Any]
+    if config.engine == "spark":  # the job stages each day; the run process loads none
+        frames, engine_meta = run_per_device_days(
+            context,
+            lake,
+            spark,
+            detect_stays,
+            inputs,
+            params,
+            targets=staging_folders(STAY_POINTS, context, present),
+            columns=STAY_COLUMNS,
+            day=day_of("start_ts"),
+            sort=["device_id", "start_ts"],
+            needs={
+                **audit_needs(stay_audits()),
+                "distinct": ["device_id"],
+                "medians": ["duration_s"],
+            },
+        )
+    else:
+        load = partial(read_pings, lake, days)
+        stays, engine_meta = run_per_device(
+            context, lake, spark, config.engine, detect_stays, inputs, params, load
+        )
+        frames = {d: df for d, df in stays_of_days(stays, days).items() if d in present}
     seconds = round(time.perf_counter() - started, 3)
-    frames = {d: df for d, df in stays_of_days(stays, days).items() if d in present}
-    metadata = {d: describe_stays(df, input_pings[d]) for d, df in frames.items()}
+    metadata = {d: describe_stays(rows_of(df), input_pings[d]) for d, df in frames.items()}
 
     def audits(d: str) -> list:
-        history = trailing_stays_per_device(lake, d) if input_pings[d] else []
-        return stay_audits(history, config.norm_low, config.norm_high)
+        return stay_audits(stays_history(lake, d) if input_pings[d] else [], d)
 
     run_meta = {
         "seconds": seconds,
@@ -462,11 +536,35 @@ def visits(
     def load() -> pd.DataFrame:
         return STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)[0]
 
-    visits_all, engine_meta = run_per_device(
-        context, lake, spark, config.engine, visits_per_device, inputs, params, load, {"pois": pois}
-    )
-    frames = visits_of_days(visits_all, present)
-    metadata = {d: describe_visits(df, STAY_POINTS.rows(lake, d)) for d, df in frames.items()}
+    frames: dict[str, Any]
+    if config.engine == "spark":  # the job stages each day; the run process loads none
+        frames, engine_meta = run_per_device_days(
+            context,
+            lake,
+            spark,
+            visits_per_device,
+            inputs,
+            params,
+            targets=staging_folders(VISITS, context, present),
+            columns=VISIT_COLUMNS,
+            day=day_of("start_ts"),
+            sort=["device_id", "start_ts"],
+            needs={
+                **audit_needs(visit_audits()),
+                "distinct": ["device_id", "poi_id"],
+                "medians": ["dwell_s"],
+            },
+            sides={"pois": pois},
+        )
+    else:
+        visits_all, engine_meta = run_per_device(
+            context, lake, spark, config.engine, visits_per_device, inputs, params, load,
+            {"pois": pois},
+        )  # fmt: skip
+        frames = visits_of_days(visits_all, present)
+    metadata = {
+        d: describe_visits(rows_of(df), STAY_POINTS.rows(lake, d)) for d, df in frames.items()
+    }
     run_meta = {
         "seconds": round(time.perf_counter() - started, 3),
         "pois": len(pois),
@@ -479,13 +577,13 @@ def visits(
         alerts,
         VISITS.name,
         frames,
-        lambda d: visit_audits(trailing_visit_rows(lake, d)),
+        lambda d: visit_audits(visits_history(lake, d), d),
         metadata,
         run_meta,
     )
 
 
-class PingHoursConfig(dg.Config):
+class PingHoursConfig(EngineConfig):
     cell_m: float = HomeParams.cell_m
     """Grid cell size, metres (the cell size home_location scores its places on)."""
 
@@ -497,21 +595,48 @@ class PingHoursConfig(dg.Config):
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    kinds=PANDAS_KINDS,
+    kinds=ENGINE_KINDS,
     **internal_asset_args(HOME_PING_HOURS),
 )
 def home_ping_hours(
-    context: dg.AssetExecutionContext, config: PingHoursConfig, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: PingHoursConfig,
+    lake: LakeResource,
+    spark: SparkResource,
 ) -> dg.MaterializeResult:
     """A day's clean pings reduced to one row per device, ~100 m cell and UTC hour.
 
     ``home_location``'s ping evidence: a sparse night (a ping every hour or two) leaves pings
     but no stay. ``ts`` is the start of the hour, lat/lon the mean of the hour's pings in the
-    cell (``near_assets.science.home.ping_hours``); a fraction of the day's pings.
+    cell (``near_assets.science.home.ping_hours``); a fraction of the day's pings. Runs on the
+    ``engine`` of its config (Spark: one job writes every day's partition).
     """
     started = time.perf_counter()
+    days = list(context.partition_keys)
+    inputs = [CLEAN_PINGS.key(d) for d in days if CLEAN_PINGS.exists(lake, d)]
+    if config.engine == "spark" and inputs:
+        written, engine_meta = run_per_device_days(
+            context,
+            lake,
+            spark,
+            ping_hours_by_day,
+            inputs,
+            {"cell_m": config.cell_m},
+            targets={d: HOME_PING_HOURS.key(d) for d in days},
+            columns=PING_HOUR_COLUMNS,
+            day="date",
+            sort=PING_HOURS_SORT,
+            needs={"distinct": ["device_id"]},
+            stamped=False,
+        )
+        for d, out in written.items():
+            meta = describe_ping_hours(out.figures, CLEAN_PINGS.rows(lake, d))
+            context.add_asset_metadata(meta, partition_key=d)
+        rows = sum(len(out) for out in written.values())
+        context.log.info(f"{rows:,} ping hours in {time.perf_counter() - started:.1f} s (Spark)")
+        return dg.MaterializeResult(metadata=engine_meta)
     rows = 0
-    for d in context.partition_keys:
+    for d in days:
         pings = CLEAN_PINGS.read(lake, d, PING_COLUMNS)
         if pings is None:
             pings = pd.DataFrame(columns=PING_COLUMNS)
@@ -520,7 +645,7 @@ def home_ping_hours(
         rows += len(hours)
         context.add_asset_metadata(describe_ping_hours(hours, len(pings)), partition_key=d)
     context.log.info(f"{rows:,} ping hours in {time.perf_counter() - started:.1f} s")
-    return dg.MaterializeResult()
+    return dg.MaterializeResult(metadata={"engine": "pandas"})
 
 
 @dg.asset(
@@ -566,37 +691,68 @@ def home_location(
     window_days = min(config.window_days, HOME_WINDOW_DAYS)
     upstream = list(context.asset_partition_keys_for_input("stay_points"))
     present = STAY_POINTS.present(lake, upstream)
-    stays, _ = STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)
     inputs = [STAY_POINTS.key(d) for d in present]
     params = config.params(days, window_days)
     ping_days = HOME_PING_HOURS.present(lake, upstream) if config.use_pings else []
     evidence = "stays+pings" if ping_days else "stays"
     shown = {**params, "as_of": len(days)}
-    if ping_days and config.engine == "spark" and inputs:
-        # one Spark job reads both tables as one union: the ping-hour rows are those with a ts
-        inputs += [HOME_PING_HOURS.key(d) for d in ping_days]
-        params["ping_rows"] = True
-    elif ping_days:
-        params["pings"], _ = HOME_PING_HOURS.read_many(lake, ping_days, PING_HOUR_COLUMNS)
-    homes, engine_meta = run_per_device(
-        context, lake, spark, config.engine, homes_by_day, inputs, params, lambda: stays
-    )
+    frames: dict[str, Any]
+    if config.engine == "spark" and inputs:
+        # one Spark job reads both tables as one union (the ping-hour rows are those with a ts),
+        # stages each day's homes and counts each window's devices with evidence
+        if ping_days:
+            inputs += [HOME_PING_HOURS.key(d) for d in ping_days]
+            params["ping_rows"] = True
+        seen_ts = "coalesce(start_ts, ts)" if ping_days else "start_ts"
+        frames, engine_meta = run_per_device_days(
+            context,
+            lake,
+            spark,
+            homes_by_day,
+            inputs,
+            params,
+            targets=staging_folders(HOME_LOCATION, context, days),
+            columns=HOME_COLUMNS,
+            day="date",
+            sort=["device_id"],
+            needs={
+                **audit_needs(home_audits()),
+                "medians": ["confidence"],
+                "value_counts": ["method"],
+            },
+            input_windows={d: day_window(d, window_days) for d in days},
+            input_day=day_of(seen_ts),
+        )
+        eligible = {d: int(n) for d, n in engine_meta.pop("input_distinct").items()}
+    else:
+        stays, _ = STAY_POINTS.read_many(lake, present, HOME_STAY_COLUMNS)
+        if ping_days:
+            params["pings"], _ = HOME_PING_HOURS.read_many(lake, ping_days, PING_HOUR_COLUMNS)
+        homes, engine_meta = run_per_device(
+            context, lake, spark, config.engine, homes_by_day, inputs, params, lambda: stays
+        )
+        frames = homes_of_days(homes, days)
+        # eligible: devices with any evidence in the window (stays, and ping hours when used)
+        seen = stays[["device_id", "start_ts"]]
+        if ping_days:
+            ping_rows = params["pings"][["device_id", "ts"]].rename(columns={"ts": "start_ts"})
+            seen = pd.concat([f for f in (seen, ping_rows) if len(f)] or [seen], ignore_index=True)
+        seen_days = utc_days(seen["start_ts"]) if len(seen) else np.array([], dtype=object)
+        eligible = {
+            d: len(devices_in_window(seen, seen_days, day_window(d, window_days))) for d in days
+        }
     seconds = round(time.perf_counter() - started, 3)
-    frames = homes_of_days(homes, days)
-    # eligible: devices with any evidence in the window (stays, and ping hours when used)
-    seen = stays[["device_id", "start_ts"]]
-    if ping_days:
-        pings = params.get("pings")
-        if pings is None:  # spark: the job read them
-            pings, _ = HOME_PING_HOURS.read_many(lake, ping_days, ["device_id", "ts"])
-        ping_rows = pings[["device_id", "ts"]].rename(columns={"ts": "start_ts"})
-        seen = pd.concat([f for f in (seen, ping_rows) if len(f)] or [seen], ignore_index=True)
-    seen_days = utc_days(seen["start_ts"]) if len(seen) else np.array([], dtype=object)
-    metadata = {}
-    for d, df in frames.items():
-        window = day_window(d, window_days)
-        eligible = devices_in_window(seen, seen_days, window)
-        metadata[d] = describe_homes(df, eligible, window, present, evidence, config.min_confidence)
+    metadata = {
+        d: describe_homes(
+            rows_of(df),
+            eligible[d],
+            day_window(d, window_days),
+            present,
+            evidence,
+            config.min_confidence,
+        )
+        for d, df in frames.items()
+    }
     run_meta = {
         "seconds": seconds,
         "window_days": window_days,

@@ -40,6 +40,8 @@ from resources.lake import LakeResource
 MIN_RATIO = 0.5
 MAX_RATIO = 3.0
 TRAILING_DAYS = 7
+VOLUME_POLICY = BandPolicy(min_days=1)
+"""Raw days are an input, not a published table: one earlier day with pings is a baseline."""
 HIGH_CHECK_FROM = 0.25
 """Share of the day after which pings far above the expected share are a duplicated delivery."""
 EVERY_15_MINUTES = "*/15 * * * *"
@@ -127,28 +129,34 @@ def _result(audit: Audit) -> dg.AssetCheckResult:
     )
 
 
+def day_volume_audit(lake: LakeResource, day: str, elapsed_share: float) -> Audit:
+    """``raw_pings_volume`` of ``day`` once ``elapsed_share`` of it has passed (1.0: the whole
+    day, as ``bench/gates_cli.py`` judges past days): the day's raw pings (footers) against the
+    calendar-aware baseline of the raw days before it, and what the day's folder holds."""
+    history = [h for h in lake_history(lake, RAW_PINGS, day) if h.value > 0]
+    baseline = fit_baseline(day, history, VOLUME_POLICY, holidays_from_env())
+    rows = RAW_PINGS.rows(lake, day)
+    audit = ping_volume_audit(rows, [], elapsed_share, baseline=baseline)
+    folder = today_folder(lake, day, rows)
+    return Audit(
+        audit.name,
+        audit.passed,
+        f"{audit.detail} (the day's folder: {folder})",
+        audit.figures | {"today_folder": folder},
+    )
+
+
 @dg.asset_check(
     asset=RAW_PINGS.name,
-    description="Today's raw pings so far vs the same weekday of the last 4 weeks (else every "
-    "day with pings), scaled to the elapsed share of the day; WARN outside the warn band.",
+    description="Today's raw pings so far vs a full day's baseline scaled to the elapsed share "
+    f"of the day: fails below {MIN_RATIO:g}x the expected share or above the block band (at most "
+    f"x{MAX_RATIO:g}), WARN outside the warn band. "
+    + VOLUME_POLICY.describe("days with raw pings", overrides=False),
 )
 def raw_pings_volume(lake: LakeResource) -> dg.AssetCheckResult:
     now = datetime.now(UTC)
-    today = now.date().isoformat()
-    history = [h for h in lake_history(lake, RAW_PINGS, today) if h.value > 0]
-    baseline = fit_baseline(today, history, BandPolicy(min_days=1), holidays_from_env())
     elapsed = (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
-    rows = RAW_PINGS.rows(lake, today)
-    audit = ping_volume_audit(rows, [], elapsed / 86400, baseline=baseline)
-    folder = today_folder(lake, today, rows)
-    return _result(
-        Audit(
-            audit.name,
-            audit.passed,
-            f"{audit.detail} (today's folder: {folder})",
-            audit.figures | {"today_folder": folder},
-        )
-    )
+    return _result(day_volume_audit(lake, now.date().isoformat(), elapsed / 86400))
 
 
 @dg.asset_check(

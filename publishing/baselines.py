@@ -27,23 +27,29 @@ so halving or doubling always blocks. Each audit's detail says what it compared 
 ``5402 vs median 5120 of 3 previous Saturdays (2024-03-02, ...), warn band [..], block band [..]``.
 
 ``published_history`` reads the metric per published day (row counts from the Parquet footers,
-else a small column read) over the last ``weeks`` weeks.
+else a small column read) over the last ``weeks`` weeks. A day whose production version was
+published by operator override (its ``wap`` stamp in the Parquet footer carries ``override``,
+``publishing.journal``) is **left out** of every baseline: a value an audit refused must not
+become the norm later days are judged by. The audit says so (``left out: 2024-03-09
+(overridden)``); re-publishing the day without override, or restoring it, brings it back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from publishing.journal import WAP_META
 from publishing.tables import LakeTable, published_keys, trailing_days
-from publishing.wap import Audit, AuditFn, published_row_count
+from publishing.wap import Audit, AuditFn
 from resources.lake import LakeResource
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -58,12 +64,18 @@ def holidays_from_env() -> frozenset[str]:
     return frozenset(d.strip() for d in raw.split(",") if d.strip())
 
 
+OVERRIDDEN = "overridden"
+"""Why a published day is left out of baselines: published by operator override."""
+
+
 @dataclass(frozen=True)
 class DayValue:
-    """A metric of one published day (``day`` None: a value without a date)."""
+    """A metric of one published day (``day`` None: a value without a date). ``left_out``: why
+    the day is not part of any baseline (e.g. ``"overridden"``); None: it counts."""
 
     day: str | None
     value: float
+    left_out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,27 @@ class BandPolicy:
     def history_days(self) -> int:
         return 7 * self.weeks
 
+    def describe(self, days: str = "published days", overrides: bool = True) -> str:
+        """The policy in one line (check descriptions in the UI). ``days``: what the history
+        is made of; ``overrides``: say that overridden days are left out (published tables)."""
+
+        def ratio(width: float) -> str:
+            return f"x{math.exp(width):.3g}"
+
+        short = (
+            "not enforced without any of them"
+            if self.min_days <= 1
+            else f"not enforced below {self.min_days} of them"
+        )
+        left_out = "; days published by operator override left out" if overrides else ""
+        return (
+            f"Baseline: median of the same weekday over the last {self.weeks} weeks of {days} "
+            f"(public holidays as Sundays, >= {self.min_same_weekday} like days), else of all "
+            f"of them (wider band); {short}{left_out}. WARN beyond max({self.warn_k:g} sigma, "
+            f"{ratio(self.warn_floor)}), blocks beyond max({self.block_k:g} sigma, "
+            f"{ratio(self.block_floor)}), at most {ratio(self.block_cap)}."
+        )
+
 
 DEFAULT_POLICY = BandPolicy()
 
@@ -101,6 +134,8 @@ class Baseline:
     block_width: float | None
     compared: str
     days: tuple[str, ...]
+    left_out: tuple[str, ...] = ()
+    """Published days left out of the baseline, with the reason (``2024-03-09 (overridden)``)."""
 
     def band(self, width: float | None) -> tuple[float, float] | None:
         if self.center is None or width is None:
@@ -134,9 +169,25 @@ def fit_baseline(
     holidays: Iterable[str] = (),
 ) -> Baseline:
     """The baseline of ``day`` from the published ``history`` (see the module docstring)."""
-    hol = frozenset(holidays)
+    baseline = _fit(day, history, policy, frozenset(holidays))
+    left = sorted(
+        (h for h in history if isinstance(h, DayValue) and h.left_out),
+        key=lambda h: h.day or "",
+    )
+    if not left:
+        return baseline
+    out = tuple(f"{h.day or '?'} ({h.left_out})" for h in left)
+    return replace(baseline, compared=f"{baseline.compared}; left out: {', '.join(out)}",
+                   left_out=out)  # fmt: skip
+
+
+def _fit(
+    day: str | None, history: Sequence[DayValue | float], policy: BandPolicy, hol: frozenset[str]
+) -> Baseline:
     points = [h if isinstance(h, DayValue) else DayValue(None, float(h)) for h in history]
-    points = [p for p in points if p.value is not None and math.isfinite(p.value)]
+    points = [
+        p for p in points if not p.left_out and p.value is not None and math.isfinite(p.value)
+    ]
     dated = sorted((p for p in points if p.day is not None), key=lambda p: p.day or "")
     listed = tuple(p.day for p in dated if p.day)
     if len(points) < policy.min_days:
@@ -201,6 +252,8 @@ def judge(name: str, value: float, baseline: Baseline) -> Audit:
         "history_days": len(baseline.days),
         "severity": "OK",
     }
+    if baseline.left_out:
+        figures["left_out"] = ", ".join(baseline.left_out)
     if baseline.center is None:
         return Audit(name, True, f"{value:g}; band {baseline.compared}", figures)
     warn, block = baseline.band(baseline.warn_width), baseline.band(baseline.block_width)
@@ -238,17 +291,50 @@ def calendar_band(
     holidays: Iterable[str] | None = None,
 ) -> AuditFn:
     """An audit of ``metric(df)`` against the calendar-aware baseline of ``day`` (a factory
-    whose check name, ``name``, does not depend on its arguments; declare it with no history)."""
+    whose check name, ``name``, does not depend on its arguments; declare it with no history).
+    Its description (the check's in the UI) is ``description`` followed by the policy
+    (``BandPolicy.describe``): say what is measured in ``description``."""
     hol = holidays_from_env() if holidays is None else frozenset(holidays)
     baseline = fit_baseline(day, history, policy, hol)
 
     def audit(df: pd.DataFrame) -> Audit:
         return judge(name, float(metric(df)), baseline)
 
-    audit.__doc__ = description
+    audit.__doc__ = f"{description.strip()} {policy.describe()}"
     audit.audit_name = name  # type: ignore[attr-defined]
     audit.baseline = baseline  # type: ignore[attr-defined]
     return audit
+
+
+def published_footer(lake: LakeResource, table: LakeTable, day: str) -> tuple[int, dict] | None:
+    """(rows, ``wap`` stamp) of the published partition of ``day`` from its Parquet footers
+    alone, or None when it was never published. The stamp is ``{}`` for an object written
+    before stamps existed."""
+    import pyarrow.parquet as pq
+
+    _, production, _ = published_keys(table.name, table.folder(day))
+    for _ in range(3):
+        files = lake.parquet_files(production)
+        if not files:
+            return None
+        try:
+            rows, stamp = 0, {}
+            for f in files:
+                with lake.open_input(f) as fh:
+                    meta = pq.read_metadata(fh)
+                rows += meta.num_rows
+                raw = (meta.metadata or {}).get(WAP_META)
+                stamp = json.loads(raw) if raw else stamp
+            return rows, stamp
+        except (FileNotFoundError, OSError):  # replaced while reading: read the new one
+            continue
+    return None
+
+
+def left_out_reason(stamp: Mapping[str, Any] | None) -> str | None:
+    """Why a published version is left out of baselines (``"overridden"``: published by
+    operator override), or None."""
+    return OVERRIDDEN if stamp and stamp.get("override") else None
 
 
 def published_history(
@@ -261,19 +347,28 @@ def published_history(
 ) -> list[DayValue]:
     """``metric`` (None: the row count, from the Parquet footers) of each published daily
     partition in the ``policy.weeks`` weeks before ``partition_key``; days never published are
-    left out (an empty published partition counts, with its 0)."""
+    absent (an empty published partition counts, with its 0); days published by operator
+    override are marked ``left_out`` (``fit_baseline`` skips them and says so)."""
     out = []
     for d in trailing_days(partition_key, policy.history_days):
-        if metric is None:
-            rows = published_row_count(lake, table.name, table.folder(d))
-            if rows is not None:
-                out.append(DayValue(d, float(rows)))
+        footer = published_footer(lake, table, d)
+        if footer is None:
             continue
-        _, production, _ = published_keys(table.name, table.folder(d))
-        if lake.parquet_files(production):
-            df = lake.read_parquet(production, columns=list(columns) if columns else None)
-            out.append(DayValue(d, float(metric(df))))
+        rows, stamp = footer
+        value = float(rows) if metric is None else _day_metric(lake, table, d, metric, columns)
+        out.append(DayValue(d, value, left_out_reason(stamp)))
     return out
+
+
+def _day_metric(
+    lake: LakeResource,
+    table: LakeTable,
+    day: str,
+    metric: Callable[[pd.DataFrame], float],
+    columns: Sequence[str] | None,
+) -> float:
+    _, production, _ = published_keys(table.name, table.folder(day))
+    return float(metric(lake.read_parquet(production, columns=list(columns) if columns else None)))
 
 
 def published_histories(
@@ -284,14 +379,33 @@ def published_histories(
     columns: Sequence[str],
     policy: BandPolicy = DEFAULT_POLICY,
 ) -> dict[str, list[DayValue]]:
-    """Several metrics per published day from one small read (``columns``) of each day."""
+    """Several metrics per published day from one small read (``columns``) of each day
+    (overridden days marked ``left_out``, as in ``published_history``)."""
     out: dict[str, list[DayValue]] = {name: [] for name in metrics}
     for d in trailing_days(partition_key, policy.history_days):
+        footer = published_footer(lake, table, d)
+        if footer is None:
+            continue
+        why = left_out_reason(footer[1])
         _, production, _ = published_keys(table.name, table.folder(d))
-        if lake.parquet_files(production):
-            df = lake.read_parquet(production, columns=list(columns))
-            for name, metric in metrics.items():
-                out[name].append(DayValue(d, float(metric(df))))
+        df = lake.read_parquet(production, columns=list(columns))
+        for name, metric in metrics.items():
+            out[name].append(DayValue(d, float(metric(df)), why))
+    return out
+
+
+def published_rows(
+    lake: LakeResource, table: LakeTable, partition_key: str, days: int = 7
+) -> list[int]:
+    """Row counts (footers) of the published daily partitions in the ``days`` before
+    ``partition_key``, newest first, without the days published by operator override: the
+    history of a flat ``row_count_band`` (``publishing.wap.trailing_published_rows`` keeps
+    them)."""
+    out = []
+    for d in trailing_days(partition_key, days):
+        footer = published_footer(lake, table, d)
+        if footer is not None and left_out_reason(footer[1]) is None:
+            out.append(footer[0])
     return out
 
 

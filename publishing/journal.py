@@ -253,17 +253,41 @@ def _s3_lock(
 # ---- versions -----------------------------------------------------------------------------------
 
 
+class ContentDigest:
+    """``content_digest`` fed a frame at a time: the same rows in the same order give the same
+    digest however they are split (the Spark engine's writer feeds it one batch at a time).
+
+    A copy of this class lives in ``near_assets/spark_jobs/apply_by_device.py`` (the cluster
+    imports only ``near_assets``); ``tests/test_spark_chain.py`` checks both agree.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._rows = 0
+        self._dtypes: str | None = None
+
+    def update(self, df: pd.DataFrame) -> None:
+        import pandas as pd
+
+        if self._dtypes is None:
+            self._dtypes = json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()])
+            self._h.update(self._dtypes.encode())
+        self._rows += len(df)
+        if len(df.columns) and len(df):
+            self._h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        h = self._h.copy()
+        h.update(f"rows={self._rows}".encode())
+        return h.hexdigest()[:24]
+
+
 def content_digest(df: pd.DataFrame) -> str:
     """A digest of the rows (column names, dtypes and values, not the index): same rows, same
-    digest, whatever run produced them."""
-    import pandas as pd
-
-    h = hashlib.sha256()
-    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
-    h.update(str(len(df)).encode())
-    if len(df.columns) and len(df):
-        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    return h.hexdigest()[:24]
+    digest, whatever run (or engine) produced them."""
+    digest = ContentDigest()
+    digest.update(df)
+    return digest.hexdigest()
 
 
 def write_versioned(

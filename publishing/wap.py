@@ -12,6 +12,16 @@
    untouched, an alert names the table, partition, failed figures and what production holds,
    and the step fails (the Airflow "exit 1").
 
+**Candidates the run process never loads** (``Staged``): a job (the Spark engine,
+``near_assets.engine.run_per_device_days``) may write the candidate itself, as one object in
+this run's staging folder with the ``wap`` stamp (version, content digest, run) in its footer,
+and report its ``Figures`` (rows, columns, nulls, rows violating each row rule, duplicated keys,
+distinct values, medians) computed over exactly the rows it wrote. Every audit takes the rows
+or their ``Figures`` and decides the same (``rows_satisfy(..., sql=...)`` states its rule in
+SQL for the job; ``audit_needs`` says what to compute). Before auditing, the staged object is
+checked to be the one the job described (stamp and size); from there the path is the same:
+fingerprint, lock, journal, backup, atomic copy (multipart above the threshold on S3).
+
 **One publisher per table partition**: the whole write-audit-publish holds the partition's
 publish lock (``publishing.journal.publish_lock``: ``flock`` locally, a conditional-PUT lease
 on S3). A run that cannot get it within ``lock_wait_s`` (``PUBLISH_LOCK_WAIT_S``) fails with a
@@ -66,7 +76,7 @@ arguments, run them with real ones. Restore is ``restore_table`` (``scripts/rest
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -104,7 +114,81 @@ class Audit:
     publishes over its failure (``is_contract``)."""
 
 
-AuditFn = Callable[[pd.DataFrame], Audit]
+@dataclass(frozen=True)
+class Figures:
+    """What an audit needs of a table version, computed where the rows are (e.g. by the Spark
+    job that wrote them) instead of loading them: audits take a ``Figures`` wherever they take a
+    DataFrame (``len(figures)`` is the row count) and decide exactly as they would on the rows.
+
+    ``columns``: the written schema; ``nulls``: per column; ``violations``: violating rows per
+    ``rows_satisfy`` name; ``duplicates``: duplicated rows per key tuple (``",".join(keys)``);
+    ``distinct``, ``medians``, ``value_counts``: per column, for the metrics and the metadata.
+    ``audit_needs(audits)`` says what to compute.
+    """
+
+    rows: int
+    columns: tuple[str, ...] = ()
+    nulls: dict[str, int] = field(default_factory=dict)
+    violations: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    distinct: dict[str, int] = field(default_factory=dict)
+    medians: dict[str, float | None] = field(default_factory=dict)
+    value_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Figures:
+        return cls(
+            rows=int(d.get("rows", 0)),
+            columns=tuple(d.get("columns", ())),
+            nulls={k: int(v) for k, v in d.get("nulls", {}).items()},
+            violations={k: int(v) for k, v in d.get("violations", {}).items()},
+            duplicates={k: int(v) for k, v in d.get("duplicates", {}).items()},
+            distinct={k: int(v) for k, v in d.get("distinct", {}).items()},
+            medians=dict(d.get("medians", {})),
+            value_counts={k: dict(v) for k, v in d.get("value_counts", {}).items()},
+        )
+
+    def figure(self, kind: str, column: str) -> Any:
+        values = getattr(self, kind)
+        if column not in values:
+            raise KeyError(f"{kind} of {column!r} was not computed (see audit_needs)")
+        return values[column]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A candidate written to its run's staging folder by someone else (the Spark job): its
+    stamp (``version``, ``content`` digest, in the footer), size, and the audit ``figures``
+    computed over exactly those rows while writing them. ``write_audit_publish`` audits the
+    figures and publishes the object without loading it; ``len()`` is its row count."""
+
+    key: str
+    version: str
+    content: str
+    size: int
+    figures: Figures
+
+    def __len__(self) -> int:
+        return self.figures.rows
+
+
+Rows = pd.DataFrame | Figures
+AuditFn = Callable[[Rows], Audit]
+
+
+def audit_needs(audits: Sequence[AuditFn]) -> dict[str, Any]:
+    """What a job must compute (``Figures``) so that ``audits`` can be judged without the rows:
+    ``rules`` (name -> {sql, unique}), ``nulls`` (columns), ``duplicates`` (key tuples)."""
+    out: dict[str, Any] = {"rules": {}, "nulls": [], "duplicates": []}
+    for fn in audits:
+        need = getattr(fn, "needs", None) or {}
+        out["rules"].update(need.get("rules", {}))
+        out["nulls"] += [c for c in need.get("nulls", []) if c not in out["nulls"]]
+        out["duplicates"] += [k for k in need.get("duplicates", []) if k not in out["duplicates"]]
+    return out
 
 
 def audit_name(fn: AuditFn) -> str:
@@ -173,7 +257,7 @@ def _declared(table: str | LakeTable) -> LakeTable:
     return table if isinstance(table, LakeTable) else LakeTable.curated(table)
 
 
-def run_audits(df: pd.DataFrame, audits: Sequence[AuditFn]) -> list[Audit]:
+def run_audits(df: Rows, audits: Sequence[AuditFn]) -> list[Audit]:
     results = []
     for fn in audits:
         try:
@@ -256,7 +340,7 @@ def is_contract(a: Audit) -> bool:
 
 
 def override_blockers(
-    df: pd.DataFrame, failed: Sequence[Audit], targets: Sequence[PublishTarget]
+    df: Rows, failed: Sequence[Audit], targets: Sequence[PublishTarget]
 ) -> list[str]:
     """Why an override cannot publish these failed audits: the contract breaks, a target stage
     that failed its verify (the copy is not the audited rows) and an empty table."""
@@ -338,6 +422,25 @@ def _lake_swap(
         "backup": lake.uri(part_key(backup)) if before is not None else None,
         "unchanged": False,
     }
+
+
+def _staged_problem(
+    lake: LakeResource, staged: Staged, staging: str, fp: dict[str, Any] | None
+) -> str | None:
+    """Why a pre-staged candidate is not the object its figures describe (None: it is)."""
+    if staged.key.rstrip("/") != staging:
+        return f"the candidate was staged at {staged.key}, not in this run's folder {staging}"
+    if fp is None:
+        return (
+            f"the staged candidate {staging} is gone (removed by another publisher's cleanup?); "
+            "retry the run"
+        )
+    stamp = journal.read_stamp(lake, staging) or {}
+    if (stamp.get("version"), stamp.get("content")) != (staged.version, staged.content):
+        return f"the staged object is not the one the job wrote and audited (stamp {stamp})"
+    if fp.get("size") != staged.size:
+        return f"the staged object changed size since the job wrote it ({staged.size} -> {fp})"
+    return None
 
 
 def _read_back(t: PublishTarget, version: str) -> str:
@@ -466,7 +569,7 @@ def write_audit_publish(
     alerts: AlertsResource,
     table: str | LakeTable,
     partition: str | None,
-    df: pd.DataFrame,
+    df: pd.DataFrame | Staged,
     audits: Sequence[AuditFn],
     metadata: dict[str, Any] | None = None,
     asset_key: dg.AssetKey | None = None,
@@ -475,6 +578,11 @@ def write_audit_publish(
     fault: Fault | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Write ``df`` (and every target) to staging, audit, then publish all or alert and fail.
+
+    ``df`` may be a ``Staged`` candidate: an object a job already wrote to this run's staging
+    folder (``run_staging_key``) with its stamp in the footer and the audit ``Figures`` of its
+    rows. It is checked to be that object (stamp and size) and audited from its figures; the
+    rest (lock, journal, backup, swap) is the same, and the run process never loads it.
 
     ``partition`` is the partition folder (``STAY_POINTS.folder(day)``), None when unpartitioned.
     The whole publish holds the partition's publish lock (``publishing.journal``; a run that
@@ -519,7 +627,7 @@ def _locked_publish(
     alerts: AlertsResource,
     table: str,
     partition: str | None,
-    df: pd.DataFrame,
+    df: pd.DataFrame | Staged,
     audits: Sequence[AuditFn],
     metadata: dict[str, Any] | None,
     key: dg.AssetKey,
@@ -531,12 +639,25 @@ def _locked_publish(
     _, production, backup = published_keys(table, partition)
     recovered = converge(lake, table, partition, targets, context.log, keep_run=run_id)
     staging = run_staging_key(table, partition, run_id)
-    version, content = journal.new_version(), journal.content_digest(df)
-    lake.delete(staging)
-    journal.write_versioned(
-        lake, df, staging, {"version": version, "content": content, "run_id": run_id}
-    )
-    staged_fp = journal.fingerprint(lake, staging)
+    rows: Rows
+    if isinstance(df, Staged):  # written by the job that computed it: audit its figures
+        if targets:
+            raise ValueError("a pre-staged candidate cannot feed publish targets")
+        version, content, rows = df.version, df.content, df.figures
+        staged_fp = journal.fingerprint(lake, staging)
+        if problem := _staged_problem(lake, df, staging, staged_fp):
+            raise dg.Failure(
+                description=f"{table} {partition or ''}: {problem}; nothing published, "
+                f"production holds {_version_text(journal.read_stamp(lake, production))}",
+                allow_retries=True,
+            )
+    else:
+        version, content, rows = journal.new_version(), journal.content_digest(df), df
+        lake.delete(staging)
+        journal.write_versioned(
+            lake, df, staging, {"version": version, "content": content, "run_id": run_id}
+        )
+        staged_fp = journal.fingerprint(lake, staging)
     staged_meta: dict[str, Any] = {}
     results: list[Audit] = []
     try:
@@ -547,7 +668,7 @@ def _locked_publish(
     except Exception as exc:
         results.append(Audit(t.check_name, False, f"staging failed: {exc}"))
     fault("staged")
-    results = run_audits(df, audits) + results
+    results = run_audits(rows, audits) + results
     for t in targets:
         if not any(a.name == t.check_name for a in results):
             try:
@@ -556,7 +677,7 @@ def _locked_publish(
                 results.append(Audit(t.check_name, False, f"verify raised {exc}"))
     failed = [a for a in results if not a.passed]
     override = publish_override(context) if failed else None
-    blockers = override_blockers(df, failed, targets) if override else []
+    blockers = override_blockers(rows, failed, targets) if override else []
     overridden = [a for a in failed if override and not blockers]
     for a in results:
         yield _check_result(key, a, override if a in overridden else None)
@@ -581,12 +702,30 @@ def _locked_publish(
             f"({', '.join(a.name for a in failed)}); production left untouched"
             + (f"; override refused: {', '.join(blockers)}" if override else ""),
             metadata={a.name: a.detail for a in failed},
+            allow_retries=False,  # the same rows fail the same audits on a retry
         )
     if overridden:
         context.log.warning(
             f"{table} {partition or ''}: publishing by operator override ({override}) over "
             f"{', '.join(a.name for a in overridden)}"
         )
+        if not isinstance(df, Staged):
+            # the published object records the override: later baselines leave the day out
+            # (publishing.baselines). Same rows, same content digest. (A Spark-staged object's
+            # stamp is written by its job before the audits: not marked yet.)
+            journal.write_versioned(
+                lake,
+                df,
+                staging,
+                {
+                    "version": version,
+                    "content": content,
+                    "run_id": run_id,
+                    "override": override,
+                    "overridden_audits": [a.name for a in overridden],
+                },
+            )
+            staged_fp = journal.fingerprint(lake, staging)
     fault("audited")
     now_fp = journal.fingerprint(lake, staging)
     try:
@@ -722,7 +861,7 @@ def publish_days(
     lake: LakeResource,
     alerts: AlertsResource,
     table: str | LakeTable,
-    frames: dict[str, pd.DataFrame],
+    frames: Mapping[str, pd.DataFrame | Staged],
     audits: Callable[[str], list[AuditFn]],
     metadata: dict[str, dict[str, Any]],
     run_meta: dict[str, Any],
@@ -730,7 +869,8 @@ def publish_days(
     lock_wait_s: float | None = None,
     fault: Fault | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Write-audit-publish each day (``frames``: day -> rows); one check result per audit and one
+    """Write-audit-publish each day (``frames``: day -> rows, or the ``Staged`` candidate a job
+    wrote); one check result per audit and one
     materialization for the run, whose per-partition metadata (rows, ``dagster/row_count``, the
     day's figures) is that day's own.
 
@@ -766,6 +906,10 @@ def publish_days(
         except dg.Failure as exc:
             failure = exc
             break
+    if failure is not None:  # later days a job staged are not published: drop their stages
+        for day in list(frames)[len(published) + 1 :]:
+            if isinstance(later := frames[day], Staged):
+                lake.delete(later.key)
     for name, results in checks.items():
         errors = [r for r in results if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
         warnings = [r for r in results if not r.passed and r not in errors]
@@ -923,22 +1067,26 @@ def trailing_published(
 
 
 def no_nulls(*columns: str) -> AuditFn:
-    def audit(df: pd.DataFrame) -> Audit:
+    def audit(df: Rows) -> Audit:
         missing = [c for c in columns if c not in df.columns]
         if missing:
             return Audit("no_null_keys", False, f"missing columns {missing}", contract=True)
-        nulls = {c: int(df[c].isna().sum()) for c in columns}
+        if isinstance(df, Figures):
+            nulls = {c: int(df.figure("nulls", c)) for c in columns}
+        else:
+            nulls = {c: int(df[c].isna().sum()) for c in columns}
         bad = {c: n for c, n in nulls.items() if n}
         detail = f"nulls in {bad}" if bad else "no nulls in keys"
         return Audit("no_null_keys", not bad, detail, nulls, contract=True)
 
     audit.__doc__ = f"Key columns {', '.join(columns)} have no nulls."
     audit.audit_name = "no_null_keys"  # type: ignore[attr-defined]
+    audit.needs = {"nulls": list(columns)}  # type: ignore[attr-defined]
     return audit
 
 
 def has_columns(*columns: str) -> AuditFn:
-    def audit(df: pd.DataFrame) -> Audit:
+    def audit(df: Rows) -> Audit:
         missing = [c for c in columns if c not in df.columns]
         return Audit(
             "contract_columns",
@@ -953,8 +1101,11 @@ def has_columns(*columns: str) -> AuditFn:
 
 
 def unique_keys(*columns: str) -> AuditFn:
-    def audit(df: pd.DataFrame) -> Audit:
-        dupes = int(df.duplicated(list(columns)).sum()) if len(df) else 0
+    def audit(df: Rows) -> Audit:
+        if isinstance(df, Figures):
+            dupes = int(df.figure("duplicates", ",".join(columns))) if len(df) else 0
+        else:
+            dupes = int(df.duplicated(list(columns)).sum()) if len(df) else 0
         return Audit(
             "unique_keys",
             dupes == 0,
@@ -965,6 +1116,7 @@ def unique_keys(*columns: str) -> AuditFn:
 
     audit.__doc__ = f"Keys ({', '.join(columns)}) are unique."
     audit.audit_name = "unique_keys"  # type: ignore[attr-defined]
+    audit.needs = {"duplicates": [",".join(columns)]}  # type: ignore[attr-defined]
     return audit
 
 
@@ -973,13 +1125,24 @@ def rows_satisfy(
     description: str,
     predicate: Callable[[pd.DataFrame], pd.Series],
     contract: bool = True,
+    sql: str | None = None,
+    unique: Sequence[str] = (),
 ) -> AuditFn:
     """Every row satisfies ``predicate`` (a boolean Series over the frame); a row invariant is
-    a contract audit (never overridden) unless ``contract=False``."""
+    a contract audit (never overridden) unless ``contract=False``.
 
-    def audit(df: pd.DataFrame) -> Audit:
-        ok = predicate(df).fillna(False).astype(bool) if len(df) else pd.Series(dtype=bool)
-        bad = int((~ok).sum())
+    ``sql``, ``unique``: the same rule for a job that judges the rows where they are (Spark):
+    a row violates it when the SQL boolean expression is not true (false or null, as the
+    predicate's ``fillna(False)``) or, with ``unique`` keys, when it repeats the keys of an
+    earlier row (``duplicated(unique)``); the job reports the count as ``Figures.violations``.
+    Without ``sql`` the audit can only be judged on the rows."""
+
+    def audit(df: Rows) -> Audit:
+        if isinstance(df, Figures):
+            bad = int(df.figure("violations", name)) if len(df) else 0
+        else:
+            ok = predicate(df).fillna(False).astype(bool) if len(df) else pd.Series(dtype=bool)
+            bad = int((~ok).sum())
         return Audit(
             name,
             bad == 0,
@@ -990,13 +1153,15 @@ def rows_satisfy(
 
     audit.__doc__ = description
     audit.audit_name = name  # type: ignore[attr-defined]
+    if sql is not None:
+        audit.needs = {"rules": {name: {"sql": sql, "unique": list(unique)}}}  # type: ignore[attr-defined]
     return audit
 
 
 def value_band(
     name: str,
     description: str,
-    metric: Callable[[pd.DataFrame], float],
+    metric: Callable[[Rows], float],
     history: Sequence[float] = (),
     low: float = 0.5,
     high: float = 2.0,
@@ -1004,10 +1169,11 @@ def value_band(
 ) -> AuditFn:
     """``metric(df)`` lies within ``[low, high]`` x the median of ``history`` (trailing days).
 
-    With fewer than ``min_history`` trailing values the audit passes and says so.
+    With fewer than ``min_history`` trailing values the audit passes and says so. ``metric``
+    takes the rows or their ``Figures`` (``len`` works on both).
     """
 
-    def audit(df: pd.DataFrame) -> Audit:
+    def audit(df: Rows) -> Audit:
         value = float(metric(df))
         figures: dict[str, Any] = {"value": value, "history_days": len(history)}
         if len(history) < min_history:

@@ -17,9 +17,11 @@ from publishing.baselines import (
     judge,
     published_histories,
     published_history,
+    published_rows,
 )
+from publishing.journal import write_versioned
 from publishing.tables import LakeTable
-from publishing.wap import audit_name, run_audits
+from publishing.wap import audit_name, audit_specs, run_audits
 from resources.lake import LakeResource
 
 MONDAY = date(2024, 3, 4)
@@ -150,3 +152,72 @@ def test_history_is_read_from_the_published_partitions_that_exist(tmp_lake: Lake
     assert [p.value for p in sums["total"]] == [5.0, 4.0, 3.0]
     audit = band(rows, "2024-03-05")(frame_of(4))
     assert "3 published days (2024-03-01, 2024-03-02, 2024-03-04)" in audit.detail
+
+
+def _publish(lake: LakeResource, day: str, rows: int, override: str | None = None) -> None:
+    """A published partition as write-audit-publish leaves it: ``part-0.parquet`` with the
+    ``wap`` stamp in its footer (``override``: the operator's reason, as an overridden publish
+    records it)."""
+    stamp = {"version": f"v{day}", "content": "c", "run_id": "r"}
+    if override is not None:
+        stamp |= {"override": override, "overridden_audits": ["total_visitors_band"]}
+    write_versioned(
+        lake, pd.DataFrame({"visitors": [1] * rows}), f"curated/gated/date={day}", stamp
+    )
+
+
+def test_a_day_published_by_override_is_left_out_of_later_baselines(
+    tmp_lake: LakeResource,
+) -> None:
+    """An operator published a doubled Saturday over a failed band: the next Saturday is
+    compared with the other Saturdays, not with it, and the audit says it was left out."""
+    table = LakeTable.curated("gated")
+    for p in series(21):  # three normal weeks from Monday 2024-03-04
+        _publish(tmp_lake, p.day, round(p.value / 100))
+    _publish(tmp_lake, "2024-03-16", 2 * 53, override="client campaign: checked with ops")
+    saturday = "2024-03-30"
+    rows = published_history(tmp_lake, table, saturday)
+    assert {p.day: p.left_out for p in rows if p.left_out} == {"2024-03-16": "overridden"}
+    assert len(rows) == 21  # still listed, with the reason
+    audit = band(rows, saturday)(frame_of(55))
+    assert audit.passed and audit.figures["severity"] == "OK", audit.detail
+    assert "of 2 previous Saturdays (2024-03-09, 2024-03-23)" in audit.detail
+    assert "left out: 2024-03-16 (overridden)" in audit.detail
+    assert audit.figures["left_out"] == "2024-03-16 (overridden)"
+    assert audit.figures["history_days"] == 2
+
+    sums = published_histories(
+        tmp_lake, table, saturday, {"total": lambda df: df["visitors"].sum()}, ["visitors"]
+    )
+    assert [p.day for p in sums["total"] if p.left_out] == ["2024-03-16"]
+    assert "left out: 2024-03-16 (overridden)" in band(sums["total"], saturday)(frame_of(55)).detail
+    # a flat row-count band's history leaves it out too
+    week = published_rows(tmp_lake, table, "2024-03-20")  # 2024-03-13 .. 2024-03-19
+    assert len(week) == 6 and 106 not in week
+
+    # re-published without override (or restored to a normal version): it counts again
+    _publish(tmp_lake, "2024-03-16", 53)
+    again = band(published_history(tmp_lake, table, saturday), saturday)(frame_of(55))
+    assert "of 3 previous Saturdays" in again.detail and "left out" not in again.detail
+
+
+def test_left_out_days_never_count_towards_min_days_and_are_named() -> None:
+    history = [
+        DayValue("2024-03-04", 100.0),
+        DayValue("2024-03-05", 100.0),
+        DayValue("2024-03-06", 400.0, left_out="overridden"),
+    ]
+    audit = band(history, "2024-03-07")(frame_of(1.0))
+    assert audit.passed and audit.figures["baseline"] == "none"
+    assert "only 2 published days (2024-03-04, 2024-03-05), need 3" in audit.detail
+    assert audit.detail.endswith("left out: 2024-03-06 (overridden)")
+
+
+def test_every_calendar_band_describes_its_baseline_policy() -> None:
+    """The check's description in the UI states the baseline and the warn/block levels."""
+    (spec,) = audit_specs("gated", [band([], None)])
+    text = spec.description or ""
+    assert text.startswith("x Baseline: median of the same weekday over the last 4 weeks of")
+    assert "public holidays as Sundays" in text and "not enforced below 3" in text
+    assert "days published by operator override left out" in text
+    assert "WARN beyond max(4 sigma, x1.2), blocks beyond max(6 sigma, x1.75), at most x1.8" in text

@@ -30,6 +30,19 @@ names small tables every call needs whole (POIs, areas): each Python worker read
 (``side_table``, cached by URI) and the function gets it as the keyword argument ``name``, just as
 the in-process engine passes the DataFrame itself.
 
+**Staged days.** ``params["__stage__"]`` (set by ``near_assets.engine.run_per_device_days``)
+writes the output as ONE Parquet object per day straight to its final place (a published
+table's run staging folder, or an internal table's partition), instead of ``--output``:
+rows are split by the SQL ``day`` expression, sorted by ``sort`` within each day and cast to
+the Arrow ``schema`` the in-process engine writes (same dtypes, pandas metadata), then
+streamed by one task per day (``write_days``: pyarrow, multipart on S3; locally a temporary file
+renamed into place). While writing, the task computes the day's audit figures (rows, nulls,
+rows violating each ``rules`` SQL predicate or repeating ``unique`` keys, distinct values,
+medians, value counts) and the content digest of the rows, and puts the ``wap`` stamp
+(version, content, run) in the footer. The summary's ``days`` maps each day to those figures,
+the object's size and digest. ``input_windows`` counts distinct devices of the input per day
+window (``input_day`` expression), in the pass that counts the input rows.
+
 Pipes parameters come from environment variables (local subprocess, EMR Serverless) or from
 ``--dagster-pipes-context/--dagster-pipes-messages`` arguments (EMR steps); S3 locations are
 read and written with boto3. Run without Dagster, the script just prints its summary.
@@ -62,6 +75,9 @@ BUCKET_COLUMN = "__device_bucket"
 BUCKETS_PER_SLOT = 4
 MAX_ROWS_PER_BUCKET = 1_000_000
 SIDES_PARAM = "__sides__"
+STAGE_PARAM = "__stage__"
+DAY_COLUMN = "__day"
+FLAG_PREFIX = "__bad_"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -246,6 +262,234 @@ def canonical_order(pdf: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
         return pdf.sort_values(list(group_by), kind="stable", ignore_index=True)
 
 
+# ---- staged days: one object per day, audit figures computed while writing -------------------
+
+
+class ContentDigest:
+    """Copy of ``publishing.journal.ContentDigest`` (the cluster imports only ``near_assets``;
+    ``tests/test_spark_chain.py`` checks both give the same digest)."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self._h = hashlib.sha256()
+        self._rows = 0
+        self._dtypes: str | None = None
+
+    def update(self, df: pd.DataFrame) -> None:
+        if self._dtypes is None:
+            self._dtypes = json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()])
+            self._h.update(self._dtypes.encode())
+        self._rows += len(df)
+        if len(df.columns) and len(df):
+            self._h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        h = self._h.copy()
+        h.update(f"rows={self._rows}".encode())
+        return h.hexdigest()[:24]
+
+
+def arrow_schema(encoded: str) -> Any:
+    """The Arrow schema ``near_assets.engine`` serialised (base64 IPC)."""
+    import base64
+
+    import pyarrow as pa
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
+
+
+def _filesystem(uri: str, endpoint: str | None = None) -> tuple[Any, str]:
+    """The filesystem of ``uri`` and the path in it (``endpoint``: an S3-compatible server,
+    else ``AWS_ENDPOINT_URL``, else AWS)."""
+    import pyarrow.fs as pafs
+
+    if uri.startswith(S3_SCHEMES):
+        path = uri.split("://", 1)[1]
+        if endpoint := endpoint or os.environ.get("AWS_ENDPOINT_URL"):
+            return pafs.S3FileSystem(endpoint_override=endpoint), path
+        fs, path = pafs.FileSystem.from_uri(f"s3://{path}")
+        return fs, path
+    return pafs.LocalFileSystem(), uri.replace("file://", "", 1)
+
+
+class DayWriter:
+    """One day's Parquet object and its audit figures (see the module doc, *Staged days*)."""
+
+    def __init__(self, day: str, spec: dict[str, Any], schema: Any) -> None:
+        import pyarrow.parquet as pq
+
+        self.day, self.spec, self.schema = day, spec, schema
+        target = spec["targets"][day]
+        self.stamp = target.get("stamp")
+        import pyarrow.fs as pafs
+
+        fs, path = _filesystem(target["uri"], spec.get("s3_endpoint"))
+        self.final = path
+        if isinstance(fs, pafs.LocalFileSystem):  # local: a temporary file renamed in place
+            import uuid
+
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            self.tmp: str | None = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-part.parquet")
+            self.sink = fs.open_output_stream(self.tmp)
+        else:  # S3: multipart upload, the object appears whole on close
+            self.tmp = None
+            self.sink = fs.open_output_stream(path)
+        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
+        self.digest = ContentDigest()
+        self.digest.update(schema.empty_table().to_pandas())
+        self.rows = 0
+        self.nulls = dict.fromkeys(spec.get("nulls", []), 0)
+        self.violations = dict.fromkeys(spec.get("rules", {}), 0)
+        self.duplicates = dict.fromkeys(spec.get("duplicates", []), 0)
+        self.distinct_sorted = [c for c in spec.get("distinct", []) if c == spec["sort"][0]]
+        self.distinct_sets: dict[str, set] = {
+            c: set() for c in spec.get("distinct", []) if c not in self.distinct_sorted
+        }
+        self.distinct_counts = dict.fromkeys(self.distinct_sorted, 0)
+        self.medians: dict[str, list] = {c: [] for c in spec.get("medians", [])}
+        self.value_counts: dict[str, dict[str, int]] = {c: {} for c in spec.get("value_counts", [])}
+        self.last: dict[str, Any] = {}  # last row's keys of the previous batch
+
+    def _repeats(self, pdf: pd.DataFrame, keys: Sequence[str]) -> Any:
+        """Rows whose ``keys`` equal the previous row's (rows sorted by the keys: duplicates)."""
+        import numpy as np
+
+        cols = list(keys)
+        carry = self.last.get(",".join(cols))
+        prev = pdf[cols].shift(1)
+        if carry is not None:
+            prev.iloc[0] = carry
+        same = np.ones(len(pdf), dtype=bool)
+        for c in cols:
+            same &= (pdf[c].to_numpy(object) == prev[c].to_numpy(object)) & prev[c].notna()
+        if carry is None:
+            same[0] = False
+        self.last[",".join(cols)] = list(pdf[cols].iloc[-1])
+        return same
+
+    def add(self, table: Any) -> None:
+        import numpy as np
+
+        if table.num_rows == 0:
+            return
+        data = table.select(self.schema.names).cast(self.schema)
+        pdf = data.to_pandas()
+        self.digest.update(pdf)
+        self.rows += len(pdf)
+        for c in self.nulls:
+            self.nulls[c] += int(pdf[c].isna().sum())
+        repeats = {k: self._repeats(pdf, k.split(",")) for k in self.duplicates}
+        for i, (name, rule) in enumerate(self.spec.get("rules", {}).items()):
+            bad = table.column(f"{FLAG_PREFIX}{i}").to_numpy(zero_copy_only=False).astype(bool)
+            if rule.get("unique"):  # its keys are among spec["duplicates"] (engine adds them)
+                bad = bad | repeats[",".join(rule["unique"])]
+            self.violations[name] += int(bad.sum())
+        for k, rep in repeats.items():
+            self.duplicates[k] += int(rep.sum())
+        for c in self.distinct_sorted:
+            values = pdf[c].to_numpy(object)
+            changes = int((values[1:] != values[:-1]).sum()) + 1
+            if self.last.get(f"distinct:{c}") == values[0]:
+                changes -= 1
+            self.distinct_counts[c] += changes
+            self.last[f"distinct:{c}"] = values[-1]
+        for c, seen in self.distinct_sets.items():
+            seen.update(pdf[c].dropna().unique().tolist())
+        for c, parts in self.medians.items():
+            parts.append(pdf[c].to_numpy(dtype=np.float64))
+        for c, counts in self.value_counts.items():
+            for value, n in pdf[c].value_counts().items():
+                counts[str(value)] = counts.get(str(value), 0) + int(n)
+        self.writer.write_table(data)
+
+    def close(self) -> dict[str, Any]:
+        import numpy as np
+
+        content = self.digest.hexdigest()
+        if self.stamp is not None:
+            self.writer.add_key_value_metadata(
+                {"wap": json.dumps({**self.stamp, "content": content})}
+            )
+        self.writer.close()
+        size = self.sink.tell()
+        self.sink.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.final)
+        medians = {}
+        for c, parts in self.medians.items():
+            values = np.concatenate(parts) if parts else np.array([], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            medians[c] = float(np.median(values)) if len(values) else None
+        figures = {
+            "rows": self.rows,
+            "columns": list(self.schema.names),
+            "nulls": self.nulls,
+            "violations": self.violations,
+            "duplicates": self.duplicates,
+            "distinct": {
+                **{c: n for c, n in self.distinct_counts.items()},
+                **{c: len(v) for c, v in self.distinct_sets.items()},
+            },
+            "medians": medians,
+            "value_counts": self.value_counts,
+        }
+        return {"figures": figures, "content": content, "size": size}
+
+
+def write_days(spec: dict[str, Any], batches: Any) -> Any:
+    """``mapInArrow`` body: the rows of whole days, sorted by day then ``spec["sort"]``; writes
+    each day's object and yields one (day, result JSON) row per day."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = arrow_schema(spec["schema"])
+    writer: DayWriter | None = None
+    results = []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        days = table.column(DAY_COLUMN)
+        for day in pc.unique(days).to_pylist():  # sorted by day: each day is one slice
+            part = table.filter(pc.equal(days, day))
+            if writer is None or writer.day != day:
+                if writer is not None:
+                    results.append((writer.day, writer.close()))
+                writer = DayWriter(day, spec, schema)
+            writer.add(part)
+    if writer is not None:
+        results.append((writer.day, writer.close()))
+    if results:
+        yield pa.RecordBatch.from_pydict(
+            {"day": [d for d, _ in results], "result": [json.dumps(r) for _, r in results]}
+        )
+
+
+def stage_days(out: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Write ``out`` as one object per day (see the module doc); returns day -> result (the
+    figures, size, content digest). A day without rows gets an empty object of the schema."""
+    from functools import partial
+
+    from pyspark.sql import functions as F
+
+    days = sorted(spec["targets"])
+    out = out.withColumn(DAY_COLUMN, F.expr(spec["day"])).where(F.col(DAY_COLUMN).isin(days))
+    for i, rule in enumerate(spec.get("rules", {}).values()):
+        out = out.withColumn(f"{FLAG_PREFIX}{i}", F.expr(f"NOT coalesce(({rule['sql']}), false)"))
+    out = out.repartition(max(len(days), 1), DAY_COLUMN).sortWithinPartitions(
+        DAY_COLUMN, *spec["sort"]
+    )
+    rows = out.mapInArrow(partial(write_days, spec), "day string, result string").collect()
+    results = {r["day"]: json.loads(r["result"]) for r in rows}
+    schema = arrow_schema(spec["schema"])
+    for day in days:
+        if day not in results:
+            results[day] = DayWriter(day, spec, schema).close()
+    return results
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
     """Apply the function and write the output; uses (and leaves running) ``spark`` if given."""
     started = time.perf_counter()
@@ -264,7 +508,24 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     schema = spark.createDataFrame([], fn.spark_schema).schema  # DDL -> StructType, Spark 3.5+
     names = schema.fieldNames()
 
-    input_rows = df.count()
+    stage = params.pop(STAGE_PARAM, None)
+    input_distinct: dict[str, int] = {}
+    windows = (stage or {}).get("input_windows") or {}
+    if windows:
+        from pyspark.sql import functions as F
+
+        seen = F.expr(stage["input_day"])
+        counts = df.agg(
+            F.count(F.lit(1)).alias("__rows"),
+            *[
+                F.countDistinct(F.when(seen.isin(list(w)), F.col(DEVICE_KEY))).alias(f"w{i}")
+                for i, w in enumerate(windows.values())
+            ],
+        ).first()
+        input_rows = int(counts["__rows"])
+        input_distinct = {d: int(counts[f"w{i}"]) for i, d in enumerate(windows)}
+    else:
+        input_rows = df.count()
     parallelism = spark.sparkContext.defaultParallelism
     buckets = bucket_count(getattr(args, "buckets", "auto"), group_by, input_rows, parallelism)
 
@@ -282,10 +543,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         grouped = df.withColumn(BUCKET_COLUMN, bucket).groupBy(BUCKET_COLUMN)
     else:
         grouped = df.groupBy(*group_by)
-    grouped.applyInPandas(apply, schema=schema).write.mode("overwrite").parquet(args.output)
-    if is_local(args.output):
-        clean_local_output(args.output)
-    rows = spark.read.parquet(args.output).count()
+    out = grouped.applyInPandas(apply, schema=schema)
+    staged: dict[str, Any] = {}
+    if stage is not None:
+        staged = stage_days(out, stage)
+        rows = sum(int(v["figures"]["rows"]) for v in staged.values())
+    else:
+        out.write.mode("overwrite").parquet(args.output)
+        if is_local(args.output):
+            clean_local_output(args.output)
+        rows = spark.read.parquet(args.output).count()
     seconds = time.perf_counter() - started
     summary = {
         "function": args.function,
@@ -301,6 +568,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         "rows_per_s": round(input_rows / max(seconds - session_s, 1e-9)),
         "spark_version": spark.version,
         "master": spark.sparkContext.master,
+        **({"days": staged} if stage is not None else {}),
+        **({"input_distinct": input_distinct} if windows else {}),
     }
     calls = f"{buckets} device buckets" if buckets else "one call per group"
     log(
