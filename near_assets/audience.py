@@ -8,13 +8,16 @@ backfill) publishes them one after the other, in day order.
 Restore: ``uv run python scripts/restore.py audience_estimates --date D``.
 """
 
+import json
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
+from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions, external_assets
 from near_assets.reference import load_reference_areas, load_validated
 from near_assets.science.audience import (
@@ -23,13 +26,17 @@ from near_assets.science.audience import (
     daily_ht,
     detection_rates,
     project_audience,
+    project_from_sums,
 )
 from near_assets.science.reference import validate_pois
+from near_assets.spark_jobs import AUDIENCE
+from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.tables import (
     AUDIENCE_ESTIMATES,
     AUDIENCE_REDIS_KEY,
     CLEAN_PINGS,
     DEMOGRAPHICS,
+    ENGINE_OUTPUT,
     RAW_PINGS,
     REFERENCE_POIS,
     STAY_POINTS,
@@ -37,7 +44,7 @@ from near_assets.tables import (
     VISITS,
     published_asset_args,
 )
-from publishing.baselines import DayValue, calendar_band, published_histories
+from publishing.baselines import DayValue, calendar_band, published_histories, published_rows
 from publishing.redis_hash import RedisHashTarget, json_rows
 from publishing.tables import publish_pool, trailing_days
 from publishing.wap import (
@@ -50,12 +57,12 @@ from publishing.wap import (
     publish_days,
     row_count_band,
     rows_satisfy,
-    trailing_published_rows,
     unique_keys,
 )
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
+from resources.spark import SparkResource
 
 CONTRACT_COLUMNS = ("poi_id", "visitors", "estimate", "estimate_low", "estimate_high")
 REDIS_CHECK = (
@@ -72,6 +79,9 @@ HISTORY_DAYS = 6
 # mapping): a trailing mapping would make eager automation wait for every trailing day, so one
 # missing raw day would hold the estimates back for a week. The trailing reads use what exists.
 UPSTREAM = ("raw_pings", "clean_pings", "stay_points", "visits", "demographics")
+
+AUDIENCE_JOB = AUDIENCE
+"""The Spark engine's job script (``near_assets/spark_jobs/audience.py``)."""
 
 # The serving hash answers live requests: stricter than the daily tables' FRESHNESS_DAILY.
 SERVING_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30))
@@ -169,7 +179,7 @@ def day_audits(lake: LakeResource, reference: pd.DataFrame, day: str) -> list[Au
         columns=["visitors"],
     )
     return audience_audits(
-        trailing_published_rows(lake, AUDIENCE_ESTIMATES, day),
+        published_rows(lake, AUDIENCE_ESTIMATES, day),
         history["visited"],
         history["visitors"],
         known_pois(lake, reference, day),
@@ -201,7 +211,10 @@ def active_devices(lake: LakeResource, day: str) -> Any:
     return None
 
 
-class AudienceConfig(dg.Config):
+class AudienceConfig(EngineConfig):
+    """``engine``: ``pandas`` (in-process) or ``spark`` (the pings, stays and visits are read by
+    one Spark job, ``near_assets/spark_jobs/audience.py``; only per-POI sums come back)."""
+
     history_days: int = HISTORY_DAYS
     """Trailing days blended with today's estimate (0: today's Horvitz-Thompson alone)."""
     detection_correction: bool = True
@@ -317,6 +330,199 @@ def estimate_day(
     return df, clean_meta(metadata)
 
 
+# ---- the Spark engine ------------------------------------------------------------------------
+
+
+def _pings_key(lake: LakeResource, day: str) -> str | None:
+    """The pings that tell a day's active devices (clean, else raw; ``active_devices``)."""
+    for table in (CLEAN_PINGS, RAW_PINGS):
+        if table.exists(lake, day):
+            return table.key(day)
+    return None
+
+
+def spark_job_spec(
+    lake: LakeResource,
+    spark: SparkResource,
+    days: Sequence[str],
+    config: AudienceConfig,
+    sides: dict[str, str],
+    output: str,
+) -> dict[str, Any]:
+    """The job spec of ``near_assets/spark_jobs/audience.py`` for the run's ``days``.
+
+    Detection is computed for every run day (``day_detection(refresh=True)`` in pandas) and for
+    each trailing day without cached rates; HT sums for every day of every window; covariance
+    for every pair of days blended together (newer day first, as ``blend_with_history``)."""
+
+    def uri(key: str) -> str:
+        return spark.spark_uri(lake, key)
+
+    def has_data(d: str) -> bool:  # day_inputs is not None
+        return d in days or VISITS.exists(lake, d) or DEMOGRAPHICS.exists(lake, d)
+
+    windows = {
+        d: [d, *(t for t in trailing_days(d, max(config.history_days, 0)) if has_data(t))]
+        for d in days
+    }
+    needed = sorted({d for w in windows.values() for d in w}, reverse=True)
+    detect = []
+    if config.detection_correction:
+        for d in needed:
+            if (d in days or not VISIT_DETECTION.exists(lake, d)) and (
+                CLEAN_PINGS.exists(lake, d) and STAY_POINTS.exists(lake, d)
+            ):
+                detect.append(
+                    {
+                        "day": d,
+                        "pings": uri(CLEAN_PINGS.key(d)),
+                        "rows": CLEAN_PINGS.rows(lake, d),
+                        "stays": uri(STAY_POINTS.key(d)),
+                        "visits": uri(VISITS.key(d)) if VISITS.exists(lake, d) else None,
+                        "out": uri(VISIT_DETECTION.key(d)),
+                    }
+                )
+    detected = {item["day"] for item in detect}
+    specs = []
+    for d in needed:
+        pings = _pings_key(lake, d)
+        has_rates = d in detected or VISIT_DETECTION.exists(lake, d)
+        specs.append(
+            {
+                "day": d,
+                "visits": uri(VISITS.key(d)) if VISITS.exists(lake, d) else None,
+                "homes": uri(DEMOGRAPHICS.key(d)) if DEMOGRAPHICS.exists(lake, d) else None,
+                "pings": uri(pings) if pings else None,
+                "detection": (
+                    uri(VISIT_DETECTION.key(d))
+                    if config.detection_correction and has_rates
+                    else None
+                ),
+            }
+        )
+    pairs = {
+        (w[a], w[b]) for w in windows.values() for a in range(len(w)) for b in range(a + 1, len(w))
+    }
+    return {
+        "params": DetectionParams().as_dict(),
+        "correction": config.detection_correction,
+        "areas": uri(sides["areas"]),
+        "pois": uri(sides["pois"]),
+        "output": uri(output),
+        "detect": detect,
+        "days": specs,
+        "pairs": sorted(pairs, reverse=True),
+    }
+
+
+def estimate_days_spark(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    config: AudienceConfig,
+    areas: pd.DataFrame,
+    pois: pd.Series,
+    quarantined: frozenset[str],
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]], dict[str, Any]]:
+    """``estimate_day`` for every run day with one Spark job (module doc of the job script).
+
+    The run process only reads per-POI sums per day and blends them
+    (``science.audience.project_from_sums``): the same science as the pandas engine."""
+    days = list(context.partition_keys)
+    base = f"{context.run_id}-audience"
+    output = ENGINE_OUTPUT.key(base)
+    sides = {n: ENGINE_OUTPUT.key(f"{base}-side-{n}") for n in ("areas", "pois")}
+    lake.write_parquet(areas[["area_id", "population"]].astype({"area_id": str}), sides["areas"])
+    lake.write_parquet(
+        pd.DataFrame(
+            {
+                "poi_id": [*pois.astype(str), *sorted(quarantined)],
+                "quarantined": [False] * len(pois) + [True] * len(quarantined),
+            }
+        ),
+        sides["pois"],
+    )
+    spec = spark_job_spec(lake, spark, days, config, sides, output)
+    try:
+        summary = spark.run_script(
+            context, AUDIENCE_JOB, ["--spec", json.dumps(spec)], job_conf=BASE_CONF
+        )
+        per_day = summary.get("days") or {}
+        sums = {
+            d: lake.read_parquet(f"{output}/date={d}", columns=["poi_id", *HT_SUMS])
+            for d in per_day
+        }
+        for d, figures in per_day.items():  # day_inputs: visit pairs and home rows
+            figures["pairs"] = int(sums[d]["visitors"].sum())
+            figures["homes"] = DEMOGRAPHICS.rows(lake, d)
+    finally:
+        for key in (output, *sides.values()):
+            lake.delete(key)
+    detection = summary.get("detection") or {}
+    cov = summary.get("covariance") or {}
+    frames, metadata = {}, {}
+    for day in days:
+        if day not in per_day:
+            raise dg.Failure(description=f"the Spark job reported no audience sums for {day}")
+        today = ht_frame(sums[day], pois)
+        window = [
+            d
+            for d in trailing_days(day, max(config.history_days, 0))
+            if d in per_day and (per_day[d]["pairs"] or per_day[d]["homes"])
+        ]
+        history = [ht_frame(sums[d], pois) for d in window]
+        blended = [day, *window]
+        day_cov = np.zeros((len(blended), len(blended)))
+        for a in range(len(blended)):
+            for b in range(a + 1, len(blended)):
+                c = cov.get(f"{blended[a]}|{blended[b]}") or {}
+                other = c.get("other") or {}
+                extra = sum(v for poi, v in other.items() if poi in today.index)
+                day_cov[a, b] = float(c.get("ref", 0.0)) + extra
+        frames[day] = project_from_sums(today, per_day[day]["typical"], history, day_cov=day_cov)
+        found = detection.get(day) or {}
+        metadata[day] = clean_meta(
+            {
+                "pois": len(frames[day]),
+                "visited_pois": int((frames[day]["visitors"] > 0).sum()),
+                "panel_visitors": int(frames[day]["visitors"].sum()),
+                "projected_people": int(frames[day]["estimate"].sum()),
+                "devices_with_home_area": per_day[day]["homes"],
+                "quarantined_reference_pois": len(quarantined),
+                "history_days_blended": len(history),
+                "active_devices": per_day[day]["active_devices"],
+                "detection_correction": day in detection,
+                "mean_detection_rate": found.get("mean_detection_rate"),
+                "detection_speed_mps": found.get("speed_mps"),
+                "detection_mean_dwell_s": found.get("mean_dwell_s"),
+            }
+        )
+    engine_meta = {
+        "engine": "spark",
+        "spark_seconds": summary.get("seconds"),
+        "spark_session_start_s": summary.get("session_start_s"),
+        "spark_version": summary.get("spark_version"),
+        "spark_master": summary.get("master"),
+        "spark_detection_days": sorted(detection),
+        **(summary.get("metadata") or {}),
+    }
+    return frames, metadata, clean_meta(engine_meta)
+
+
+HT_SUMS = ("visitors", "e", "var", "model_var")
+
+
+def ht_frame(sums: pd.DataFrame, pois: pd.Series) -> pd.DataFrame:
+    """A day's per-POI HT sums (Spark output) as ``daily_ht``'s frame: every reference POI and
+    every visited one, indexed by ``poi_id``."""
+    per_poi = sums.astype({"poi_id": str}).set_index("poi_id")[list(HT_SUMS)].sort_index()
+    per_poi["visitors"] = per_poi["visitors"].astype(np.int64)
+    index = pd.Index(pd.unique(pd.Series(list(pois), dtype=object)), name="poi_id")
+    per_poi = per_poi.reindex(index.union(per_poi.index), fill_value=0)
+    per_poi.index = per_poi.index.astype(str)
+    return per_poi
+
+
 def redis_target(redis: RedisResource) -> RedisHashTarget:
     return RedisHashTarget(
         redis.get_client(),
@@ -339,7 +545,7 @@ def redis_target(redis: RedisResource) -> RedisHashTarget:
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=dg.AutomationCondition.eager().ignore(external_assets),
     op_tags={"platform/lane": "batch"},
-    kinds={"pandas", "parquet", "redis"},
+    kinds={"pandas", "spark", "redis"},
     **published_asset_args(AUDIENCE_ESTIMATES, freshness_policy=SERVING_FRESHNESS),
 )
 def audience_estimates(
@@ -348,6 +554,7 @@ def audience_estimates(
     lake: LakeResource,
     redis: RedisResource,
     alerts: AlertsResource,
+    spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """People per POI for the day, projected from the panel by home-area coverage.
 
@@ -368,7 +575,11 @@ def audience_estimates(
     vs the same weekday of the previous weeks, a moderate shift passing with a WARN) gate
     both; a failure alerts and changes nothing. A day whose visits or home areas are missing or
     empty fails with "no data for D" and publishes nothing. Reference POIs and areas are
-    validated on read (bad rows quarantined). Metadata: the mean detection rate.
+    validated on read (bad rows quarantined). Metadata: the mean detection rate and the
+    ``engine`` that ran: with ``engine: spark`` (config; default ``NEAR_ENGINE``) one Spark job
+    (``near_assets/spark_jobs/audience.py``) reads the pings, stays and visits, computes the
+    detection rates and the per-POI Horvitz-Thompson sums of every day, and only those sums
+    come back to be blended here (the same science and estimates as in-process pandas).
     """
     no_data = [why for day in context.partition_keys if (why := missing_input(lake, day))]
     if no_data:
@@ -383,8 +594,16 @@ def audience_estimates(
     pois = reference["poi_id"].astype(str)
     quarantined = frozenset(rejected["row_id"].dropna().astype(str)) - set(pois)
     frames, metadata = {}, {}
+    engine_meta: dict[str, Any] = {"engine": "pandas"}
+    if config.engine == "spark" and lake.backend == "s3" and spark.backend == "local":
+        context.log.warning("audience_estimates: local Spark on an S3 lake runs in pandas")
+    elif config.engine == "spark":
+        frames, metadata, engine_meta = estimate_days_spark(
+            context, lake, spark, config, areas, pois, quarantined
+        )
     for day in context.partition_keys:  # day order: each is audited against those before it
-        frames[day], metadata[day] = estimate_day(lake, day, config, areas, pois, quarantined)
+        if day not in frames:
+            frames[day], metadata[day] = estimate_day(lake, day, config, areas, pois, quarantined)
     yield from publish_days(
         context,
         lake,
@@ -393,7 +612,7 @@ def audience_estimates(
         frames,
         lambda day: day_audits(lake, reference, day),
         metadata,
-        {"engine": "pandas"},  # no Spark path yet (issue 12): say what ran
+        engine_meta,  # the engine that ran
         targets=[redis_target(redis)],
     )
 

@@ -18,6 +18,7 @@ from near_assets.tables import AUDIENCE_ESTIMATES, AUDIENCE_REDIS_KEY
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.redis_store import RedisResource
+from resources.spark import SparkResource
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE, REDIS_KEY = AUDIENCE_ESTIMATES.name, AUDIENCE_REDIS_KEY
@@ -234,7 +235,12 @@ def run_day(lake: LakeResource, redis_url: str, alerts: AlertsResource, day: str
     return dg.materialize(
         [audience_estimates],
         partition_key=day,
-        resources={"lake": lake, "redis": RedisResource(url=redis_url), "alerts": alerts},
+        resources={
+            "lake": lake,
+            "redis": RedisResource(url=redis_url),
+            "alerts": alerts,
+            "spark": SparkResource(master="local[2]"),
+        },
         raise_on_error=False,
     )
 
@@ -316,7 +322,12 @@ def run_days(lake: LakeResource, redis_url: str, alerts: AlertsResource, first: 
             "dagster/asset_partition_range_start": first,
             "dagster/asset_partition_range_end": last,
         },
-        resources={"lake": lake, "redis": RedisResource(url=redis_url), "alerts": alerts},
+        resources={
+            "lake": lake,
+            "redis": RedisResource(url=redis_url),
+            "alerts": alerts,
+            "spark": SparkResource(master="local[2]"),
+        },
         raise_on_error=False,
     )
 
@@ -477,6 +488,7 @@ def test_truth_scoring_is_a_non_blocking_check_in_the_same_run(
             "lake": world,
             "redis": RedisResource(url=redis_url),
             "alerts": AlertsResource(),
+            "spark": SparkResource(master="local[2]"),
         },
     )
 

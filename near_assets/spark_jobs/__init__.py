@@ -2,7 +2,8 @@
 
 ``apply_by_device.py`` runs any per-device science function (``near_assets.science.engine``)
 with ``groupBy(...).applyInPandas``; ``clean_pings.py`` is the Spark engine of ``clean_pings``
-(Spark SQL over a day's raw files). Job scripts import ``dagster_pipes`` only, never
+(Spark SQL over a day's raw files); ``profiles.py`` that of demographics, brand affinity,
+campaign and aggregate insights (``--task``); ``audience.py`` that of audience estimates. Job scripts import ``dagster_pipes`` only, never
 ``dagster``: they are shipped to the cluster in the ``--py-files`` zip (``deploy.py`` builds and
 uploads it; it runs on the Dagster side only).
 """
@@ -12,5 +13,7 @@ from pathlib import Path
 JOBS_DIR = Path(__file__).resolve().parent
 APPLY_BY_DEVICE = JOBS_DIR / "apply_by_device.py"
 CLEAN_PINGS = JOBS_DIR / "clean_pings.py"
-JOB_SCRIPTS = (APPLY_BY_DEVICE, CLEAN_PINGS)
+PROFILES = JOBS_DIR / "profiles.py"
+AUDIENCE = JOBS_DIR / "audience.py"
+JOB_SCRIPTS = (APPLY_BY_DEVICE, CLEAN_PINGS, PROFILES, AUDIENCE)
 """The job scripts uploaded to ``EMR_SCRIPTS_S3`` (``deploy.py``)."""
