@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions, external_assets
 from near_assets.reference import load_reference_areas, load_reference_pois
 from near_assets.science.campaigns import (
@@ -40,6 +41,13 @@ from near_assets.science.campaigns import (
     parse_campaign,
 )
 from near_assets.science.demographics import home_areas
+from near_assets.spark_jobs.profiles_launch import (
+    engine_metadata,
+    run_profiles_job,
+    scratch,
+    scratch_key,
+    spark_places,
+)
 from near_assets.tables import (
     CAMPAIGN_INSIGHTS,
     HOME_LOCATION,
@@ -53,6 +61,7 @@ from publishing.tables import day_range, publish_pool
 from publishing.wap import Audit, audit_specs, has_columns, write_audit_publish
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 CONTRACT_COLUMNS = tuple(CAMPAIGN_INSIGHTS.columns)
 MIN_CONTROL_DEVICES = 30
@@ -107,6 +116,8 @@ class CampaignInputs:
     home_day: str | None
     exposed: pd.Series
     brand_pois: pd.Index
+    exposed_count: int | None = None
+    """Distinct devices exposed up to ``as_of`` when ``exposed`` is not loaded (Spark engine)."""
 
 
 def load_inputs(
@@ -178,6 +189,110 @@ def load_inputs(
         exposed=exposed,
         brand_pois=brand_pois,
     )
+
+
+def campaign_panel_spark(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    spec: CampaignSpec,
+    today: date,
+    pre_days: int,
+) -> tuple[CampaignInputs, pd.DataFrame, dict[str, Any]]:
+    """``load_inputs`` + ``build_panel`` as one Spark job: the same days and failures (decided
+    from listings and Parquet footers here), the panel compressed (``compress_panel``)."""
+    cid, first_day = spec.campaign_id, lake_first_day()
+    if today < spec.start_date:
+        raise dg.Failure(
+            f"campaign {cid} starts on {spec.start_date}; nothing to measure", allow_retries=False
+        )
+    pois = load_reference_pois(lake, columns=["poi_id", "brand"])
+    brand_pois = brand_poi_ids(pois, spec.brand)
+    if brand_pois.empty:
+        raise dg.Failure(
+            f"campaign {cid}: brand {spec.brand} has no POI in {REFERENCE_POIS.name}",
+            metadata={"brand": spec.brand, "reference_pois": len(pois)},
+            allow_retries=False,
+        )
+    exposures_rows = RAW_EXPOSURES.rows(lake, cid)
+    if exposures_rows == 0:
+        raise dg.Failure(
+            f"campaign {cid}: no exposures under {RAW_EXPOSURES.key(cid)} for campaign {cid}",
+            allow_retries=False,
+        )
+    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
+    pre_period = day_range(
+        max(spec.start_date - timedelta(days=pre_days), first_day),
+        spec.start_date - timedelta(days=1),
+    )
+    present = [d for d in window_days if VISITS.rows(lake, d) > 0]
+    missing_window = [d for d in window_days if d not in set(present)]
+    if not present:
+        raise dg.Failure(
+            f"no visits yet in the window of {cid} ({window_days[0] if window_days else '-'}"
+            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}",
+            allow_retries=False,
+        )
+    as_of = date.fromisoformat(present[-1])
+    pre_found = [d for d in pre_period if VISITS.rows(lake, d) > 0]
+    home_day = next(
+        (d for d in [*reversed(pre_period), *present] if HOME_LOCATION.rows(lake, d) > 0), None
+    )
+    no_homes = dg.Failure(
+        f"campaign {cid}: no home_location with rows around {spec.start_date}: no panel "
+        "device has a home area to match on",
+        allow_retries=False,
+    )
+    if home_day is None:
+        raise no_homes
+    areas = load_reference_areas(lake, columns=["area_id", "geometry_wkt"])
+    cutoff = datetime.combine(as_of + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    panel_key = scratch_key(context, "panel")
+    side_tables = {"areas": areas, "brand_pois": pd.DataFrame({"poi_id": list(brand_pois)})}
+    try:
+        with scratch(context, lake, side_tables) as side, spark_places(lake, spark) as places:
+            job = {
+                "exposures": places.input(RAW_EXPOSURES.key(cid)),
+                "cutoff_ms": int(cutoff.timestamp() * 1000),
+                "brand_pois": places.input(side["brand_pois"]),
+                "window": [places.input(VISITS.key(d)) for d in present],
+                "pre": [places.input(VISITS.key(d)) for d in pre_found],
+                "homes": places.input(HOME_LOCATION.key(home_day)),
+                "areas": places.input(side["areas"]),
+                "panel": places.output(panel_key),
+            }
+            summary = run_profiles_job(context, spark, "campaign", job)
+        panel = lake.read_parquet(panel_key)
+    finally:
+        lake.delete(panel_key)
+    if int(summary.get("exposed_in_exposures", 0)) == 0:
+        raise dg.Failure(
+            f"campaign {cid}: no exposures up to {as_of} under {RAW_EXPOSURES.key(cid)} "
+            f"({exposures_rows} exposures, all later)",
+            allow_retries=False,
+        )
+    if int(summary.get("panel_devices", 0)) == 0:
+        raise no_homes
+    inputs = CampaignInputs(
+        as_of=as_of,
+        window=pd.DataFrame(),
+        present_days=present,
+        missing_window=missing_window,
+        pre=pd.DataFrame(),
+        pre_days=pre_period,
+        missing_pre=[d for d in pre_period if d not in set(pre_found)],
+        devices=pd.DataFrame(),
+        home_day=home_day,
+        exposed=pd.Series([], dtype="object"),
+        brand_pois=brand_pois,
+        exposed_count=int(summary["exposed_in_exposures"]),
+    )
+    meta = {
+        **engine_metadata(summary),
+        "panel_devices": int(summary["panel_devices"]),
+        "panel_rows_read": len(panel),
+    }
+    return inputs, panel, meta
 
 
 # ---- audits ---------------------------------------------------------------------------------------
@@ -262,7 +377,7 @@ campaign_automation_condition = (
 # ---- asset --------------------------------------------------------------------------------------------
 
 
-class CampaignInsightsConfig(dg.Config):
+class CampaignInsightsConfig(EngineConfig):
     pre_days: int = Field(28, ge=0, le=120, description="Pre-campaign days for matching.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided interval level.")
     as_of: str | None = Field(
@@ -288,7 +403,9 @@ def describe(
         "lift_interval": f"[{est.lift_low:.4f}, {est.lift_high:.4f}]",
         "significant": est.significant,
         "exposed_devices": est.exposed_devices,
-        "exposed_in_exposures": len(inputs.exposed),
+        "exposed_in_exposures": inputs.exposed_count
+        if inputs.exposed_count is not None
+        else len(inputs.exposed),
         "unmatched_exposed": est.unmatched_exposed,
         "control_devices": est.control_devices,
         "strata": est.strata,
@@ -328,7 +445,7 @@ def describe(
     check_specs=audit_specs(CAMPAIGN_INSIGHTS.name, AUDITS),
     automation_condition=campaign_automation_condition,
     group_name="campaigns",
-    kinds={"pandas", "parquet"},
+    kinds={"pandas", "spark", "parquet"},
     op_tags={"platform/lane": "batch"},
     **published_asset_args(CAMPAIGN_INSIGHTS, freshness_policy=CAMPAIGN_FRESHNESS),
 )
@@ -337,6 +454,7 @@ def campaign_insights(
     config: CampaignInsightsConfig,
     lake: LakeResource,
     alerts: AlertsResource,
+    spark: SparkResource,
 ):
     """Lift of a campaign: exposed devices vs a matched control group, with a 95% interval.
 
@@ -352,6 +470,8 @@ def campaign_insights(
     Reference POIs and areas are validated on read (bad rows quarantined). Publishes nothing and
     fails, naming the cause, when the campaign file is malformed, the brand has no POI in
     ``reference_pois``, the campaign has no exposures, or no visits / home areas exist yet.
+    In-process or, with ``engine: spark``, the matched panel is built by Spark SQL (one job) and
+    only its compressed form (one row per stratum, exposure and visit counts) is read back.
     """
     try:
         spec = load_campaign(lake, context.partition_key)
@@ -361,10 +481,16 @@ def campaign_insights(
             allow_retries=False,
         ) from exc
     today = date.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC).date()
-    inputs = load_inputs(lake, spec, today, config.pre_days)
-    panel = build_panel(
-        inputs.devices, inputs.exposed, inputs.window, inputs.pre, inputs.brand_pois
-    )
+    if config.engine == "spark":
+        inputs, panel, engine_meta = campaign_panel_spark(
+            context, lake, spark, spec, today, config.pre_days
+        )
+    else:
+        inputs = load_inputs(lake, spec, today, config.pre_days)
+        panel = build_panel(
+            inputs.devices, inputs.exposed, inputs.window, inputs.pre, inputs.brand_pois
+        )
+        engine_meta = {"engine": "pandas"}
     est = matched_lift(panel, confidence=config.confidence)
     final = inputs.as_of >= spec.end_date
     yield from write_audit_publish(
@@ -375,7 +501,7 @@ def campaign_insights(
         CAMPAIGN_INSIGHTS.folder(spec.campaign_id),
         insight_row(spec, est, inputs.as_of, final),
         AUDITS,
-        metadata=describe(spec, est, inputs, final),
+        metadata={**describe(spec, est, inputs, final), **engine_meta},
     )
 
 

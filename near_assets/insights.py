@@ -22,6 +22,7 @@ Results go to ``insights/<request-hash>/`` in the lake (Parquet tables, ``summar
 
 import base64
 import json
+import math
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -29,17 +30,27 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, model_validator
 
+from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions
 from near_assets.reference import load_reference_areas, load_reference_pois
 from near_assets.science.demographics import home_areas
 from near_assets.science.insights import (
+    InsightFigures,
     Insights,
+    assemble_insights,
     chart_png,
     compute_insights,
+    people_factors,
     request_hash,
     segment_devices,
     select_pois,
     summary_markdown,
+)
+from near_assets.spark_jobs.profiles_launch import (
+    engine_metadata,
+    run_profiles_job,
+    scratch,
+    spark_places,
 )
 from near_assets.tables import (
     AREA_COVERAGE,
@@ -52,12 +63,13 @@ from near_assets.tables import (
 )
 from publishing.tables import day_range
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 MAX_RANGE_DAYS = 366
 INLINE_CHART_MAX_BYTES = 120_000
 
 
-class AggregateInsightsConfig(dg.Config):
+class AggregateInsightsConfig(EngineConfig):
     """One insights request. Exactly one of ``brand``, ``category``, ``poi_ids``."""
 
     brand: str | None = Field(None, description="Brand of the places (reference_pois.brand).")
@@ -98,6 +110,7 @@ class AggregateInsightsConfig(dg.Config):
         return self
 
     def request(self) -> dict[str, Any]:
+        """The request's identity (hashed into its output key; the engine is not part of it)."""
         return {
             "brand": self.brand,
             "category": self.category,
@@ -163,6 +176,75 @@ def load_affinity(lake: LakeResource, days: list[str]) -> tuple[pd.DataFrame, st
     return BRAND_AFFINITY.read(lake, day, columns=columns), day
 
 
+def insights_spark(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    config: AggregateInsightsConfig,
+    key: str,
+    days: list[str],
+    poi_ids: set[str],
+) -> tuple[Insights, list[str], str, str | None, dict[str, Any]]:
+    """``compute_insights`` as one Spark job: the same inputs (chosen here from listings), the
+    per-visitor table written by Spark to ``<key>/visitors.parquet/``, the aggregates back."""
+    request = config.request()
+    present = VISITS.present(lake, days)
+    missing = [d for d in days if d not in set(present)]
+    cover_day = AREA_COVERAGE.latest(lake, days)
+    side: dict[str, pd.DataFrame] = {"pois": pd.DataFrame({"poi_id": sorted(poi_ids)})}
+    region: float | None = None
+    homes_day = None
+    if cover_day:
+        coverage = AREA_COVERAGE.read(
+            lake, cover_day, columns=["area_id", "population", "panel_devices"]
+        )
+        home_source = f"demographics {cover_day}"
+        per_area, region_factor = people_factors(coverage)
+        side["factors"] = per_area.rename("people").rename_axis("area_id").reset_index()
+        region = None if math.isnan(region_factor) else region_factor
+    else:  # the job locates the homes and derives the factors from the areas' population
+        areas = load_reference_areas(lake, columns=["area_id", "geometry_wkt", "population"])
+        homes_day = HOME_LOCATION.latest(lake, days)
+        home_source = f"home_location {homes_day}" if homes_day else "none"
+        side["areas"] = areas
+    affinity_day = BRAND_AFFINITY.latest(lake, days)
+    visitors_key = f"{key}/visitors.parquet"
+    lake.delete(visitors_key)
+    with scratch(context, lake, side) as keys, spark_places(lake, spark) as places:
+        if cover_day:
+            devices: dict[str, Any] = {"demographics": places.input(DEMOGRAPHICS.key(cover_day))}
+            factors = {"factors": places.input(keys["factors"]), "region": region}
+        else:
+            devices = {
+                "homes": places.input(HOME_LOCATION.key(homes_day)) if homes_day else None,
+                "areas": places.input(keys["areas"]),
+            }
+            factors = {}
+        spec = {
+            "pois": places.input(keys["pois"]),
+            "visits": [places.input(VISITS.key(d)) for d in present],
+            "devices": devices,
+            **factors,
+            "affinity": places.input(BRAND_AFFINITY.key(affinity_day)) if affinity_day else None,
+            "segment": {
+                "home_areas": config.home_areas,
+                "affinity_brand": request["affinity_brand"],
+                "min_affinity": config.min_affinity,
+            },
+            "visitors": places.output(visitors_key),
+        }
+        summary = run_profiles_job(context, spark, "insights", spec)
+    figures = summary["figures"]
+    figures["dwell_quantiles"] = {float(k): v for k, v in figures["dwell_quantiles"].items()}
+    ins = assemble_insights(
+        InsightFigures(**figures),
+        pd.DataFrame(summary["mix"]),
+        pd.DataFrame(summary["brands"]),
+        None,
+    )
+    return ins, missing, home_source, affinity_day, engine_metadata(summary)
+
+
 def write_outputs(
     lake: LakeResource,
     key: str,
@@ -170,10 +252,14 @@ def write_outputs(
     ins: Insights,
     png: bytes,
     summary: dict[str, Any],
+    visitors_written: bool = False,
 ) -> None:
-    """The request's tables, chart, report and summary under ``key`` (``insights_key``)."""
+    """The request's tables, chart, report and summary under ``key`` (``insights_key``);
+    ``visitors.parquet`` is already there (a folder of parts) when the Spark job wrote it."""
     lake.write_json(f"{key}/request.json", request)
-    lake.write_parquet(ins.visitors, f"{key}/visitors.parquet")
+    if not visitors_written:
+        lake.delete(f"{key}/visitors.parquet")  # a folder of parts if Spark wrote it before
+        lake.write_parquet(ins.visitors, f"{key}/visitors.parquet")
     lake.write_parquet(ins.dwell, f"{key}/dwell.parquet")
     lake.write_parquet(ins.home_mix, f"{key}/home_area_mix.parquet")
     lake.write_parquet(ins.affinity, f"{key}/brand_affinity.parquet")
@@ -197,7 +283,7 @@ def describe(
     return {
         "request_hash": key.rsplit("/", 1)[-1],
         "request": dg.MetadataValue.json(request),
-        "dagster/row_count": len(ins.visitors),
+        "dagster/row_count": ins.summary["visitors"],
         "visitors": ins.summary["visitors"],
         "visits": ins.summary["visits"],
         "estimated_people": ins.summary["estimated_people"],
@@ -223,12 +309,15 @@ def describe(
         "reference_areas",
     ],
     group_name="insights",
-    kinds={"pandas", "matplotlib"},
+    kinds={"pandas", "spark", "matplotlib"},
     op_tags={"platform/lane": "batch"},
     **internal_asset_args(tags={"trigger": "on-demand"}),
 )
 def aggregate_insights(
-    context: dg.AssetExecutionContext, config: AggregateInsightsConfig, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: AggregateInsightsConfig,
+    lake: LakeResource,
+    spark: SparkResource,
 ) -> dg.MaterializeResult:
     """Visitors, estimated people, dwell distribution, home-area mix and brand affinity of the
     visitors of a brand, a category or a list of places over a date range, optionally for a
@@ -237,7 +326,8 @@ def aggregate_insights(
 
     The config is validated before any data is read: exactly one place selector, ISO dates,
     start <= end <= today, at most 366 days. Days before ``LAKE_START_DATE`` are left out;
-    missing days are reported, not fatal.
+    missing days are reported, not fatal. In-process or, with ``engine: spark``, one Spark job
+    that writes the per-visitor table and returns the small aggregates.
     """
     request = config.request()
     key = insights_key(request_hash(request))
@@ -246,13 +336,19 @@ def aggregate_insights(
     if pois.empty:
         raise dg.Failure(f"no places match {request}", allow_retries=False)
     poi_ids = set(pois["poi_id"].astype(str))
-    visits, missing = load_visits(lake, days, poi_ids)
-    devices, coverage, home_source = load_homes_and_coverage(lake, days)
-    affinity, affinity_day = load_affinity(lake, days)
-    segment = segment_devices(
-        devices, affinity, config.home_areas, request["affinity_brand"], config.min_affinity
-    )
-    ins = compute_insights(visits, devices, coverage, affinity, segment)
+    if config.engine == "spark":
+        ins, missing, home_source, affinity_day, engine_meta = insights_spark(
+            context, lake, spark, config, key, days, poi_ids
+        )
+    else:
+        visits, missing = load_visits(lake, days, poi_ids)
+        devices, coverage, home_source = load_homes_and_coverage(lake, days)
+        affinity, affinity_day = load_affinity(lake, days)
+        segment = segment_devices(
+            devices, affinity, config.home_areas, request["affinity_brand"], config.min_affinity
+        )
+        ins = compute_insights(visits, devices, coverage, affinity, segment)
+        engine_meta = {"engine": "pandas"}
     png = chart_png(ins, chart_title(config, len(poi_ids)))
     summary = {
         **ins.summary,
@@ -264,9 +360,9 @@ def aggregate_insights(
         "affinity_day": affinity_day,
         "generated_at": datetime.now(UTC).isoformat(),
     }
-    write_outputs(lake, key, request, ins, png, summary)
+    write_outputs(lake, key, request, ins, png, summary, engine_meta["engine"] == "spark")
     context.log.info(f"insights for {request} written to {lake.uri(key)}")
-    return dg.MaterializeResult(metadata=describe(lake, key, ins, png, summary))
+    return dg.MaterializeResult(metadata={**describe(lake, key, ins, png, summary), **engine_meta})
 
 
 aggregate_insights_job = dg.define_asset_job(

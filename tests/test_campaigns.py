@@ -28,6 +28,7 @@ from near_assets.science.demographics import home_areas
 from near_assets.tables import CAMPAIGN_INSIGHTS
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 TODAY = datetime.now(UTC).date()
 
@@ -403,7 +404,7 @@ def test_campaign_insights_materializes_and_publishes_through_wap(tmp_lake, monk
             [campaign_insights, campaign_truth],
             partition_key=cid,
             instance=instance,
-            resources={"lake": tmp_lake, "alerts": AlertsResource()},
+            resources={"lake": tmp_lake, "alerts": AlertsResource(), "spark": SparkResource()},
             run_config={"ops": {"campaign_insights": {"config": {"as_of": spec["end_date"]}}}},
         )
     assert result.success
@@ -490,7 +491,7 @@ def test_campaign_failures_name_their_cause_and_are_not_retried(tmp_lake, brand,
             [campaign_insights],
             partition_key="c9",
             instance=instance,
-            resources={"lake": tmp_lake, "alerts": AlertsResource()},
+            resources={"lake": tmp_lake, "alerts": AlertsResource(), "spark": SparkResource()},
             run_config={"ops": {"campaign_insights": {"config": {"as_of": "2024-03-10"}}}},
             raise_on_error=False,
         )

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from near_assets.insights import AggregateInsightsConfig, aggregate_insights, aggregate_insights_job
 from near_assets.science.insights import compute_insights, request_hash, segment_devices
+from resources.spark import SparkResource
 from tests.test_campaigns import lake_with_upstream_tables
 
 TODAY = datetime.now(UTC).date()
@@ -52,7 +53,9 @@ def test_valid_request_and_its_stable_hash():
 
 def test_invalid_config_fails_before_any_work(tmp_lake):
     defs = dg.Definitions(
-        assets=[aggregate_insights], jobs=[aggregate_insights_job], resources={"lake": tmp_lake}
+        assets=[aggregate_insights],
+        jobs=[aggregate_insights_job],
+        resources={"lake": tmp_lake, "spark": SparkResource()},
     )
     job = defs.resolve_job_def("aggregate_insights_job")
     bad = {"ops": {"aggregate_insights": {"config": request(brand="A", category="B")}}}
@@ -96,7 +99,9 @@ def test_aggregate_insights_job_writes_tables_summary_and_chart(tmp_lake, monkey
     monkeypatch.setenv("LAKE_START_DATE", summary["start"])
     brand = tmp_lake.read_json(f"reference/campaigns/{summary['campaigns'][0]}.json")["brand"]
     defs = dg.Definitions(
-        assets=[aggregate_insights], jobs=[aggregate_insights_job], resources={"lake": tmp_lake}
+        assets=[aggregate_insights],
+        jobs=[aggregate_insights_job],
+        resources={"lake": tmp_lake, "spark": SparkResource()},
     )
     cfg = {"brand": brand, "start_date": summary["start"], "end_date": str(TODAY)}
     result = defs.resolve_job_def("aggregate_insights_job").execute_in_process(

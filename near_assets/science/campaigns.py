@@ -253,15 +253,32 @@ class LiftEstimate:
         return asdict(self)
 
 
-def _ratio_var(b: np.ndarray, v: np.ndarray) -> float:
-    """Variance of ``sum(b) / sum(v)`` by linearisation over independent devices."""
-    n = len(b)
-    total = v.sum()
-    if n < 2 or total <= 0:
+PANEL_WEIGHT = "devices"
+"""Optional panel column: how many devices a row stands for (a compressed panel, one row per
+distinct stratum x exposure x counts, as the Spark engine returns it); 1 when absent."""
+
+
+def compress_panel(panel: pd.DataFrame) -> pd.DataFrame:
+    """The panel as one row per distinct (home_area_id, pre_brand_bin, exposed, brand_visits,
+    poi_visits) with ``devices`` = how many devices share it (``matched_lift`` gives the same
+    estimate on both forms; the compressed one is small whatever the panel's size)."""
+    keys = ["home_area_id", "pre_brand_bin", "exposed", "brand_visits", "poi_visits"]
+    out = panel.groupby(keys, sort=True).size().rename(PANEL_WEIGHT).reset_index()
+    out[PANEL_WEIGHT] = out[PANEL_WEIGHT].astype("int64")
+    return out
+
+
+def _ratio_var(b: np.ndarray, v: np.ndarray, n: np.ndarray | None = None) -> float:
+    """Variance of ``sum(b) / sum(v)`` by linearisation over independent devices (``n``: devices
+    per row, 1 each by default)."""
+    n = np.ones(len(b)) if n is None else n
+    devices = float(n.sum())
+    total = float((n * v).sum())
+    if devices < 2 or total <= 0:
         return math.nan
-    r = b.sum() / total
+    r = float((n * b).sum()) / total
     z = (b - r * v) / total
-    return float((z**2).sum() * n / (n - 1))
+    return float((n * z**2).sum() * devices / (devices - 1))
 
 
 def matched_lift(
@@ -271,46 +288,59 @@ def matched_lift(
 ) -> LiftEstimate:
     """Lift of the brand visit share of exposed devices over their matched controls.
 
-    ``panel`` comes from ``build_panel``. Devices without a place visit in the window carry no
-    information on the share and only count for reach. See the module docstring for the method.
+    ``panel`` comes from ``build_panel`` (one row per device) or ``compress_panel`` (a
+    ``devices`` column counts the devices of each row). Devices without a place visit in the
+    window carry no information on the share and only count for reach. See the module docstring
+    for the method.
     """
     df = panel.copy()
+    if PANEL_WEIGHT not in df:
+        df[PANEL_WEIGHT] = 1
+    df[PANEL_WEIGHT] = df[PANEL_WEIGHT].astype("int64")
     df["stratum"] = df[list(strata)].astype(str).agg("|".join, axis=1)
+    n_col = PANEL_WEIGHT
+    df["_v"] = df[n_col] * df["poi_visits"]
+    df["_b"] = df[n_col] * df["brand_visits"]
     active = df[df["poi_visits"] > 0]
-    ctl_visits = active[~active["exposed"]].groupby("stratum")["poi_visits"].sum()
+    ctl_visits = active[~active["exposed"]].groupby("stratum")["_v"].sum()
     matched_strata = ctl_visits[ctl_visits > 0].index
     exp_all = df[df["exposed"]]
     exp = exp_all[exp_all["stratum"].isin(matched_strata)]
     ctl = df[~df["exposed"] & df["stratum"].isin(exp["stratum"].unique())]
     exp_act = exp[exp["poi_visits"] > 0]
     ctl_act = ctl[ctl["poi_visits"] > 0]
+    n_exp, n_ctl, n_exp_all = (int(x[n_col].sum()) for x in (exp, ctl, exp_all))
 
     nan = math.nan
-    ve = float(exp_act["poi_visits"].sum())
+    ve = float(exp_act["_v"].sum())
     if ve <= 0 or ctl_act.empty:
         return LiftEstimate(
-            len(exp), len(ctl), nan, nan, nan, nan, nan, nan, nan,
-            int(ve), int(ctl_act["poi_visits"].sum()), len(exp_all) - len(exp), 0, confidence,
+            n_exp, n_ctl, nan, nan, nan, nan, nan, nan, nan,
+            int(ve), int(ctl_act["_v"].sum()), n_exp_all - n_exp, 0, confidence,
         )  # fmt: skip
 
-    rate_e = exp_act["brand_visits"].sum() / ve
+    rate_e = exp_act["_b"].sum() / ve
     var_e = _ratio_var(
-        exp_act["brand_visits"].to_numpy(float), exp_act["poi_visits"].to_numpy(float)
+        exp_act["brand_visits"].to_numpy(float),
+        exp_act["poi_visits"].to_numpy(float),
+        exp_act[n_col].to_numpy(float),
     )
 
-    w = exp_act.groupby("stratum")["poi_visits"].sum() / ve
+    w = exp_act.groupby("stratum")["_v"].sum() / ve
     g = ctl_act.groupby("stratum")
-    sums = g[["brand_visits", "poi_visits"]].sum()
-    r_s = sums["brand_visits"] / sums["poi_visits"]
+    sums = g[["_b", "_v"]].sum()
+    r_s = sums["_b"] / sums["_v"]
     # within-stratum linearised variance; strata with fewer than SMALL_STRATUM devices borrow a
     # pooled residual variance per place visit (their own spread is too noisy to trust)
     resid = ctl_act["brand_visits"] - ctl_act["stratum"].map(r_s) * ctl_act["poi_visits"]
-    ss = (resid**2).groupby(ctl_act["stratum"]).sum()
-    n_s = g.size()
-    own = ss * n_s / (n_s - 1).clip(lower=1) / sums["poi_visits"] ** 2
-    dof = max(len(ctl_act) - len(n_s), 1)
-    per_visit = float((resid**2).sum()) / float(ctl_act["poi_visits"].sum()) * len(ctl_act) / dof
-    borrowed = per_visit / sums["poi_visits"]
+    sq = resid**2 * ctl_act[n_col]
+    ss = sq.groupby(ctl_act["stratum"]).sum()
+    n_s = g[n_col].sum()
+    own = ss * n_s / (n_s - 1).clip(lower=1) / sums["_v"] ** 2
+    n_ctl_act = int(ctl_act[n_col].sum())
+    dof = max(n_ctl_act - len(n_s), 1)
+    per_visit = float(sq.sum()) / float(ctl_act["_v"].sum()) * n_ctl_act / dof
+    borrowed = per_visit / sums["_v"]
     var_s = own.where(n_s >= SMALL_STRATUM, borrowed)
     w = w.reindex(r_s.index).fillna(0.0)
     rate_c = float((w * r_s).sum())
@@ -328,14 +358,15 @@ def matched_lift(
     else:
         lift = low = high = nan
 
-    n_e = exp.groupby("stratum").size()
-    reach_c_s = ctl.groupby("stratum")["brand_visits"].apply(lambda s: float((s > 0).mean()))
-    reach_e = float((exp["brand_visits"] > 0).mean()) if len(exp) else nan
-    reach_c = float((n_e / n_e.sum() * reach_c_s.reindex(n_e.index)).sum()) if len(exp) else nan
+    n_e = exp.groupby("stratum")[n_col].sum()
+    reached = ctl[n_col] * (ctl["brand_visits"] > 0)
+    reach_c_s = reached.groupby(ctl["stratum"]).sum() / ctl.groupby("stratum")[n_col].sum()
+    reach_e = float((exp[n_col] * (exp["brand_visits"] > 0)).sum() / n_exp) if n_exp else nan
+    reach_c = float((n_e / n_e.sum() * reach_c_s.reindex(n_e.index)).sum()) if n_exp else nan
 
     return LiftEstimate(
-        exposed_devices=len(exp),
-        control_devices=len(ctl),
+        exposed_devices=n_exp,
+        control_devices=n_ctl,
         exposed_visit_rate=float(rate_e),
         control_visit_rate=rate_c,
         lift=lift,
@@ -344,8 +375,8 @@ def matched_lift(
         exposed_reach=reach_e,
         control_reach=reach_c,
         exposed_visits=int(ve),
-        control_visits=int(ctl_act["poi_visits"].sum()),
-        unmatched_exposed=len(exp_all) - len(exp),
+        control_visits=int(ctl_act["_v"].sum()),
+        unmatched_exposed=n_exp_all - n_exp,
         strata=len(w),
         confidence=confidence,
     )

@@ -62,9 +62,13 @@ def device_demographics(homes: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFram
 
 def area_coverage(devices: pd.DataFrame, areas: pd.DataFrame) -> pd.DataFrame:
     """Per area: area_id, population, panel_devices and coverage (panel share of population)."""
-    counts = devices.groupby("area_id").size().rename("panel_devices")
+    return coverage_from_counts(devices.groupby("area_id").size(), areas)
+
+
+def coverage_from_counts(counts: pd.Series, areas: pd.DataFrame) -> pd.DataFrame:
+    """``area_coverage`` from the panel devices per area (``counts``, indexed by area_id)."""
     out = areas[["area_id", "population"]].merge(
-        counts, left_on="area_id", right_index=True, how="left"
+        counts.rename("panel_devices"), left_on="area_id", right_index=True, how="left"
     )
     out["panel_devices"] = out["panel_devices"].fillna(0).astype(np.int64)
     pop = out["population"].astype(float)

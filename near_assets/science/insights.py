@@ -121,29 +121,12 @@ def compute_insights(
 
     dwell = v["dwell_s"].astype(float).dropna()
     hist, _ = np.histogram(dwell, bins=DWELL_EDGES_S)
-    labels = [
-        f"{int(a // 60)}-{int(b // 60)} min" if np.isfinite(b) else f">= {int(a // 60)} min"
-        for a, b in itertools.pairwise(DWELL_EDGES_S)
-    ]
-    dwell_df = pd.DataFrame(
-        {
-            "bin": labels,
-            "low_s": DWELL_EDGES_S[:-1],
-            "visits": hist.astype("int64"),
-            "share": hist / max(len(dwell), 1),
-        }
-    )
-
-    n_vis = len(per_dev)
     mix = (
         per_dev.assign(area_id=per_dev["area_id"].fillna("unknown"))
         .groupby("area_id")
         .agg(visitors=("device_id", "size"), estimated_people=("people", "sum"))
-        .sort_values("visitors", ascending=False)
         .reset_index()
     )
-    mix["share"] = mix["visitors"] / max(n_vis, 1)
-
     aff = affinity.assign(device_id=affinity["device_id"].astype(str))
     panel_mean = aff.groupby("brand")["affinity"].mean()
     vis_aff = aff[aff["device_id"].isin(per_dev["device_id"])]
@@ -157,23 +140,95 @@ def compute_insights(
         .reset_index()
     )
     brands["panel_mean_affinity"] = brands["brand"].map(panel_mean)
-    brands["index"] = brands["mean_affinity"] - brands["panel_mean_affinity"]
-    brands = brands.sort_values(["mean_affinity", "visitors"], ascending=False).head(top_brands)
+    q = dwell.quantile(DWELL_QUANTILES) if len(dwell) else pd.Series(dtype=float)
+    figures = InsightFigures(
+        visitors=len(per_dev),
+        visits=len(v),
+        people=float(per_dev["people"].sum()),
+        visitors_with_home_area=int(per_dev["area_id"].notna().sum()),
+        home_areas=int(per_dev["area_id"].nunique()),
+        dwell_counts=[int(x) for x in hist],
+        dwell_n=len(dwell),
+        dwell_quantiles={float(k): float(x) for k, x in q.items()},
+        dwell_mean=float(dwell.mean()) if len(dwell) else None,
+    )
+    return assemble_insights(figures, mix, brands, per_dev, top_brands)
 
-    q = dwell.quantile([0.1, 0.25, 0.5, 0.75, 0.9]) if len(dwell) else pd.Series(dtype=float)
+
+DWELL_QUANTILES = [0.1, 0.25, 0.5, 0.75, 0.9]
+
+
+@dataclass
+class InsightFigures:
+    """The scalar aggregates of one request (both engines compute these, then
+    ``assemble_insights`` builds the same tables and summary from them)."""
+
+    visitors: int
+    visits: int
+    people: float
+    """Sum of the visitors' people factors (estimated people before rounding)."""
+    visitors_with_home_area: int
+    home_areas: int
+    dwell_counts: list[int]
+    """Visits per ``DWELL_EDGES_S`` bin (non-null dwell only)."""
+    dwell_n: int
+    """Visits with a dwell time."""
+    dwell_quantiles: dict[float, float]
+    """Linear-interpolation quantiles (``DWELL_QUANTILES``) of the non-null dwell; {} when none."""
+    dwell_mean: float | None
+
+
+def assemble_insights(
+    figures: InsightFigures,
+    mix: pd.DataFrame,
+    brands: pd.DataFrame,
+    visitors: pd.DataFrame | None,
+    top_brands: int = 15,
+) -> Insights:
+    """``Insights`` from the aggregates: ``mix`` (area_id with "unknown" for no home area,
+    visitors, estimated_people), ``brands`` (brand, visitors, mean_affinity, share_positive,
+    panel_mean_affinity), ``visitors`` (per-device table, or None when it stays in the lake)."""
+    labels = [
+        f"{int(a // 60)}-{int(b // 60)} min" if np.isfinite(b) else f">= {int(a // 60)} min"
+        for a, b in itertools.pairwise(DWELL_EDGES_S)
+    ]
+    hist = np.asarray(figures.dwell_counts, dtype="int64")
+    dwell_df = pd.DataFrame(
+        {
+            "bin": labels,
+            "low_s": DWELL_EDGES_S[:-1],
+            "visits": hist,
+            "share": hist / max(figures.dwell_n, 1),
+        }
+    )
+    n_vis = figures.visitors
+    mix = mix.sort_values(["visitors", "area_id"], ascending=[False, True]).reset_index(drop=True)
+    mix["visitors"] = mix["visitors"].astype("int64")
+    mix["share"] = mix["visitors"] / max(n_vis, 1)
+    brands = brands.assign(index=brands["mean_affinity"] - brands["panel_mean_affinity"])
+    brands["visitors"] = brands["visitors"].astype("int64")
+    brands = brands.sort_values(
+        ["mean_affinity", "visitors", "brand"], ascending=[False, False, True]
+    ).head(top_brands)
+    q = figures.dwell_quantiles
     summary = {
         "visitors": int(n_vis),
-        "visits": len(v),
-        "estimated_people": int(np.round(per_dev["people"].sum())) if n_vis else 0,
-        "visitors_with_home_area": int(per_dev["area_id"].notna().sum()),
-        "home_areas": int(per_dev["area_id"].nunique()),
+        "visits": int(figures.visits),
+        "estimated_people": int(np.round(figures.people)) if n_vis else 0,
+        "visitors_with_home_area": int(figures.visitors_with_home_area),
+        "home_areas": int(figures.home_areas),
         "dwell_s_quantiles": {f"p{int(k * 100)}": round(float(x), 1) for k, x in q.items()},
-        "dwell_s_mean": round(float(dwell.mean()), 1) if len(dwell) else None,
-        "visits_per_visitor": round(len(v) / n_vis, 3) if n_vis else None,
+        "dwell_s_mean": round(float(figures.dwell_mean), 1)
+        if figures.dwell_mean is not None
+        else None,
+        "visits_per_visitor": round(figures.visits / n_vis, 3) if n_vis else None,
     }
-    return Insights(
-        summary, dwell_df.reset_index(drop=True), mix, brands.reset_index(drop=True), per_dev
-    )
+    if visitors is None:
+        visitors = pd.DataFrame(columns=VISITOR_COLUMNS)
+    return Insights(summary, dwell_df, mix, brands.reset_index(drop=True), visitors)
+
+
+VISITOR_COLUMNS = ["device_id", "visits", "dwell_s", "area_id", "people"]
 
 
 def summary_markdown(request: dict[str, Any], ins: Insights, chart_b64: str | None = None) -> str:
