@@ -10,12 +10,23 @@ request per run, the rest skipped), then measures the database:
    ticks are old enough (skipped ticks after 1 day, successful ones after 7). Dagster's
    retention covers schedule/sensor/automation *ticks only*; runs and event logs stay;
 3. ``tick retention + run purge``: additionally ``instance.delete_run`` for every run but the
-   newest ``--keep-runs`` (what a nightly purge of runs older than N days does).
+   newest ``--keep-runs`` (what a nightly purge of runs older than N days does);
+4. ``housekeeping``: the platform's own job functions (``sensors/housekeeping.py``): the older
+   half of the runs is dated back past the horizon, then ``retire_partitions`` and
+   ``purge_runs`` run as the nightly ``platform_housekeeping`` job runs them; what is left is
+   measured (the newer half and the partitions not yet retired).
+
+From the measured bytes per run it prints a simulated month at ``--rate`` signups/s
+(``--per-run`` applicants per onboarding run) with the housekeeping running nightly: the
+database holds the runs of the last ``horizon`` days (+1 day between nightly passes), so its
+size stops growing once the month passes the horizon; printed for the platform horizon
+(``retention_horizon_days()``) and the onboarding lane's (``--lane-horizon``).
 
 Sizes are measured after ``VACUUM`` (SQLite) / ``VACUUM FULL`` (PostgreSQL), i.e. the space
 the data really needs. Usage::
 
     uv run python bench/db_size.py --runs 1000 [--backend postgres|sqlite] [--keep-runs 100]
+    uv run python bench/db_size.py --runs 1000 --rate 1 --per-run 1 --lane-horizon 2
 
 PostgreSQL: the server from ``DAGSTER_PG_*`` (default 127.0.0.1:5432, user postgres); a
 temporary database is created and dropped.
@@ -30,9 +41,12 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+
+from sensors.housekeeping import RetireSpec, purge_runs, retention_horizon_days, retire_partitions
 
 APPLICANTS = "bench_applicants"
 applicants = dg.DynamicPartitionsDefinition(name=APPLICANTS)
@@ -169,6 +183,55 @@ def purge_ticks_like_retention(instance: dg.DagsterInstance) -> None:
     )
 
 
+def backdate_runs(instance: dg.DagsterInstance, run_ids: list[str], days: float) -> None:
+    """Move runs' creation time ``days`` back (the storage's own table, any SQL backend)."""
+    import sqlalchemy as db
+    from dagster._core.storage.runs.schema import RunsTable
+
+    with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start : start + 500]
+            rows = conn.execute(
+                db.select(RunsTable.c.run_id, RunsTable.c.create_timestamp).where(
+                    RunsTable.c.run_id.in_(chunk)
+                )
+            ).fetchall()
+            for run_id, created in rows:
+                conn.execute(
+                    RunsTable.update()
+                    .where(RunsTable.c.run_id == run_id)
+                    .values(create_timestamp=created - timedelta(days=days))
+                )
+
+
+def housekeeping_pass(
+    instance: dg.DagsterInstance, run_ids: list[str], horizon_days: float
+) -> tuple[int, int]:
+    """The older half of the runs past the horizon, then the nightly job's two steps."""
+    old = run_ids[: len(run_ids) // 2]
+    backdate_runs(instance, old, horizon_days + 1)
+    keys = instance.get_dynamic_partitions(APPLICANTS)
+    now = time.time()
+    born = {
+        k: now - (horizon_days + 1) * 86400 if i < len(old) else now for i, k in enumerate(keys)
+    }
+    spec = RetireSpec(APPLICANTS, born.get, lambda _resources, ks: [True] * len(ks))
+    retired, _ = retire_partitions(instance, spec, horizon_days)
+    purged = purge_runs(instance, horizon_days)
+    return retired, purged
+
+
+def simulated_month(
+    per_run_bytes: float, base_bytes: float, rate: float, per_run: float, horizon_days: float
+) -> list[tuple[int, float]]:
+    """(day, bytes) over 30 days with the nightly purge: the runs of the last horizon + 1 days."""
+    runs_per_day = rate * 86400 / per_run
+    return [
+        (day, base_bytes + per_run_bytes * runs_per_day * min(day, horizon_days + 1))
+        for day in (1, 2, 7, 14, 21, 30)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
@@ -182,6 +245,11 @@ def main() -> None:
         help="also print the size after these many runs (comma-separated)",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--rate", type=float, default=1.0, help="signups/s of the simulated month")
+    parser.add_argument("--per-run", type=float, default=1.0, help="applicants per run (month)")
+    parser.add_argument(
+        "--lane-horizon", type=float, default=2.0, help="onboarding runs' horizon (days, month)"
+    )
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on kill -TERM too
@@ -221,7 +289,14 @@ def main() -> None:
             figures["bytes_no_retention"] = backend.size()
             purge_ticks_like_retention(instance)
             figures["bytes_tick_retention"] = backend.size()
-            for run_id in run_ids[: max(0, len(run_ids) - args.keep_runs)]:
+            horizon = retention_horizon_days()
+            t1 = time.perf_counter()
+            retired, purged = housekeeping_pass(instance, run_ids, horizon)
+            figures["housekeeping_seconds"] = round(time.perf_counter() - t1, 1)
+            figures["housekeeping_retired"], figures["housekeeping_purged"] = retired, purged
+            figures["bytes_housekeeping"] = backend.size()
+            kept = [r for r in run_ids if instance.has_run(r)]
+            for run_id in kept[: max(0, len(kept) - args.keep_runs)]:
                 instance.delete_run(run_id)
             figures["kept_runs"] = min(args.keep_runs, len(run_ids))
             figures["bytes_tick_retention_and_run_purge"] = backend.size()
@@ -243,6 +318,28 @@ def main() -> None:
         f"{'tick retention + run purge':<34}{purged / 1e6:>10.2f} MB  "
         f"(kept newest {figures['kept_runs']} runs)"
     )
+    house = int(figures["bytes_housekeeping"])
+    gone = int(figures["housekeeping_purged"])
+    per_run = (tick_ret - house) / max(1, gone)
+    base = max(0.0, purged - per_run * int(figures["kept_runs"]))
+    print(
+        f"{'housekeeping (platform job)':<34}{house / 1e6:>10.2f} MB  (purged {gone} runs, "
+        f"retired {figures['housekeeping_retired']} partitions in "
+        f"{figures['housekeeping_seconds']} s): {per_run / 1e3:.1f} kB per purged run, "
+        f"{per_run * 1000 / 1e6:.1f} MB per 1,000 runs"
+    )
+    figures["bytes_per_run"] = round(per_run)
+    for label, horizon in (
+        (f"platform horizon {retention_horizon_days()} d", retention_horizon_days()),
+        (f"onboarding lane horizon {args.lane_horizon:g} d", args.lane_horizon),
+    ):
+        month = simulated_month(per_run, base, args.rate, args.per_run, horizon)
+        cells = "  ".join(f"day {d}: {b / 1e9:.2f} GB" for d, b in month)
+        bounded = "bounded" if horizon + 1 < 30 else "still growing at day 30"
+        print(
+            f"simulated month at {args.rate:g} signups/s, {args.per_run:g} per run, {label} "
+            f"({bounded}): {cells}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2))

@@ -10,6 +10,19 @@ run events). Latency is measured on Redis' own clock: decision entry id minus si
 
     uv run python bench/signup_latency.py --rate 0.1 --duration 120
     uv run python bench/signup_latency.py --rate 2 --duration 180
+    uv run python bench/signup_latency.py --age 1000000 --rate 0.2 --duration 40
+
+``--age N`` ages the instance before it starts: N earlier applicants, one a second back from an
+hour ago, each registered as an ``applicants`` partition (bulk SQL insert into the instance's
+dynamic partitions table, the rows ``instance.add_dynamic_partitions`` writes) and decided in
+Redis (``onboarding:decided:<signup id>`` guard, ``onboarding:assigned`` entry), as an instance
+that has run for N seconds at 1 signup/s would hold them before anything retires them.
+``--age-mode``: ``retired`` (default; the steady state of the platform, whose retire sensor
+deletes decided applicants' partitions minutes after their decision: the bench runs that retire
+pass, ``sensors.housekeeping.retire_partitions``, before the platform starts and prints its
+time), ``live`` (the old model: every earlier applicant stays a live partition and nothing is
+retired during the measurement) or ``upgrade`` (all N live when the platform starts, retired by
+its sensor during the measurement).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import redis
 
@@ -66,6 +80,10 @@ def make_signup(rng: random.Random, i: int, malformed: bool) -> dict[str, str]:
     return {"user_id": f"bench-{i}", "payload": json.dumps({**payload, "annual_revenue": "lots"})}
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def ms(entry_id: str) -> int:
     return int(entry_id.split("-")[0])
 
@@ -80,7 +98,7 @@ def pct(values: list[float], q: float) -> float:
 class Platform:
     """``dagster dev`` in its own process group, on temporary state."""
 
-    def __init__(self, workspace: str | None, keep: bool) -> None:
+    def __init__(self, workspace: str | None, keep: bool, extra_env: dict[str, str]) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="signup-bench-"))
         self.home = self.tmp / "dagster_home"
         self.home.mkdir()
@@ -95,11 +113,17 @@ class Platform:
             "EMBEDDED_REDIS_PORT": str(self.redis_port),
             "EMBEDDED_REDIS_DIR": str(self.redis_dir),
             "PYTHONUNBUFFERED": "1",
+            **extra_env,
         }
         self.env.pop("REDIS_URL", None)
+        self.workspace = workspace
+        self.proc: subprocess.Popen | None = None
+        self.log = open(self.tmp / "dagster-dev.log", "w")  # noqa: SIM115
+
+    def start(self) -> None:
+        workspace = self.workspace
         cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-p", str(free_port())]
         cmd += ["-w", workspace or str(REPO / "workspace.yaml")]
-        self.log = open(self.tmp / "dagster-dev.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,
@@ -109,6 +133,48 @@ class Platform:
             start_new_session=True,
         )
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the platform's processes (webserver, daemon, code servers, warm parents
+        and the run workers they reaped), a figure that does not depend on the machine's load."""
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> Counter:
+        """CPU seconds per kind of platform process (see :meth:`cpu_seconds`)."""
+        import psutil
+
+        out: Counter = Counter()
+        if self.proc is None:
+            return out
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return out
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                cmd = " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            kind = next(
+                (
+                    label
+                    for needle, label in (
+                        ("warm_worker", "warm parent + run workers"),
+                        ("_daemon", "daemon"),
+                        ("dagster_webserver", "webserver"),
+                        ("near_assets", "near_assets code server + its runs"),
+                        ("risk_assets", "risk_assets code server + its runs"),
+                        ("api grpc", "code server + its runs"),
+                        ("code-server", "code server + its runs"),
+                    )
+                    if needle in cmd
+                ),
+                "dagster dev",
+            )
+            out[kind] += t.user + t.system + t.children_user + t.children_system
+        return out
+
     def redis_client(self) -> redis.Redis:
         from resources.redis_store import start_redis_server
 
@@ -117,6 +183,8 @@ class Platform:
 
     def stop(self) -> None:
         try:
+            if self.proc is None:
+                raise ProcessLookupError
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -130,12 +198,68 @@ class Platform:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def wait_decided(client: redis.Redis, ids: set[str], dead: set[str], timeout_s: float) -> None:
+def age_instance(home: Path, client: redis.Redis, n: int, chunk: int = 50_000) -> None:
+    """Register ``n`` earlier, decided applicants (see the module docstring)."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+    from dagster._core.storage.event_log.schema import DynamicPartitionsTable
+
+    from risk_assets.streams import ASSIGNED, DECIDED_PREFIX
+    from risk_assets.validation import partition_key
+
+    t0 = time.monotonic()
+    first_ms = int(time.time() * 1000) - 3_600_000 - n * 1000
+    instance = dg.DagsterInstance.get()
+    storage = instance.event_log_storage
+    for start in range(0, n, chunk):
+        ids = [f"{first_ms + i * 1000}-0" for i in range(start, min(n, start + chunk))]
+        keys = [partition_key(f"aged-{first_ms + i}", sid) for i, sid in enumerate(ids, start)]
+        with storage.index_connection() as conn:
+            conn.execute(
+                DynamicPartitionsTable.insert(),
+                [{"partitions_def_name": "applicants", "partition": k} for k in keys],
+            )
+        pipe = client.pipeline(transaction=False)
+        pipe.mset({DECIDED_PREFIX + sid: f"{sid}" for sid in ids})
+        pipe.hset(ASSIGNED, mapping={sid: f"aged-{sid}" for sid in ids})
+        pipe.execute()
+    instance.dispose()
+    print(f"aged the instance: {n} applicants in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def retire_aged(home: Path, redis_port: int) -> None:
+    """The retire pass the platform's sensor makes, over every aged applicant at once."""
+    import dagster as dg
+
+    from resources.redis_store import RedisResource
+    from risk_assets.definitions import RETIRE_APPLICANTS
+    from sensors.housekeeping import retire_partitions
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    instance = dg.DagsterInstance.get()
+    t0 = time.monotonic()
+    resources = SimpleNamespace(redis=RedisResource(url=f"redis://127.0.0.1:{redis_port}/0"))
+    retired, kept = retire_partitions(instance, RETIRE_APPLICANTS, 0, resources=resources)
+    left = len(instance.get_dynamic_partitions("applicants"))
+    instance.dispose()
+    print(
+        f"retired {retired} aged partitions in {time.monotonic() - t0:.1f}s "
+        f"(kept {kept} not done, {left} live); load average {load_average()}",
+        flush=True,
+    )
+
+
+def seen(client: redis.Redis, stream: str, after: str) -> set[str]:
+    return {f["signup_id"] for _, f in client.xrange(stream, min=f"({after}")}
+
+
+def wait_decided(
+    client: redis.Redis, ids: set[str], dead: set[str], timeout_s: float, after: str = "0-0"
+) -> None:
+    """Wait for every id's decision / dead letter (entries newer than ``after`` only)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        decided = {f["signup_id"] for _, f in client.xrange("decisions")}
-        dead_now = {f["signup_id"] for _, f in client.xrange("signups:dead")}
-        if ids <= decided and dead <= dead_now:
+        if ids <= seen(client, "decisions", after) and dead <= seen(client, "signups:dead", after):
             return
         time.sleep(0.5)
 
@@ -159,10 +283,11 @@ def breakdown(home: str, signup_ms: dict[str, int]) -> list[str]:
             if name == "STEP_START" and "first_step" not in times:
                 times["first_step"] = ev.timestamp
         batch = run.tags.get("onboarding/batch")
-        if not batch or batch not in signup_ms or "PIPELINE_ENQUEUED" not in times:
+        # runs of a direct lane go NOT_STARTED -> STARTING (no queue, no ENQUEUED event)
+        enq = times.get("PIPELINE_ENQUEUED", times.get("PIPELINE_STARTING"))
+        if not batch or batch not in signup_ms or enq is None:
             continue
         sizes.append(int(run.tags.get("onboarding/size", 1)))
-        enq = times["PIPELINE_ENQUEUED"]
         phases["tick"].append(enq - signup_ms[batch] / 1000)
         phases["queue"].append(times.get("PIPELINE_STARTING", enq) - enq)
         started = times.get("PIPELINE_START", enq)
@@ -179,7 +304,7 @@ def breakdown(home: str, signup_ms: dict[str, int]) -> list[str]:
         else "onboarding runs: 0"
     ]
     labels = {
-        "tick": "first signup of batch -> run enqueued (sensor wait + tick + submit)",
+        "tick": "first signup of batch -> run enqueued or launched (sensor wait + tick + submit)",
         "queue": "enqueued -> launched (run queue dequeue)",
         "launch": "launched -> run worker started (process spawn + imports)",
         "init": "run worker started -> first step (plan, resources)",
@@ -204,7 +329,19 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=120)
     ap.add_argument("--keep", action="store_true", help="keep the temporary DAGSTER_HOME")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--age", type=int, default=0, help="earlier applicants to register first")
+    ap.add_argument(
+        "--age-mode",
+        choices=["retired", "live", "upgrade"],
+        default="retired",
+        help="aged partitions: retired before start, kept live (old model), or live at start",
+    )
+    ap.add_argument("--idle", type=float, default=0, help="first measure idle CPU this long")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the platform")
     args = ap.parse_args()
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    if args.age and args.age_mode == "live":
+        extra_env["PLATFORM_RETIRE_AFTER_SECONDS"] = "-1"
 
     platform = None
     try:
@@ -214,17 +351,38 @@ def main() -> None:
             client = RedisResource.from_env().get_client()
             home = os.environ.get("DAGSTER_HOME", "")
         else:
-            platform = Platform(args.workspace, args.keep)
+            platform = Platform(args.workspace, args.keep, extra_env)
             client = platform.redis_client()
             home = str(platform.home)
+            if args.age:
+                age_instance(platform.home, client, args.age)
+                if args.age_mode == "retired":
+                    retire_aged(platform.home, platform.redis_port)
+            platform.start()
         rng = random.Random(args.seed)
         print("warming up: one signup, waiting for its decision ...", flush=True)
         t0 = time.monotonic()
+        last = (
+            client.xinfo_stream("decisions")["last-generated-id"]
+            if client.exists("decisions")
+            else "0-0"
+        )
         warm = client.xadd("signups", make_signup(rng, -1, False))
-        wait_decided(client, {warm}, set(), 300)
+        wait_decided(client, {warm}, set(), 300, last)
         print(f"platform ready after {time.monotonic() - t0:.1f}s", flush=True)
+        if platform and args.idle > 0:
+            idle0 = platform.cpu_by_process()
+            time.sleep(args.idle)
+            idle = platform.cpu_by_process()
+            idle.subtract(idle0)
+            print(
+                f"idle platform over {args.idle:.0f}s: {sum(idle.values()) / args.idle:.2f} "
+                "CPU-s/s: " + ", ".join(f"{k} {v:.1f}" for k, v in idle.most_common()),
+                flush=True,
+            )
         valid, malformed = set(), set()
         n = round(args.rate * args.duration)
+        cpu0 = platform.cpu_by_process() if platform else Counter()
         start = time.monotonic()
         for i in range(n):
             delay = start + i / args.rate - time.monotonic()
@@ -234,18 +392,32 @@ def main() -> None:
             sid = client.xadd("signups", make_signup(rng, i, bad))
             (malformed if bad else valid).add(sid)
         print(f"pushed {n} signups in {time.monotonic() - start:.1f}s; draining ...", flush=True)
-        wait_decided(client, valid, malformed, args.drain_timeout)
+        wait_decided(client, valid, malformed, args.drain_timeout, last)
+        drained = time.monotonic() - start
+        cpu_by = platform.cpu_by_process() if platform else Counter()
+        cpu_by.subtract(cpu0)
+        cpu = sum(cpu_by.values()) if platform else float("nan")
 
-        decisions = [(eid, f) for eid, f in client.xrange("decisions")]
+        decisions = [(eid, f) for eid, f in client.xrange("decisions", min=f"({last}")]
         per_signup = Counter(f["signup_id"] for _, f in decisions)
         first = {}
         for eid, f in decisions:
             first.setdefault(f["signup_id"], eid)
         lat = [(ms(first[s]) - ms(s)) / 1000 for s in valid if s in first]
-        dead = Counter(f["signup_id"] for _, f in client.xrange("signups:dead"))
+        dead = Counter(f["signup_id"] for _, f in client.xrange("signups:dead", min=f"({last}"))
         outcomes = Counter(f["decision"] for eid, f in decisions if f["signup_id"] in valid)
         print(f"\nrate {args.rate}/s for {args.duration:.0f}s, malformed share {args.malformed}")
         print(f"valid {len(valid)}  malformed {len(malformed)}  outcomes {dict(outcomes)}")
+        print(
+            f"first push -> last decision: {drained:.1f}s "
+            f"({len(valid) / drained:.1f} signups/s); load average {load_average()}"
+        )
+        print(
+            f"platform CPU over that time: {cpu:.1f} CPU-s, "
+            f"{1000 * cpu / max(1, len(valid) + len(malformed)):.0f} CPU-ms per signup "
+            "(all its processes; idle loops included): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu_by.most_common())
+        )
         print(
             f"latency signup->decision: p50 {pct(lat, 0.5):.2f}s  p95 {pct(lat, 0.95):.2f}s  "
             f"max {max(lat, default=float('nan')):.2f}s  mean "

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DefaultRunLauncher, Field, QueuedRunCoordinator
+from dagster import DagsterRunStatus, DefaultRunLauncher, Field, QueuedRunCoordinator
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._serdes import serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
@@ -347,7 +347,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def deliver_cancellations(self) -> int:
         """SIGINT this host's warm workers whose runs are ``CANCELING``; returns how many."""
-        from dagster import DagsterRunStatus, RunsFilter
+        from dagster import RunsFilter
 
         records = self._instance.get_run_records(
             filters=RunsFilter(statuses=[DagsterRunStatus.CANCELING], tags={HOST_TAG: self._host}),
@@ -445,11 +445,143 @@ class WarmRunLauncher(DefaultRunLauncher):
 
 
 class WarmQueuedRunCoordinator(QueuedRunCoordinator):
-    """Dagster's queued run coordinator; in the daemon it also builds the run launcher as soon as
-    the queue starts, so a :class:`WarmRunLauncher`'s ``preload`` parents warm up before the first
-    run instead of at it (Dagster builds the launcher lazily, at the first launch)."""
+    """Dagster's queued run coordinator, with two additions for latency-sensitive lanes.
+
+    - In the daemon it builds the run launcher as soon as the queue starts, so a
+      :class:`WarmRunLauncher`'s ``preload`` parents warm up before the first run instead of at it
+      (Dagster builds the launcher lazily, at the first launch).
+    - ``direct_lanes`` (e.g. ``[onboarding]``): a run of such a lane (``lane_tag``) submitted in
+      the daemon (by the sensor or schedule tick that created it; the UI's submissions are
+      queued) is launched at once, without waiting for the queue's next dequeue cycle, as long as fewer than the lane's
+      ``tag_concurrency_limits`` limit (or ``max_concurrent_runs``) of its runs are starting or
+      running; otherwise, or for any other lane, it is queued as usual. A run launched directly
+      has no ``PIPELINE_ENQUEUED`` event (``NOT_STARTED`` -> ``STARTING``, as with the default
+      coordinator), so the dequeue loop never sees it and it is never launched twice.
+    - ``sensor_loop_seconds`` (e.g. ``1``): in the daemon, the sensor daemon's loop period
+      (Dagster's ``MIN_INTERVAL_LOOP_TIME``, 5 s), so a sensor with ``minimum_interval_seconds``
+      below 5 s is evaluated that often. Each loop reads the sensor states once; sensors with
+      longer intervals are not evaluated more often.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        direct_lanes: Sequence[str] = (),
+        lane_tag: str = "platform/lane",
+        sensor_loop_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct_lanes = frozenset(direct_lanes)
+        self.lane_tag = lane_tag
+        self.sensor_loop_seconds = sensor_loop_seconds
+        self._direct_lock = threading.Lock()
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {
+            **super().config_type(),
+            "direct_lanes": Field([str], is_required=False, default_value=[]),
+            "lane_tag": Field(str, is_required=False, default_value="platform/lane"),
+            "sensor_loop_seconds": Field(float, is_required=False),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        config = dict(config_value)
+        direct = config.pop("direct_lanes", [])
+        lane_tag = config.pop("lane_tag", "platform/lane")
+        loop = config.pop("sensor_loop_seconds", None)
+        coordinator = super().from_config_value(inst_data, config)
+        coordinator.direct_lanes = frozenset(direct)
+        coordinator.lane_tag = lane_tag
+        coordinator.sensor_loop_seconds = loop
+        return coordinator
 
     def register_instance(self, instance) -> None:
         super().register_instance(instance)
         if _is_daemon_process():
             instance.run_launcher  # noqa: B018
+            prepare = getattr(instance.event_log_storage, "prepare", None)
+            if prepare is not None:  # instance_plugins.sqlite_storage: the new-run template
+                prepare()
+            if self.sensor_loop_seconds:
+                import dagster._daemon.sensor as sensor_daemon
+
+                sensor_daemon.MIN_INTERVAL_LOOP_TIME = self.sensor_loop_seconds
+
+    def lane_limit(self, lane: str) -> int:
+        """The most runs of ``lane`` starting or running at once (its tag limit, else the max)."""
+        limits = [
+            int(limit["limit"])
+            for limit in self.get_run_queue_config().tag_concurrency_limits or []
+            if limit.get("key") == self.lane_tag and limit.get("value") == lane
+        ]
+        if limits:
+            return min(limits)
+        top = self.get_run_queue_config().max_concurrent_runs
+        return top if top >= 0 else 1 << 30
+
+    def submit_run(self, context):
+        from dagster import RunsFilter
+
+        run = context.dagster_run
+        lane = run.tags.get(self.lane_tag)
+        if (
+            lane not in self.direct_lanes
+            or run.status != DagsterRunStatus.NOT_STARTED
+            or context.workspace is None
+            or not _is_daemon_process()  # the UI's submissions: the daemon's queue launches them
+        ):
+            return super().submit_run(context)
+        with self._direct_lock:  # one direct launch decision at a time per process
+            busy = self._instance.get_runs_count(
+                RunsFilter(
+                    statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+                    tags={self.lane_tag: lane},
+                )
+            )
+            if busy >= self.lane_limit(lane):
+                return super().submit_run(context)
+            self._launch_now(run, context.workspace)
+        launched = self._instance.get_run_by_id(run.run_id)
+        assert launched is not None
+        return launched
+
+    def _launch_now(self, run, workspace) -> None:
+        """Launch like the queue's dequeue does (``STARTING``, then the launcher); a code server
+        that cannot be reached puts the run in the queue instead, whose retries take over."""
+        from dagster._core.errors import (
+            DagsterCodeLocationLoadError,
+            DagsterUserCodeUnreachableError,
+        )
+        from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+        from dagster._utils.error import serializable_error_info_from_exc_info
+
+        instance = self._instance
+        starting = DagsterEvent(
+            event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name
+        )
+        instance.report_dagster_event(starting, run_id=run.run_id)
+        run = instance.get_run_by_id(run.run_id)
+        try:
+            instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=workspace))
+        except Exception as exc:
+            error = serializable_error_info_from_exc_info(sys.exc_info())
+            current = instance.get_run_by_id(run.run_id)
+            if current is None or current.status != DagsterRunStatus.STARTING:
+                return  # the run moved on (started, or failed itself): nothing to undo
+            if isinstance(exc, DagsterUserCodeUnreachableError | DagsterCodeLocationLoadError):
+                instance.report_engine_event(
+                    "Direct launch could not reach the code server; the run is queued instead.",
+                    current,
+                    EngineEventData.engine_error(error),
+                )
+                instance.report_dagster_event(DagsterEvent.job_enqueue(current), run_id=run.run_id)
+                return
+            instance.report_engine_event(
+                "Direct launch failed; the run is marked failed.",
+                current,
+                EngineEventData.engine_error(error),
+            )
+            instance.report_run_failed(current)

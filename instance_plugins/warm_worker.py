@@ -139,7 +139,9 @@ def main(argv: list[str]) -> int:
     module = load(target, working_directory)
     for value in vars(module).values():
         if isinstance(value, Definitions):
-            value.get_repository_def()  # resolved once here, inherited by every run worker
+            # resolved once here (the repository and each of its jobs, which Dagster builds
+            # lazily at first use), inherited by every run worker
+            value.get_repository_def().get_all_jobs()
     _warm_up(os.environ.get(WARM_INSTANCE_REF_ENV), os.environ.get(WARM_IMPORTS_ENV, ""))
     files = _code_files(working_directory)
     proto_out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")

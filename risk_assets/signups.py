@@ -5,7 +5,8 @@ This module owns the run protocol both sides share (the ``onboarding`` job name,
 from these names and imports the sensors from here, never the other way round. The Redis side
 (consumer group, batches, guards) is ``risk_assets.streams``.
 
-``signup_sensor`` (running by default, every sensor-daemon loop: 5 s) reads the ``signups``
+``signup_sensor`` (running by default, every sensor-daemon loop: 1 s with ``dagster.yaml``'s
+``sensor_loop_seconds``, Dagster's 5 s otherwise; one tick in flight at a time) reads the ``signups``
 stream through the Redis consumer group ``onboarding``, so its position lives in Redis, not in
 the Dagster cursor: a lost or reset ``DAGSTER_HOME`` neither replays nor skips signups. Each
 tick:
@@ -16,12 +17,20 @@ tick:
 3. for pending entries already in a batch: asks again for the batch's run (same run key, so
    Dagster skips it when the run exists) when this instance has no such run; when the run has
    stalled (started or finished ``ONBOARDING_STALL_SECONDS`` (120) ago, or starting for 180 s,
-   without a decision, e.g. its process was killed) asks for a retry under a new run key, and
-   after ``ONBOARDING_MAX_ATTEMPTS`` (3) publishes ``review``;
-4. with no new entry yet, listens up to ``ONBOARDING_LISTEN_SECONDS`` (3) for one (a blocking
-   read: the daemon evaluates sensors at most every 5 s, so this removes most of that wait),
+   without a decision, e.g. its process was killed) asks for a retry of its undecided
+   applicants under a new run key, and after ``ONBOARDING_MAX_ATTEMPTS`` (3) publishes ``review``;
+4. with no new entry yet, listens up to ``ONBOARDING_LISTEN_SECONDS`` (4) for one (a blocking
+   read that covers most of the time between ticks, so a signup is picked up as it arrives),
    then groups the new valid entries into batches (up to ``ONBOARDING_MAX_PER_RUN``, 100),
-   records them in Redis, adds one ``applicants`` partition each and requests one run each.
+   records them in Redis, adds one ``applicants`` partition each and requests one run each
+   (launched at once: ``direct_lanes`` of the run coordinator in ``dagster.yaml``).
+
+``applicants`` partitions are short-lived: once an applicant is decided, the housekeeping retire
+sensor (``sensors/housekeeping.py``) deletes its partition after ``PLATFORM_RETIRE_AFTER_SECONDS``
+(600), so the partition list a multi-applicant run resolves stays bounded by the signups of the
+last minutes, however many applicants the instance has decided. Runs, materializations (by
+partition key), lake objects and decisions stay; a retired applicant is re-run by re-adding its
+key (``<user slug>_<signup id>``) and launching that partition.
 
 An entry is acknowledged only when its decision (or dead letter) is written, in the same Lua
 script, so a crash at any point leaves it pending and it is picked up again; decisions are
@@ -152,11 +161,21 @@ def plan_tick(
             since, limit = record.start_time, stall_s
         if now - since < limit:
             continue
-        undecided = [s for s in batch.signups if not streams.is_decided(client, s)]
+        owed = [
+            (s, p)
+            for s, p in zip(batch.signups, batch.partitions, strict=True)
+            if not streams.is_decided(client, s)
+        ]
+        undecided = [s for s, _ in owed]
         if batch.attempt + 1 >= max_attempts:
             reason = f"onboarding run {status.value.lower()} after {batch.attempt + 1} attempts"
             plan.reviewed += sum(_publish_review(client, s, reason) for s in undecided)
             continue
+        if not owed:
+            continue
+        # the retry covers the undecided applicants only: decided ones may have been retired
+        # from the partitions already, and a range must start and end at live keys
+        batch.signups, batch.partitions = undecided, [p for _, p in owed]
         batch.attempt += 1
         batch.run_key = f"onboarding:{batch.batch_id}~{batch.attempt}"
         batch.created_at = now
@@ -178,13 +197,14 @@ def plan_tick(
 
 
 def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
-    """The sensor; ``listen_s`` (default ``ONBOARDING_LISTEN_SECONDS``, 3) bounds its wait."""
+    """The sensor; ``listen_s`` (default ``ONBOARDING_LISTEN_SECONDS``, 4) bounds its wait."""
 
     @dg.sensor(
         name="signup_sensor",
         job_name=ONBOARDING_JOB,
-        # the daemon loops every 5 s; 4 keeps timing jitter from skipping a loop (10 s gaps)
-        minimum_interval_seconds=4,
+        # every sensor-daemon loop (1 s with dagster.yaml's sensor_loop_seconds, else 5 s); the
+        # tick listens for signups most of that time and only one tick is ever in flight
+        minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Signups from Redis to per-applicant onboarding runs (consumer group).",
     )
@@ -197,7 +217,7 @@ def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
             stall_s=float(os.environ.get("ONBOARDING_STALL_SECONDS", 120)),
             max_attempts=_env_int("ONBOARDING_MAX_ATTEMPTS", 3),
             listen_s=(
-                float(os.environ.get("ONBOARDING_LISTEN_SECONDS", 3.0))
+                float(os.environ.get("ONBOARDING_LISTEN_SECONDS", 4.0))
                 if listen_s is None
                 else listen_s
             ),
@@ -219,13 +239,23 @@ def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
     return signup_sensor
 
 
-def run_partitions(instance: dg.DagsterInstance, tags: dict[str, str]) -> list[str]:
-    """The applicants partitions a run covered, from its partition or range tags."""
+def run_partitions(
+    instance: dg.DagsterInstance, tags: dict[str, str], client: Any = None
+) -> list[str]:
+    """The applicants partitions a run covered: its partition tag, else its batch's partitions
+    (recorded in Redis), else its range resolved through the partition list."""
     if PARTITION_TAG in tags:
         return [tags[PARTITION_TAG]]
     start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
     if not start or not end:
         return []
+    batch = (
+        streams.load_batch(client, tags["onboarding/batch"])
+        if client and tags.get("onboarding/batch")
+        else None
+    )
+    if batch is not None and batch.partitions:
+        return batch.partitions
     keys = instance.get_dynamic_partitions(APPLICANTS)
     if start not in keys or end not in keys:
         return [start, end]
@@ -264,9 +294,10 @@ def build_onboarding_failure_sensor(job: Any) -> dg.SensorDefinition:
     ):
         """A failed onboarding run still decides its applicants: ``review`` with the reason."""
         run = context.dagster_run
-        partitions = run_partitions(context.instance, dict(run.tags))
+        client = redis.get_client()
+        partitions = run_partitions(context.instance, dict(run.tags), client)
         reason = failure_reason(context)
-        n = review_failed_run(redis.get_client(), partitions, reason)
+        n = review_failed_run(client, partitions, reason)
         alerts.send(
             f":warning: onboarding run failed for {len(partitions)} applicant(s) "
             f"({n} sent to review): {reason}\nRun: {run_url(run.run_id)}",

@@ -22,6 +22,14 @@ read must never lose its run: the horizon covers the longest window. The windows
 shared folder may not import a code location, so the same variables are read here and
 ``tests/test_purge_runs.py`` asserts that the horizon covers every window the code declares.
 
+**Short-lived partitions**: besides the nightly pass, a sensor per retire spec
+(``<partitions name>_retire_sensor``, every ``RETIRE_SENSOR_INTERVAL_S``) retires done keys
+older than ``PLATFORM_RETIRE_AFTER_SECONDS`` (600; a negative value turns it off), at most
+``RETIRE_MAX_KEYS_PER_TICK`` per tick. Work still owed (an undecided applicant) is never retired,
+so the live partition list holds the undecided keys and the last minutes' keys: its size follows
+the signup rate, not the instance's age. Materializations of a retired key stay in the event log
+(``instance.fetch_materializations`` by asset key and partition) until their run is purged.
+
 ``scripts/purge_runs.py`` is a thin command line over :func:`purge_runs` and
 :func:`retire_partitions` (cron-free: the schedule is the normal way).
 """
@@ -38,6 +46,10 @@ import dagster as dg
 JOB_NAME = "platform_housekeeping"
 MARGIN_DAYS = 7
 DEFAULT_CRON = "15 3 * * *"
+RETIRE_AFTER_ENV = "PLATFORM_RETIRE_AFTER_SECONDS"
+DEFAULT_RETIRE_AFTER_S = 600.0
+RETIRE_SENSOR_INTERVAL_S = 15
+RETIRE_MAX_KEYS_PER_TICK = 20_000
 FINISHED = [
     dg.DagsterRunStatus.SUCCESS,
     dg.DagsterRunStatus.FAILURE,
@@ -146,14 +158,35 @@ def retire_partitions(
 
     Returns (retired, kept because not done).
     """
+    retired, kept, _ = retire_some(
+        instance, spec, older_than_days, resources=resources, dry_run=dry_run, page=page, now=now
+    )
+    return retired, kept
+
+
+def retire_some(
+    instance: dg.DagsterInstance,
+    spec: RetireSpec,
+    older_than_days: float,
+    *,
+    resources: Any = None,
+    dry_run: bool = False,
+    page: int = 1000,
+    now: float | None = None,
+    max_keys: int | None = None,
+    cursor: str | None = None,
+) -> tuple[int, int, str | None]:
+    """:func:`retire_partitions` from ``cursor`` (``None``: the oldest key), looking at no more
+    than ``max_keys`` keys; returns (retired, kept, where the next call resumes: ``None`` once
+    the scan reached a young key or the end, so the next call starts over at the oldest)."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
     cutoff = (time.time() if now is None else now) - older_than_days * 86400
-    retired = kept = 0
-    cursor: str | None = None
-    while True:
+    retired = kept = scanned = 0
+    while max_keys is None or scanned < max_keys:
+        limit = page if max_keys is None else min(page, max_keys - scanned)
         result = instance.get_paginated_dynamic_partitions(
-            spec.partitions_def_name, limit=page, ascending=True, cursor=cursor
+            spec.partitions_def_name, limit=limit, ascending=True, cursor=cursor
         )
         old: list[str] = []
         reached_young = False
@@ -165,6 +198,7 @@ def retire_partitions(
                 reached_young = True
                 break
             old.append(key)
+        scanned += len(result.results)
         flags = list(spec.done(resources, old)) if old else []
         finished = [k for k, ok in zip(old, flags, strict=True) if ok]
         kept += len(old) - len(finished)
@@ -172,9 +206,50 @@ def retire_partitions(
             _delete_partitions(instance, spec.partitions_def_name, finished)
         retired += len(finished)
         if reached_young or not result.has_more:
-            return retired, kept
+            return retired, kept, None
         # deleted keys leave the table, but the id cursor stays valid for the rest
         cursor = result.cursor
+    return retired, kept, cursor
+
+
+def retire_after_seconds() -> float:
+    """How long a done key stays a live partition (``PLATFORM_RETIRE_AFTER_SECONDS``)."""
+    return float(os.environ.get(RETIRE_AFTER_ENV, DEFAULT_RETIRE_AFTER_S))
+
+
+def build_retire_sensor(spec: RetireSpec) -> dg.SensorDefinition:
+    """A sensor that retires ``spec``'s done keys minutes after they are done (module docstring)."""
+
+    @dg.sensor(
+        name=f"{spec.partitions_def_name}_retire_sensor",
+        minimum_interval_seconds=RETIRE_SENSOR_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys=set(spec.resource_keys),
+        description=(
+            f"Retire done {spec.partitions_def_name!r} partitions older than "
+            f"${RETIRE_AFTER_ENV} ({DEFAULT_RETIRE_AFTER_S:.0f} s by default)."
+        ),
+    )
+    def retire_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        after = retire_after_seconds()
+        if after < 0:
+            return dg.SkipReason(f"{RETIRE_AFTER_ENV} < 0: retiring is off")
+        before = time.monotonic()
+        retired, kept, resume = retire_some(
+            context.instance,
+            spec,
+            after / 86400,
+            resources=context.resources,
+            max_keys=RETIRE_MAX_KEYS_PER_TICK,
+            cursor=context.cursor or None,
+        )
+        context.update_cursor(resume or "")  # a capped pass resumes where it stopped
+        return dg.SkipReason(
+            f"retired {retired} done partition(s) older than {after:.0f} s, kept {kept} not done "
+            f"({time.monotonic() - before:.2f} s{', more next tick' if resume else ''})"
+        )
+
+    return retire_sensor
 
 
 class HousekeepingConfig(dg.Config):
@@ -238,4 +313,6 @@ def build_housekeeping(
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Runs platform_housekeeping nightly; a failure alerts like any failed run.",
     )
-    return dg.Definitions(jobs=[job], schedules=[schedule])
+    return dg.Definitions(
+        jobs=[job], schedules=[schedule], sensors=[build_retire_sensor(spec) for spec in retire]
+    )

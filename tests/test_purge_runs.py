@@ -124,3 +124,46 @@ def test_a_failed_housekeeping_run_alerts(caplog: pytest.LogCaptureFixture) -> N
         ).for_run_failure()
         sensor(context)
     assert "[risk_assets] run of `platform_housekeeping` failed" in caplog.text
+
+
+def test_retire_sensor_keeps_the_live_applicant_list_to_the_last_minutes(
+    redis_client, redis_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decided applicants leave the partition list minutes after their decision (not 35 days),
+    a page at a time; undecided and recent ones stay; a negative setting turns it off."""
+    from resources.redis_store import RedisResource
+    from risk_assets import streams
+    from risk_assets.definitions import RETIRE_APPLICANTS, defs
+    from sensors import housekeeping
+
+    assert "applicants_retire_sensor" in {s.name for s in defs.sensors or []}
+    sensor = housekeeping.build_retire_sensor(RETIRE_APPLICANTS)
+    now_ms = int(time.time() * 1000)
+    decided = [applicant(f"done {i}", now_ms - (3600 - i) * 1000) for i in range(5)]
+    undecided = applicant("waiting", now_ms - 1800 * 1000)
+    recent = applicant("recent", now_ms - 60 * 1000)  # decided a minute ago
+    for key in [*decided, recent]:
+        redis_client.set(streams.DECIDED_PREFIX + key.rsplit("_", 1)[1], "1")
+    resources = {"redis": RedisResource(url=redis_url)}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("applicants", [*decided[:3], undecided, *decided[3:]])
+        instance.add_dynamic_partitions("applicants", [recent])
+        monkeypatch.setenv(housekeeping.RETIRE_AFTER_ENV, "-1")
+        cursor: list[str | None] = [None]
+
+        def tick():  # as the daemon evaluates it, carrying the cursor over
+            data = sensor.evaluate_tick(
+                dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor[0])
+            )
+            cursor[0] = data.cursor
+            return data
+
+        off = tick()
+        assert "off" in off.skip_message and len(instance.get_dynamic_partitions("applicants")) == 7
+        monkeypatch.setenv(housekeeping.RETIRE_AFTER_ENV, "600")
+        monkeypatch.setattr(housekeeping, "RETIRE_MAX_KEYS_PER_TICK", 2)
+        assert tick().skip_message.startswith("retired 2 ")  # one page of at most 2 keys
+        assert tick().skip_message.startswith("retired 1 ")  # done 2; "waiting" is kept
+        assert tick().skip_message.startswith("retired 2 ")  # resumed after it: done 3 and 4
+        assert tick().skip_message.startswith("retired 0 ")  # reached "recent": starts over
+        assert instance.get_dynamic_partitions("applicants") == [undecided, recent]

@@ -1,5 +1,6 @@
 """``WarmRunLauncher`` behind a real ``dagster-daemon``: onboarding-lane runs are forked from a warm
-parent, other runs go through the code server, and cancel, edited code and a dead parent work.
+parent, other runs go through the code server, and cancel, edited code and a dead parent work;
+``WarmQueuedRunCoordinator`` launches a sensor's onboarding run without the queue.
 """
 
 import json
@@ -41,6 +42,18 @@ def record(context: dg.OpExecutionContext) -> None:
 @dg.job(executor_def=dg.in_process_executor)
 def quick_job():
     record()
+
+
+@dg.sensor(job=quick_job, minimum_interval_seconds=1, default_status=dg.DefaultSensorStatus.RUNNING)
+def trigger_sensor():
+    """One onboarding-lane run per file in $TRIGGER_DIR."""
+    for path in sorted(Path(os.environ["TRIGGER_DIR"]).iterdir()):
+        yield dg.RunRequest(
+            run_key=path.name, tags={"platform/lane": "onboarding", "trigger": path.name}
+        )
+
+
+defs = dg.Definitions(jobs=[quick_job], sensors=[trigger_sensor])
 '''
 
 INSTANCE = """
@@ -50,9 +63,13 @@ run_launcher:
   class: WarmRunLauncher
   config: {lanes: [onboarding]}
 run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config: {dequeue_interval_seconds: 1}
+  module: instance_plugins.run_launcher
+  class: WarmQueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+    direct_lanes: [onboarding]
+    sensor_loop_seconds: 1
+    tag_concurrency_limits: [{key: platform/lane, value: onboarding, limit: 4}]
 """
 
 WORKSPACE = """
@@ -75,6 +92,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
     home, pids = tmp_path / "home", tmp_path / "pids"
     home.mkdir()
     pids.mkdir()
+    (tmp_path / "triggers").mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
     (tmp_path / "defs.py").write_text(DEFS)
     (tmp_path / "workspace.yaml").write_text(WORKSPACE)
@@ -83,11 +101,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
         **os.environ,
         "DAGSTER_HOME": str(home),
         "PID_DIR": str(pids),
+        "TRIGGER_DIR": str(tmp_path / "triggers"),
         "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
     }
     with (
-        running_daemon(tmp_path, env),
+        # the instance's SQLite files exist before the daemon and code servers open them
         dg.DagsterInstance.from_config(str(home)) as instance,
+        running_daemon(tmp_path, env),
         WorkspaceProcessContext(
             instance, WorkspaceFileTarget([str(tmp_path / "workspace.yaml")])
         ) as workspace_process,
@@ -225,3 +245,28 @@ def test_health_check_reports_a_killed_warm_worker(platform):
         lambda: (h := launcher.check_run_worker_health(run)).status == WorkerStatus.FAILED and h,
     )
     assert "is gone" in (health.msg or "")
+
+
+def test_a_sensors_onboarding_run_is_launched_without_the_queue(platform):
+    instance, launch, tmp_path = platform
+
+    def sensor_run(name: str):
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"trigger": name}))
+        return runs[0] if runs and runs[0].is_finished else None
+
+    for i in range(20):  # the sensor's code origin may warm its own parent first
+        (tmp_path / "triggers" / f"signup-{i}").touch()
+        run = wait_for("the sensor's run to finish", lambda n=f"signup-{i}": sensor_run(n))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        kinds = [e.dagster_event_type for e in instance.all_logs(run.run_id) if e.is_dagster_event]
+        assert dg.DagsterEventType.PIPELINE_STARTING in kinds
+        assert dg.DagsterEventType.PIPELINE_ENQUEUED not in kinds  # never waited in the queue
+        if PID_TAG in run.tags:  # forked from the warm parent
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("no sensor run was forked from a warm parent")
+    queued = launch(ONBOARDING)  # submitted outside the daemon (the UI, the CLI): queued
+    wait_for("the queued run to finish", lambda: finished(instance, queued))
+    kinds = [e.dagster_event_type for e in instance.all_logs(queued) if e.is_dagster_event]
+    assert dg.DagsterEventType.PIPELINE_ENQUEUED in kinds
