@@ -23,7 +23,7 @@ from near_assets import (  # noqa: E402
     profiles,
     reference,
 )
-from near_assets.models import high_density_points, visit_history  # noqa: E402
+from near_assets.models import high_density_points, identity_graph, visit_history  # noqa: E402
 from resources import shared_resources  # noqa: E402
 from resources.spark import SparkResource  # noqa: E402
 from sensors import platform_sensors  # noqa: E402
@@ -69,6 +69,7 @@ defs = with_code_references(
         profiles.defs,
         visit_history.defs,
         high_density_points.defs,
+        identity_graph.defs,
         campaigns.defs,
         insights.defs,
         audience.defs,

@@ -268,6 +268,24 @@ VISIT_HISTORY = LakeTable.curated(
 )
 """``curated/visit_history/date=D``: the snapshot of every (device, POI) pair as of day D."""
 
+IDENTITY_GRAPH = LakeTable.curated(
+    "identity_graph",
+    columns={
+        "device_id": "string",
+        "person_id": "string",
+        "household_id": "string",
+        "confidence": "float64",
+        "devices_in_person": "int64",
+    },
+    descriptions={
+        "person_id": "smallest device_id of the device's person (itself when unlinked)",
+        "household_id": "smallest device_id of the device's household (itself when unlinked)",
+        "confidence": "score of the device's strongest link inside its household, 0..1 "
+        "(0: linked to nobody)",
+    },
+)
+"""``curated/identity_graph/date=D``: devices linked into people and households (cross identity)."""
+
 HIGH_DENSITY_POINTS = LakeTable.curated(
     "high_density_points",
     columns={

@@ -356,3 +356,34 @@ def test_hdp_option_plants_high_density_points_with_truth(tmp_path: Path) -> Non
     pd.testing.assert_frame_equal(
         lake.read_parquet(f"raw/pings/date={day}"), again.read_parquet(f"raw/pings/date={day}")
     )
+
+
+def test_people_option_plants_people_and_households_with_truth(tmp_path: Path) -> None:
+    """``people=True`` groups devices into people of 1-3 devices (the same stays) and households
+    (one home, own day places); the truth lists them; the same seed gives the same lake."""
+    kw = {"devices": 60, "days": 2, "start": START, "progress": False, "dirt": False}
+    lake = _lake(tmp_path, "people")
+    generate(lake, seed=5, people=True, **kw)
+    truth = lake.read_parquet("truth/identity")
+    assert len(truth) == 60 and truth["device_id"].is_unique
+    assert set(truth["devices_in_person"]) <= {1, 2, 3} and truth["devices_in_person"].max() > 1
+    persons = truth.groupby("person_id")["household_id"].nunique()
+    assert (persons == 1).all() and truth["household_id"].nunique() < truth["person_id"].nunique()
+    homes = lake.read_parquet("truth/homes").merge(truth, on="device_id")
+    assert (homes.groupby("household_id")[["home_lat", "home_lon"]].nunique() == 1).all().all()
+    assert (homes.groupby("person_id")[["work_lat", "work_lon"]].nunique() == 1).all().all()
+    day = _days(START, 1)[0]
+    stays = lake.read_parquet(f"truth/stays/date={day}").merge(truth, on="device_id")
+    pair = truth[truth["devices_in_person"] > 1].groupby("person_id")["device_id"].agg(list)
+    for devices in pair.head(5):
+        a, b = (stays[stays["device_id"] == d] for d in devices[:2])
+        if len(a) and len(b):  # both observed that day: the same places at the same times
+            cols = ["start_ts", "end_ts", "lat", "lon"]
+            pd.testing.assert_frame_equal(
+                a[cols].reset_index(drop=True), b[cols].reset_index(drop=True)
+            )
+    again = _lake(tmp_path, "people-again")
+    generate(again, seed=5, people=True, **kw)
+    pd.testing.assert_frame_equal(
+        lake.read_parquet(f"raw/pings/date={day}"), again.read_parquet(f"raw/pings/date={day}")
+    )

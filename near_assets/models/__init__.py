@@ -2,7 +2,9 @@
 
 - ``visit_history``: per-device, per-POI rolling history, incremental from the daily visits;
 - ``high_density_points``: coordinates and small cells reported by implausibly many devices,
-  learnt from the clean pings (the list ``clean_pings`` may drop).
+  learnt from the clean pings (the list ``clean_pings`` may drop);
+- ``identity_graph``: devices linked into people and households (cross identity) from
+  co-location at home and by day.
 
 Each module ends with ``defs = dg.Definitions(...)``; ``near_assets/definitions.py`` merges them.
 Tables are declared in ``near_assets.tables``.

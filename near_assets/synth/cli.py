@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         help="plant high-density points (cell towers, IP centroids, SDK defaults) and round "
         "genuine coordinates per device SDK (near_assets.synth.hdp)",
     )
+    parser.add_argument(
+        "--people",
+        action="store_true",
+        help="group devices into people of 1-3 devices and households sharing a home "
+        "(near_assets.synth.people; truth under truth/identity)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     lake = LakeResource.from_env()
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         timezone=args.timezone,
         progress=not args.no_progress,
         hdp=args.hdp,
+        people=args.people,
     )
     rate = summary["pings"] / max(summary["seconds"], 1e-9)
     print(json.dumps({**summary, "pings_per_s": round(rate)}, indent=2))

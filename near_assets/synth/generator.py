@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from near_assets.science.cleaning import REASONS as CLEANING_PRECEDENCE
 from near_assets.synth import campaigns as camp
 from near_assets.synth import hdp as hdps
+from near_assets.synth import people as ppl
 from near_assets.synth.city import REGION_M, City, Frame, build_city
 from near_assets.synth.dirt import (
     DEFAULT_DIRT_SHARE,
@@ -98,6 +99,7 @@ class World:
     shadow_expected: float = 0.0
     away: np.ndarray | None = None  # (devices, days + 3): night starting on local start-2+j away
     hdp: hdps.HdpPlan | None = None  # planted high-density points (option ``hdp``)
+    people: ppl.PeoplePlan | None = None  # people with 1-3 devices, households (``people``)
 
     def dates(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
@@ -166,6 +168,7 @@ def build_world(
     timezone: str = "UTC",
     audience: bool = True,
     hdp: bool = False,
+    people: bool = False,
 ) -> World:
     """Everything that does not change from day to day: city, panel, observation, campaigns.
 
@@ -180,6 +183,9 @@ def build_world(
     prof = PROFILES[profile]
     city = build_city(seed, frame=Frame(prof.center_lat, prof.center_lon))
     panel = build_panel(seed, city, devices, prof)
+    plan = None
+    if people:
+        panel, plan = ppl.apply_people(seed, panel, CHUNK_DEVICES)
     first = date.fromisoformat(start)
     brands = sorted({b for b in city.poi_brand if b is not None})
     plans = camp.plan_campaigns(seed, first, days, brands, devices, campaigns)
@@ -228,6 +234,7 @@ def build_world(
         shadow_expected=shadow_expected,
         away=away,
         hdp=hdps.plan_hdps(seed, city, devices) if hdp else None,
+        people=plan,
     )
 
 
@@ -348,6 +355,8 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
                 )
             )
         stays = stitch_local_days(pieces)
+        if world.people is not None:
+            stays = ppl.share_stays(stays, world.people.primary[sl] - b0)
         pings = sample_pings(
             np.random.default_rng([world.seed, 506, day.toordinal(), b0]),
             stays,
@@ -621,6 +630,8 @@ def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> Non
     lake.write_json("truth/panel.json", params)
     if world.hdp is not None:
         lake.write_parquet(world.hdp.table, "truth/hdp")
+    if world.people is not None:
+        lake.write_parquet(world.people.table, "truth/identity")
 
 
 def _params(world: World, devices: int, dirt_share: float, summary: dict[str, Any]) -> dict:
@@ -693,6 +704,7 @@ def generate(
     timezone: str | None = None,
     progress: bool = True,
     hdp: bool = False,
+    people: bool = False,
 ) -> dict[str, Any]:
     """Generate ``days`` days of pings for ``devices`` panel devices, references and truth.
 
@@ -700,7 +712,9 @@ def generate(
     Daily routines follow the clock of ``timezone`` (default ``LAKE_TIMEZONE``, else UTC);
     files and truth are still cut by UTC day. ``hdp`` plants high-density points of several
     kinds and rounds genuine coordinates per device SDK (``near_assets.synth.hdp``); off, the
-    output is the same as without the option.
+    output is the same as without the option. ``people`` groups devices into people of 1-3
+    devices and households sharing a home (``near_assets.synth.people``, truth under
+    ``truth/identity``); off, the output is unchanged.
     Returns a summary: pings written, rows per day, seconds, campaigns.
     """
     from tqdm import tqdm
@@ -717,6 +731,7 @@ def generate(
         campaigns,
         profile_timezone(profile, timezone),
         hdp=hdp,
+        people=people,
     )
     write_reference(world, lake)
     per_day: dict[str, int] = {}
