@@ -18,7 +18,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from near_assets.models.publish import no_retry_when_blocked
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import hdp
 from near_assets.science.cleaning import clean_pings
@@ -207,17 +206,15 @@ def high_density_points(
         "engine": "pandas",
         "params": dg.MetadataValue.json(params.as_dict()),
     }
-    yield from no_retry_when_blocked(
-        publish_days(
-            context,
-            lake,
-            alerts,
-            HIGH_DENSITY_POINTS,
-            frames,
-            lambda d: audits[d],
-            metadata,
-            run_meta,
-        )
+    yield from publish_days(
+        context,
+        lake,
+        alerts,
+        HIGH_DENSITY_POINTS,
+        frames,
+        lambda d: audits[d],
+        metadata,
+        run_meta,
     )
 
 

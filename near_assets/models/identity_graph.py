@@ -14,7 +14,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from near_assets.models.publish import no_retry_when_blocked
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import identity
 from near_assets.tables import HOME_LOCATION, IDENTITY_GRAPH, STAY_POINTS, published_asset_args
@@ -165,17 +164,15 @@ def identity_graph(
             allow_retries=False,
         )
     run_meta = {"seconds": round(time.perf_counter() - started, 3), "engine": "pandas"}
-    yield from no_retry_when_blocked(
-        publish_days(
-            context,
-            lake,
-            alerts,
-            IDENTITY_GRAPH,
-            frames,
-            lambda d: graph_audits(config.max_household_devices),
-            metadata,
-            run_meta,
-        )
+    yield from publish_days(
+        context,
+        lake,
+        alerts,
+        IDENTITY_GRAPH,
+        frames,
+        lambda d: graph_audits(config.max_household_devices),
+        metadata,
+        run_meta,
     )
 
 

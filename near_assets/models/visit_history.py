@@ -13,7 +13,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from near_assets.models.publish import no_retry_when_blocked
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import history
 from near_assets.science.visits import VISIT_COLUMNS
@@ -157,17 +156,15 @@ def visit_history(
             allow_retries=False,
         )
     run_meta = {"seconds": round(time.perf_counter() - started, 3), "engine": "pandas"}
-    yield from no_retry_when_blocked(
-        publish_days(
-            context,
-            lake,
-            alerts,
-            VISIT_HISTORY,
-            frames,
-            lambda d: history_audits(),
-            metadata,
-            run_meta,
-        )
+    yield from publish_days(
+        context,
+        lake,
+        alerts,
+        VISIT_HISTORY,
+        frames,
+        lambda d: history_audits(),
+        metadata,
+        run_meta,
     )
 
 
