@@ -45,10 +45,12 @@ from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.tables import (
     CLEAN_PINGS,
     FRESHNESS_DAILY,
+    HIGH_DENSITY_POINTS,
     QUARANTINED_PINGS,
     RAW_PINGS,
     internal_asset_args,
 )
+from publishing.tables import trailing_days
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 
@@ -60,6 +62,21 @@ RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+HDP_LIST_COLUMNS = ["cell", "lat", "lon", "exact_point"]
+"""The columns of ``HIGH_DENSITY_POINTS`` the cleaning rule needs (``hdp.on_hdp``)."""
+HDP_ARG_CHARS = 8_000
+"""Most characters of one ``--hdps`` job argument (EMR caps one step argument at 10,280)."""
+LEARNT_HDPS = dg.AssetDep(
+    "high_density_points",
+    partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+    ),
+)
+"""Day D reads the list published for D-1 (``high_density_points`` reads raw pings: no cycle)."""
+clean_pings_automation = eager_any_day.ignore(dg.AssetSelection.assets("high_density_points"))
+"""``eager_any_day``, not waiting for (nor re-running on) the day before's HDP list: the list
+is optional (missing on the lake's first day or after a day without raw pings), and a later
+update of it does not re-clean the day."""
 
 
 def max_bad_share_from_env() -> float:
@@ -291,6 +308,9 @@ class CleanPingsConfig(EngineConfig):
     """Round coordinates to this many decimals before the high-density count (None: exact)."""
     max_bad_share: float | None = None
     """Blocking-check threshold on the bad share; None reads ``$PINGS_MAX_BAD_SHARE`` (0.2)."""
+    use_learnt_hdps: bool = True
+    """Also drop pings on the learnt high-density points of the day before
+    (``curated/high_density_points/date=D-1``), when published."""
 
     def params(self) -> dict[str, Any]:
         """The cleaning parameters, as ``cleaning.clean_pings`` and the Spark job take them."""
@@ -301,12 +321,34 @@ class CleanPingsConfig(EngineConfig):
         }
 
 
-def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[str, Any]:
-    """Clean one day: read, split, write both outputs; returns figures for metadata and check."""
+def learnt_hdps(lake: LakeResource, day: str) -> pd.DataFrame | None:
+    """The high-density points list published for the day before ``day`` (``HDP_LIST_COLUMNS``;
+    None when not published)."""
+    (yesterday,) = trailing_days(day, 1)
+    return HIGH_DENSITY_POINTS.read(lake, yesterday, HDP_LIST_COLUMNS)
+
+
+def day_hdps(lake: LakeResource, day: str, config: CleanPingsConfig) -> pd.DataFrame | None:
+    """The learnt list ``clean_pings`` applies to ``day`` (None: switched off or not published)."""
+    return learnt_hdps(lake, day) if config.use_learnt_hdps else None
+
+
+def clean_day(
+    lake: LakeResource,
+    day: str,
+    config: CleanPingsConfig,
+    hdps: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Clean one day: read, split, write both outputs; returns figures for metadata and check.
+
+    ``hdps``: the learnt high-density points list to apply (``day_hdps``), None for none.
+    """
     started = time.perf_counter()
     raw, files = read_raw_day(lake, day)
     read_s = time.perf_counter() - started
-    clean, quarantine = cleaning.clean_pings(raw, date.fromisoformat(day), **config.params())
+    clean, quarantine = cleaning.clean_pings(
+        raw, date.fromisoformat(day), **config.params(), hdps=hdps
+    )
     clean_s = time.perf_counter() - started - read_s
     clean_key = CLEAN_PINGS.write(lake, clean, day)
     quarantine_key = QUARANTINED_PINGS.write(lake, quarantine, day)
@@ -323,6 +365,7 @@ def clean_day(lake: LakeResource, day: str, config: CleanPingsConfig) -> dict[st
         "counts": counts,
         "bad_share": cleaning.bad_share(counts, len(raw)),
         "duplicate_share": counts["duplicate"] / len(raw) if len(raw) else 0.0,
+        "hdp_list_cells": 0 if hdps is None else len(hdps),
         "clean_key": clean_key,
         "quarantine_key": quarantine_key,
         "preview_clean": markdown_table(clean, 5),
@@ -386,7 +429,10 @@ def clean_days_spark(
         day: [raw_file_footer(lake, key) for key in RAW_PINGS.files(lake, day)]
         for day in context.partition_keys
     }
-    days = {day: clean_day(lake, day, config) for day, files in footers.items() if not files}
+    hdps = {day: day_hdps(lake, day, config) for day in footers}
+    days = {
+        day: clean_day(lake, day, config, hdps[day]) for day, files in footers.items() if not files
+    }
     present = [day for day, files in footers.items() if files]
     if not present:
         return days
@@ -404,7 +450,7 @@ def clean_days_spark(
                     "quarantine": uri(QUARANTINED_PINGS.key(day)),
                 }
             )
-            args += ["--day", spec]
+            args += ["--day", spec, *hdp_args(day, hdp_records(hdps[day]))]
             outputs += [CLEAN_PINGS.key(day), QUARANTINED_PINGS.key(day)]
         summary = spark.run_script(context, CLEAN_PINGS_JOB, args, job_conf=BASE_CONF)
     reported = summary.get("days") or {}
@@ -412,7 +458,42 @@ def clean_days_spark(
         if day not in reported:
             raise dg.Failure(description=f"the Spark job reported no figures for {day}")
         days[day] = spark_figures(lake, day, reported[day], footers[day], summary)
+        days[day]["hdp_list_cells"] = 0 if hdps[day] is None else len(hdps[day])
     return dict(sorted(days.items()))
+
+
+def hdp_records(hdps: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """The learnt list as JSON rows for the Spark job (tens to hundreds of rows; floats as
+    Python floats, whose JSON form round-trips, so the job compares exact coordinates bit for
+    bit)."""
+    if hdps is None or hdps.empty:
+        return []
+    return [
+        {
+            "cell": int(r["cell"]),
+            "lat": float(r["lat"]),
+            "lon": float(r["lon"]),
+            "exact_point": bool(r["exact_point"]) if pd.notna(r["exact_point"]) else False,
+        }
+        for r in hdps[HDP_LIST_COLUMNS].to_dict("records")
+    ]
+
+
+def hdp_args(day: str, records: Sequence[dict[str, Any]]) -> list[str]:
+    """``--hdps`` job arguments carrying ``day``'s list, each under ``HDP_ARG_CHARS``."""
+    args: list[str] = []
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        length = len(json.dumps(record)) + 2
+        if chunk and size + length > HDP_ARG_CHARS:
+            args += ["--hdps", json.dumps({"day": day, "rows": chunk})]
+            chunk, size = [], 0
+        chunk.append(record)
+        size += length
+    if chunk:
+        args += ["--hdps", json.dumps({"day": day, "rows": chunk})]
+    return args
 
 
 def spark_figures(
@@ -475,6 +556,7 @@ def describe_clean_day(lake: LakeResource, figures: dict[str, Any], threshold: f
         **{f"dropped/{reason}": n for reason, n in figures["counts"].items()},
         "bad_share": round(figures["bad_share"], 6),
         "duplicate_share": round(figures["duplicate_share"], 6),
+        "hdp_list_cells": figures.get("hdp_list_cells", 0),
         "max_bad_share": threshold,
         "bad_reasons": ", ".join(cleaning.BAD_REASONS),
         "clean_path": dg.MetadataValue.path(lake.uri(figures["clean_key"])),
@@ -523,10 +605,10 @@ def bad_share_check(days: dict[str, dict[str, Any]], threshold: float) -> dg.Ass
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[raw_pings],
+    deps=[raw_pings, LEARNT_HDPS],
     backfill_policy=dg.BackfillPolicy.single_run(),
     retry_policy=RETRY,
-    automation_condition=eager_any_day,
+    automation_condition=clean_pings_automation,
     check_specs=[
         dg.AssetCheckSpec(
             "bad_share_below_threshold",
@@ -552,7 +634,9 @@ def clean_pings(
 
     Drops nulls, out-of-range and (0, 0) coordinates, timestamps outside the day, accuracy over
     ``max_accuracy_m``, duplicates and high-density points (one exact coordinate reported by
-    ``hdp_min_devices`` devices). Dropped rows go to ``quarantine/pings/date=D`` with their
+    ``hdp_min_devices`` devices, or a point of the learnt list ``high_density_points``
+    published for the day before, when ``use_learnt_hdps`` and published; metadata
+    ``hdp_list_cells`` is its size). Dropped rows go to ``quarantine/pings/date=D`` with their
     ``reason``; metadata counts them per reason (``dropped/<reason>``). The blocking check
     ``bad_share_below_threshold`` stops downstream steps when the feed is broken.
 
@@ -568,7 +652,10 @@ def clean_pings(
     if config.engine == "spark":
         days = clean_days_spark(context, lake, spark, config)
     else:
-        days = {day: clean_day(lake, day, config) for day in context.partition_keys}
+        days = {
+            day: clean_day(lake, day, config, day_hdps(lake, day, config))
+            for day in context.partition_keys
+        }
     for day, figures in days.items():
         context.add_asset_metadata(describe_clean_day(lake, figures, threshold), partition_key=day)
         context.log.info(

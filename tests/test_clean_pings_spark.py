@@ -2,7 +2,8 @@
 
 Two generated days with dirt (``near_assets.synth``, few devices) plus a hand-made file of
 edge cases (nanosecond timestamps, NaN and empty fields, duplicates across files whose first
-delivery differs in accuracy, a small high-density point) go through ``clean_pings`` with
+delivery differs in accuracy, a small high-density point, pings on and beside the points of a
+learnt high-density list published for each day before) go through ``clean_pings`` with
 ``engine: pandas`` and ``engine: spark`` (one local Spark job for both days, under Pipes).
 """
 
@@ -19,8 +20,9 @@ import pytest
 
 from near_assets.pings import clean_pings
 from near_assets.science.cleaning import REASONS
+from near_assets.science.hdp import HdpParams, cell_codes
 from near_assets.synth import generate
-from near_assets.tables import CLEAN_PINGS, QUARANTINED_PINGS
+from near_assets.tables import CLEAN_PINGS, HIGH_DENSITY_POINTS, QUARANTINED_PINGS
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 
@@ -33,6 +35,33 @@ START = "2024-03-04"
 DAYS = ["2024-03-04", "2024-03-05"]
 HDP_MIN_DEVICES = 4
 COLUMNS = ["device_id", "ts", "lat", "lon", "accuracy_m"]
+EXACT = (42.00013, -3.00013)
+"""A learnt exact-point HDP: only pings on this very coordinate go."""
+CELL = (42.01013, -3.01013)
+"""A learnt whole-cell HDP: every ping of its ~11 m cell goes."""
+LISTS = {"2024-03-03": [(*EXACT, True), (*CELL, False)], "2024-03-04": [(*CELL, False)]}
+"""The lists published for the day before each of ``DAYS`` (day 2 no longer lists EXACT)."""
+
+
+def hdp_list(entries: list[tuple[float, float, bool]]) -> pd.DataFrame:
+    """A published-like ``HIGH_DENSITY_POINTS`` list of ``(lat, lon, exact_point)`` entries."""
+    lat = np.array([e[0] for e in entries])
+    lon = np.array([e[1] for e in entries])
+    return pd.DataFrame(
+        {
+            "cell": cell_codes(lat, lon, HdpParams.cell_deg),
+            "lat": lat,
+            "lon": lon,
+            "days_flagged": 3,
+            "days_seen": 3,
+            "devices_median": 30.0,
+            "concentration_median": 9.0,
+            "accuracy_share_median": 0.9,
+            "first_flagged": "2024-03-01",
+            "last_flagged": "2024-03-03",
+            "exact_point": [e[2] for e in entries],
+        }
+    )
 
 
 def edge_cases(day: str) -> pd.DataFrame:
@@ -55,6 +84,21 @@ def edge_cases(day: str) -> pd.DataFrame:
         ("e-4", None, 40.2, -3.2, 10.0),  # null ts
         *((f"h-{i}", t0 + i * ms, 41.123451, -3.5, 10.0) for i in range(HDP_MIN_DEVICES)),
         *((f"h-{i}", t0 + i * ms, 41.123449, -3.5, 10.0) for i in range(HDP_MIN_DEVICES - 1)),
+        ("l-1", t0, *EXACT, 15.0),  # on a listed exact point: high_density
+        ("l-1", t0, *EXACT, 15.0),  # ... its repeat stays a duplicate
+        ("l-2", t0 + ms, *EXACT, 15.0),
+        ("l-3", t0, 42.00011, -3.00013, 15.0),  # the exact point's cell, another coordinate
+        ("l-4", t0, 42.01011, -3.01014, 15.0),  # in a listed cell: high_density
+        ("l-5", t0, *CELL, 15.0),
+        ("l-6", t0, 42.01016, -3.01013, 15.0),  # the next cell: kept
+        ("l-7", t0, 42.01015, -3.01013, 15.0),  # on a cell edge: the same double arithmetic
+        ("l-8", t0, 42.0101, -3.0101, 15.0),  # a 4-decimal fix, on a cell corner
+        # across the listed cell and its neighbours in 5e-6 degree steps: both engines must
+        # compute the very cell codes of hdp.cell_codes, edges included
+        *(
+            (f"g-{i:02d}", t0, round(CELL[0] + i * 5e-6, 6), round(CELL[1] - i * 5e-6, 6), 15.0)
+            for i in range(-25, 26)
+        ),
     ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
@@ -70,6 +114,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
         first = sorted(k for k in lake.list(f"raw/pings/date={day}") if k.endswith(".parquet"))[0]
         repeat = lake.read_arrow(first).slice(0, 50)  # a re-delivery: 50 duplicates
         lake.write_parquet(repeat, f"raw/pings/date={day}/zz-retry.parquet")
+    for day, entries in LISTS.items():  # as high_density_points publishes them
+        lake.write_parquet(hdp_list(entries), HIGH_DENSITY_POINTS.key(day))
     return Path(lake.root)
 
 
@@ -123,7 +169,9 @@ def test_both_engines_give_the_same_rows_reasons_and_counts(generated: Path, tmp
     for day in DAYS:
         pandas_meta, spark_meta = metas["pandas"][day], metas["spark"][day]
         assert (pandas_meta["engine"], spark_meta["engine"]) == ("pandas", "spark")
-        for key in ("rows_in", "rows_out", "devices_in", "devices_out", "bad_share"):
+        assert spark_meta["hdp_list_cells"] == pandas_meta["hdp_list_cells"] > 0
+        keys = ("rows_in", "rows_out", "devices_in", "devices_out", "bad_share", "hdp_list_cells")
+        for key in keys:
             assert spark_meta[key] == pandas_meta[key], key
         counts = {r: spark_meta[f"dropped/{r}"] for r in REASONS}
         assert counts == {r: pandas_meta[f"dropped/{r}"] for r in REASONS}
@@ -138,6 +186,17 @@ def test_both_engines_give_the_same_rows_reasons_and_counts(generated: Path, tmp
             order = spark_rows.sort_values(["device_id", "ts"], kind="stable")
             assert order.index.equals(spark_rows.index)
     assert str(outputs["spark"][(CLEAN_PINGS.name, DAYS[0])]["ts"].dtype).endswith("UTC]")
+    # the planted lists did their part (the same on both engines, compared above)
+    for day, listed in (
+        (DAYS[0], {"l-1", "l-2", "l-4", "l-5"}),
+        (DAYS[1], {"l-4", "l-5"}),  # EXACT is no longer listed
+    ):
+        dirt = outputs["pandas"][(QUARANTINED_PINGS.name, day)]
+        on_list = dirt[dirt["device_id"].str.startswith("l-") & (dirt["reason"] == "high_density")]
+        assert listed <= set(on_list["device_id"]) <= listed | {"l-7", "l-8"}, day
+        kept = outputs["pandas"][(CLEAN_PINGS.name, day)]
+        assert {"l-3", "l-6"} <= set(kept["device_id"]), day
+        assert (dirt[dirt["device_id"] == "l-1"]["reason"] == "duplicate").sum() == 1, day
 
 
 @pytest.mark.parametrize("engine", ["pandas", "spark"])

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from near_assets.partitions import daily_partitions
 from near_assets.pings import clean_pings, pings_job, raw_pings, raw_pings_sensor
 from near_assets.science.cleaning import REASONS
-from near_assets.tables import CLEAN_PINGS, QUARANTINED_PINGS
+from near_assets.science.hdp import HdpParams, cell_codes
+from near_assets.tables import CLEAN_PINGS, HIGH_DENSITY_POINTS, QUARANTINED_PINGS
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 
@@ -102,6 +104,7 @@ def test_clean_day_passes_the_check(tmp_lake: LakeResource) -> None:
     assert (clean["rows_in"], clean["rows_out"], clean["bad_share"]) == (1000, 1000, 0.0)
     assert clean["engine"] == "pandas"
     assert dropped(clean) == dict.fromkeys(REASONS, 0)
+    assert clean["hdp_list_cells"] == 0  # no list published for the day before
     assert "| device_id | ts |" in clean["preview"]
     assert check(result, "bad_share_below_threshold").passed
     assert check(result, "day_delivered").passed
@@ -243,6 +246,90 @@ def test_new_raw_day_triggers_clean_pings_automation(tmp_lake: LakeResource) -> 
     assert requested == {DAY}
 
 
+def publish_hdp_list(lake: LakeResource, day: str, entries: list[tuple[float, float, bool]]):
+    """A ``HIGH_DENSITY_POINTS`` list for ``day``, as ``high_density_points`` publishes it."""
+    lat, lon = np.array([e[0] for e in entries]), np.array([e[1] for e in entries])
+    listed = pd.DataFrame(
+        {
+            "cell": cell_codes(lat, lon, HdpParams.cell_deg),
+            "lat": lat,
+            "lon": lon,
+            "days_flagged": 2,
+            "days_seen": 2,
+            "devices_median": 20.0,
+            "concentration_median": 8.0,
+            "accuracy_share_median": 0.9,
+            "first_flagged": "2024-03-03",
+            "last_flagged": day,
+            "exact_point": [e[2] for e in entries],
+        }
+    )
+    lake.write_parquet(listed, HIGH_DENSITY_POINTS.key(day))
+
+
+@pytest.mark.parametrize("use_list", [True, False])
+def test_pings_on_the_learnt_list_of_the_day_before_are_dropped(
+    tmp_lake: LakeResource, use_list: bool
+) -> None:
+    tower, centroid = (40.51234, -3.61234), (40.30003, -3.80003)
+    on_list = pd.DataFrame(
+        {
+            "device_id": [f"hdp-{i:02d}" for i in range(30)],
+            "ts": DAY_MS + np.arange(30) * 60_000,
+            # 12 on the tower's exact point, 3 beside it in its cell (kept), 15 in the
+            # centroid's cell (whole cell listed)
+            "lat": [tower[0]] * 12 + [tower[0] + 0.00002] * 3 + [centroid[0] + 0.00001] * 15,
+            "lon": [tower[1]] * 15 + [centroid[1] - 0.00002] * 15,
+            "accuracy_m": 20.0,
+        }
+    )
+    write_raw(tmp_lake, DAY, pd.concat([good_pings(300), on_list], ignore_index=True))
+    publish_hdp_list(tmp_lake, "2024-03-04", [(*tower, True), (*centroid, False)])
+    publish_hdp_list(tmp_lake, DAY, [(40.4, -3.7, False)])  # today's list: not used today
+
+    result = materialize(
+        tmp_lake,
+        run_config={"ops": {"clean_pings": {"config": {"use_learnt_hdps": use_list}}}},
+    )
+
+    assert result.success
+    meta = metadata(result, "clean_pings")
+    expected = 27 if use_list else 0
+    assert dropped(meta) == {**dict.fromkeys(REASONS, 0), "high_density": expected}
+    assert meta["hdp_list_cells"] == (2 if use_list else 0)
+    assert (meta["rows_in"], meta["rows_out"]) == (330, 330 - expected)
+    dirt = tmp_lake.read_parquet(QUARANTINED_PINGS.key(DAY))
+    assert len(dirt) == expected and set(dirt["reason"]) <= {"high_density"}
+    kept = set(tmp_lake.read_parquet(CLEAN_PINGS.key(DAY))["device_id"])
+    assert {"hdp-12", "hdp-13", "hdp-14"} <= kept  # beside the exact point
+    assert ("hdp-00" in kept) is not use_list
+
+
+def test_clean_pings_automation_does_not_wait_for_a_missing_hdp_list(
+    tmp_lake: LakeResource,
+) -> None:
+    """``high_density_points`` never materialised (a new lake): ``clean_pings`` still follows
+    a new raw day, and it declares the list of the day before as a dependency."""
+
+    @dg.asset(name="high_density_points", partitions_def=daily_partitions, deps=[raw_pings])
+    def high_density_points() -> None:
+        return None
+
+    write_raw(tmp_lake, DAY, good_pings(50))
+    defs = dg.Definitions(assets=[*ASSETS, high_density_points], resources=resources(tmp_lake))
+    graph = defs.resolve_asset_graph()
+    parents = graph.get_parents_partitions(dg.AssetKey("clean_pings"), DAY).parent_partitions
+    found = {(p.asset_key.to_user_string(), p.partition_key) for p in parents}
+    assert found == {("raw_pings", DAY), ("high_density_points", "2024-03-04")}
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert materialize(tmp_lake, assets=[raw_pings], instance=instance).success
+        second = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=first.cursor
+        )
+    assert second.get_requested_partitions(dg.AssetKey("clean_pings")) == {DAY}
+
+
 def sensor_tick(lake: LakeResource, instance: dg.DagsterInstance, cursor: str | None):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
     return raw_pings_sensor(context)
@@ -314,3 +401,28 @@ def test_sensor_with_a_lost_cursor_skips_days_already_registered(tmp_lake: LakeR
             request.tags["dagster/asset_partition_range_start"],
             request.tags["dagster/asset_partition_range_end"],
         ) == tuple(days)
+
+
+def test_the_learnt_list_reaches_the_spark_job_in_small_arguments() -> None:
+    from near_assets.pings import HDP_ARG_CHARS, hdp_args, hdp_records
+    from near_assets.spark_jobs.clean_pings import hdp_lists, parse_args
+
+    lat = 40.0 + np.arange(500) * 1e-3 + 1.3e-5  # 500 entries: several arguments
+    lon = np.full(500, -3.7000123456789)
+    listed = pd.DataFrame(
+        {
+            "cell": cell_codes(lat, lon, HdpParams.cell_deg),
+            "lat": lat,
+            "lon": lon,
+            "exact_point": pd.array([True, False, None, True] * 125, dtype="boolean"),
+        }
+    )
+    args = ["--day", "{}", *hdp_args(DAY, hdp_records(listed)), *hdp_args("2024-03-06", [])]
+    values = args[3::2]
+    assert len(values) > 1 and all(len(v) <= HDP_ARG_CHARS + 200 for v in values)
+    (rows,) = hdp_lists(parse_args(args).hdps).values()
+    back = pd.DataFrame(rows)
+    assert back["cell"].tolist() == listed["cell"].tolist()
+    assert (back["lat"].to_numpy() == lat).all() and (back["lon"].to_numpy() == lon).all()
+    assert back["exact_point"].tolist() == [True, False, False, True] * 125
+    assert hdp_records(None) == [] and hdp_args(DAY, []) == []

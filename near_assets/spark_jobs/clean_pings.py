@@ -4,9 +4,13 @@
         --day '{"day": "2024-01-01", "raw": "s3a://.../raw/pings/date=2024-01-01",
                 "files": [["part-0.parquet", "int"], ["part-1.parquet", "ns"]],
                 "clean": "s3a://.../work/clean_pings/date=2024-01-01",
-                "quarantine": "s3a://.../quarantine/pings/date=2024-01-01"}' [--day ...]
+                "quarantine": "s3a://.../quarantine/pings/date=2024-01-01"}' [--day ...] \
+        --hdps '{"day": "2024-01-01", "rows": [{"cell": 9604001969997, "lat": 40.1,
+                 "lon": -3.0003, "exact_point": true}, ...]}' [--hdps ...]
 
-(one ``--day`` argument per day: each stays well under EMR's limit on one step argument).
+(one ``--day`` argument per day, and the day's learnt high-density list in ``--hdps``
+arguments of a few thousand characters each: each stays well under EMR's limit on one step
+argument).
 
 The same rules as ``near_assets.science.cleaning.clean_pings`` (one reason per dirty row, the
 first in ``REASONS`` order), written in Spark SQL over every row of the day:
@@ -17,7 +21,10 @@ first in ``REASONS`` order), written in Spark SQL over every row of the day:
 - ``duplicate``: among the rows no row rule dropped, every row after the first *delivery* of a
   (device, ts, lat, lon): ``row_number()`` over arrival order (file order, then row order);
 - ``high_density``: among the rows still alive, coordinates (rounded like ``numpy.round`` when
-  ``hdp_decimals`` is set) reported by at least ``hdp_min_devices`` distinct devices.
+  ``hdp_decimals`` is set) reported by at least ``hdp_min_devices`` distinct devices, and the
+  rows on a point of the day's learnt list (``--hdps``: the day before's ``high_density_points``,
+  tens to hundreds of rows, broadcast-joined on the cell code of ``hdp.cell_codes``): anywhere
+  in the cell, or only on its exact coordinate for an ``exact_point`` entry (``hdp.on_hdp``).
 
 Each day's clean rows replace its ``clean`` folder (range-partitioned by device, sorted by
 device, ts and arrival inside each file: the files in name order are one sorted table) and its
@@ -44,6 +51,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from near_assets.science.cleaning import REASONS
+from near_assets.science.hdp import LAT_SPAN, HdpParams
 from near_assets.spark_jobs.apply_by_device import (
     BASE_CONF,
     clean_local_output,
@@ -66,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--params", default="{}", help="JSON cleaning parameters")
     parser.add_argument(
         "--day", action="append", required=True, help="JSON: day, raw folder, files, outputs"
+    )
+    parser.add_argument(
+        "--hdps", action="append", default=[], help="JSON: day and rows of its learnt HDP list"
     )
     parser.add_argument("--rows-per-file", type=int, default=ROWS_PER_FILE)
     parser.add_argument("--master", default=None, help="Spark master (spark-submit sets it)")
@@ -136,10 +147,54 @@ def rounded(column: str, decimals: int | None) -> str:
     return f"rint({column} / {factor!r}D) * {factor!r}D + 0.0D"
 
 
+def cell_code(lat: str = "lat", lon: str = "lon", cell_deg: float = HdpParams.cell_deg) -> Any:
+    """``hdp.cell_codes`` in Spark: the same double arithmetic, the nearest cell centre."""
+    from pyspark.sql import functions as F
+
+    half = LAT_SPAN // 2
+
+    def index(column: str) -> Any:
+        return F.floor(F.col(column) / F.lit(float(cell_deg)) + F.lit(0.5)).cast("long")
+
+    return (index(lat) + F.lit(half)) * F.lit(LAT_SPAN) + (index(lon) + F.lit(half))
+
+
+def hdp_frame(spark: Any, hdps: Sequence[dict[str, Any]]) -> Any:
+    """The learnt list as a small DataFrame: cell, _hdp_lat, _hdp_lon, _hdp_exact."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            T.StructField("_hdp_cell", T.LongType(), False),
+            T.StructField("_hdp_lat", T.DoubleType(), True),
+            T.StructField("_hdp_lon", T.DoubleType(), True),
+            T.StructField("_hdp_exact", T.BooleanType(), True),
+        ]
+    )
+    rows = [
+        (
+            int(h["cell"]),
+            None if h.get("lat") is None else float(h["lat"]),
+            None if h.get("lon") is None else float(h["lon"]),
+            bool(h.get("exact_point") or False),
+        )
+        for h in hdps
+    ]
+    return spark.createDataFrame(rows, schema)
+
+
 def label(
-    raw: Any, day: str, max_accuracy_m: float, hdp_min_devices: int, hdp_decimals: int | None
+    raw: Any,
+    day: str,
+    max_accuracy_m: float,
+    hdp_min_devices: int,
+    hdp_decimals: int | None,
+    hdps: Any = None,
 ) -> Any:
-    """``raw`` with ``reason`` (NULL for a clean row), as ``cleaning.clean_pings`` assigns it."""
+    """``raw`` with ``reason`` (NULL for a clean row), as ``cleaning.clean_pings`` assigns it.
+
+    ``hdps``: the learnt list (``hdp_frame``), None for none.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -182,9 +237,24 @@ def label(
     )
     df = df.join(F.broadcast(dense), ["_y", "_x"], "left")
     dense_row = alive & F.coalesce(F.col("_dense"), F.lit(False))
-    return df.withColumn(
+    df = df.withColumn(
         "reason", F.when(dense_row, F.lit("high_density")).otherwise(F.col("reason"))
     ).drop("_y", "_x", "_dense")
+    if hdps is None:
+        return df
+    # the learnt list: rows alive so far on a listed point (only their cells are computed: a
+    # dirty row's coordinate may be infinite or huge, and its cell would overflow a long)
+    df = df.withColumn("_cell", F.when(F.col("reason").isNull(), cell_code())).join(
+        F.broadcast(hdps), F.col("_cell") == F.col("_hdp_cell"), "left"
+    )
+    exact_match = (F.col("lat") == F.col("_hdp_lat")) & (F.col("lon") == F.col("_hdp_lon"))
+    listed = F.col("_hdp_cell").isNotNull() & (
+        ~F.coalesce(F.col("_hdp_exact"), F.lit(False)) | F.coalesce(exact_match, F.lit(False))
+    )
+    listed_row = F.col("reason").isNull() & listed
+    return df.withColumn(
+        "reason", F.when(listed_row, F.lit("high_density")).otherwise(F.col("reason"))
+    ).drop("_cell", "_hdp_cell", "_hdp_lat", "_hdp_lon", "_hdp_exact")
 
 
 def output_columns(with_reason: bool) -> list[Any]:
@@ -221,10 +291,22 @@ def preview(df: Any, n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def hdp_lists(args: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{day: rows of its learnt HDP list}`` from the ``--hdps`` arguments (chunks in order)."""
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for item in map(json.loads, args):
+        lists.setdefault(item["day"], []).extend(item["rows"])
+    return lists
+
+
 def clean_day(
-    spark: Any, spec: dict[str, Any], params: dict[str, Any], rows_per_file: int
+    spark: Any,
+    spec: dict[str, Any],
+    params: dict[str, Any],
+    rows_per_file: int,
+    hdps: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Label, write and count one day; returns its figures."""
+    """Label, write and count one day (``hdps``: its learnt list); returns its figures."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -243,6 +325,7 @@ def clean_day(
         float(params.get("max_accuracy_m", 1000.0)),
         int(params.get("hdp_min_devices", 50)),
         params.get("hdp_decimals"),
+        hdp_frame(spark, hdps) if hdps else None,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # rows per reason and devices in/out: per device, then in total (no distinct count)
@@ -303,8 +386,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
             spark.conf.set(key, value)
     session_s = time.perf_counter() - started
     days = {}
+    lists = hdp_lists(args.hdps)
     for spec in map(json.loads, args.day):
-        figures = clean_day(spark, spec, params, args.rows_per_file)
+        hdps = lists.get(spec["day"], [])
+        figures = clean_day(spark, spec, params, args.rows_per_file, hdps)
         days[spec["day"]] = figures
         log(
             f"clean_pings {spec['day']}: {figures['rows_in']} rows in, {figures['rows_out']} "
