@@ -11,22 +11,28 @@ request per run, the rest skipped), then measures the database:
    retention covers schedule/sensor/automation *ticks only*; runs and event logs stay;
 3. ``tick retention + run purge``: additionally ``instance.delete_run`` for every run but the
    newest ``--keep-runs`` (what a nightly purge of runs older than N days does);
-4. ``housekeeping``: the platform's own job functions (``sensors/housekeeping.py``): the older
-   half of the runs is dated back past the horizon, then ``retire_partitions`` and
-   ``purge_runs`` run as the nightly ``platform_housekeeping`` job runs them; what is left is
-   measured (the newer half and the partitions not yet retired).
+4. ``housekeeping``: the platform's own job functions (``sensors/housekeeping.py``) with the
+   per-lane horizons: the older half of the onboarding runs and ``--batch-runs`` batch-lane
+   runs are dated back past the onboarding lane's horizon (within the platform's), then
+   ``retire_partitions``, ``purge_runs`` (platform horizon) and ``purge_onboarding_runs``
+   (onboarding lane horizon) run as the housekeeping jobs run them; the old onboarding runs go,
+   the batch runs of the same age stay (printed), what is left is measured.
 
 From the measured bytes per run it prints a simulated month at ``--rate`` signups/s
-(``--per-run`` applicants per onboarding run) with the housekeeping running nightly: the
-database holds the runs of the last ``horizon`` days (+1 day between nightly passes), so its
-size stops growing once the month passes the horizon; printed for the platform horizon
-(``retention_horizon_days()``) and the onboarding lane's (``--lane-horizon``).
+(``--per-run`` applicants per onboarding run): the database holds the onboarding runs of the
+last ``horizon`` days plus the time between two purge passes, so its size stops growing once
+the month passes that; printed for the old policy (every run kept 35 days,
+``retention_horizon_days()``, nightly pass: still growing at day 30) and the per-lane one
+(``--lane-horizon``, default ``onboarding_run_horizon_days()``, purged every
+``--purge-every-hours``, the hourly ``platform_onboarding_purge`` schedule). Batch runs (a few
+dozen a day, kept 35 days) are not in the month figure.
 
 Sizes are measured after ``VACUUM`` (SQLite) / ``VACUUM FULL`` (PostgreSQL), i.e. the space
 the data really needs. Usage::
 
     uv run python bench/db_size.py --runs 1000 [--backend postgres|sqlite] [--keep-runs 100]
-    uv run python bench/db_size.py --runs 1000 --rate 1 --per-run 1 --lane-horizon 2
+    uv run python bench/db_size.py --runs 1000 --rate 1 --per-run 1 --lane-horizon 2 \
+        --purge-every-hours 1
 
 PostgreSQL: the server from ``DAGSTER_PG_*`` (default 127.0.0.1:5432, user postgres); a
 temporary database is created and dropped.
@@ -34,6 +40,7 @@ temporary database is created and dropped.
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -43,10 +50,19 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from sensors.housekeeping import RetireSpec, purge_runs, retention_horizon_days, retire_partitions
+from sensors.housekeeping import (
+    ONBOARDING_PURGE_CRON,
+    RetireSpec,
+    onboarding_run_horizon_days,
+    purge_onboarding_runs,
+    purge_runs,
+    retention_horizon_days,
+    retire_partitions,
+)
 
 APPLICANTS = "bench_applicants"
 applicants = dg.DynamicPartitionsDefinition(name=APPLICANTS)
@@ -205,11 +221,18 @@ def backdate_runs(instance: dg.DagsterInstance, run_ids: list[str], days: float)
 
 
 def housekeeping_pass(
-    instance: dg.DagsterInstance, run_ids: list[str], horizon_days: float
-) -> tuple[int, int]:
-    """The older half of the runs past the horizon, then the nightly job's two steps."""
+    instance: dg.DagsterInstance,
+    run_ids: list[str],
+    batch_ids: list[str],
+    horizon_days: float,
+    lane_horizon_days: float,
+) -> tuple[int, int, int]:
+    """The per-lane policy on the older half of the runs: dated back past the onboarding lane's
+    horizon (but well within the platform's), as are the batch runs; then the housekeeping's
+    steps: retire partitions, purge finished runs past the platform horizon (none here), purge
+    finished onboarding runs past the lane's. Returns (retired, purged, batch runs kept)."""
     old = run_ids[: len(run_ids) // 2]
-    backdate_runs(instance, old, horizon_days + 1)
+    backdate_runs(instance, [*old, *batch_ids], lane_horizon_days + 1)
     keys = instance.get_dynamic_partitions(APPLICANTS)
     now = time.time()
     born = {
@@ -217,18 +240,20 @@ def housekeeping_pass(
     }
     spec = RetireSpec(APPLICANTS, born.get, lambda _resources, ks: [True] * len(ks))
     retired, _ = retire_partitions(instance, spec, horizon_days)
-    purged = purge_runs(instance, horizon_days)
-    return retired, purged
+    purged = purge_runs(instance, horizon_days)  # the platform horizon: nothing is that old
+    purged += purge_onboarding_runs(instance, lane_horizon_days)
+    return retired, purged, sum(instance.has_run(r) for r in batch_ids)
 
 
 def simulated_month(
-    per_run_bytes: float, base_bytes: float, rate: float, per_run: float, horizon_days: float
+    per_run_bytes: float, base_bytes: float, rate: float, per_run: float, kept_days: float
 ) -> list[tuple[int, float]]:
-    """(day, bytes) over 30 days with the nightly purge: the runs of the last horizon + 1 days."""
+    """(day, bytes) over 30 days: the database holds the onboarding runs of the last
+    ``kept_days`` (the horizon + the time between two purge passes)."""
     runs_per_day = rate * 86400 / per_run
     return [
-        (day, base_bytes + per_run_bytes * runs_per_day * min(day, horizon_days + 1))
-        for day in (1, 2, 7, 14, 21, 30)
+        (day, base_bytes + per_run_bytes * runs_per_day * min(day, kept_days))
+        for day in (1, 2, 3, 7, 14, 21, 30)
     ]
 
 
@@ -248,7 +273,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="signups/s of the simulated month")
     parser.add_argument("--per-run", type=float, default=1.0, help="applicants per run (month)")
     parser.add_argument(
-        "--lane-horizon", type=float, default=2.0, help="onboarding runs' horizon (days, month)"
+        "--lane-horizon",
+        type=float,
+        default=onboarding_run_horizon_days(),
+        help="onboarding runs' horizon in days (default: $PLATFORM_ONBOARDING_RUN_HORIZON_DAYS"
+        f" or {onboarding_run_horizon_days():g})",
+    )
+    parser.add_argument(
+        "--purge-every-hours",
+        type=float,
+        default=1.0,
+        help=f"hours between onboarding purge passes (the schedule: {ONBOARDING_PURGE_CRON!r})",
+    )
+    parser.add_argument(
+        "--batch-runs", type=int, default=10, help="batch-lane runs, aged like the old half"
     )
     args = parser.parse_args()
 
@@ -256,7 +294,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-db-"))
     backend = Backend(args.backend, home)
     job = dg.Definitions(assets=onboarding_assets()).resolve_implicit_global_asset_job_def()
-    figures: dict[str, float | int | str] = {"backend": args.backend, "runs": args.runs}
+    figures: dict[str, Any] = {"backend": args.backend, "runs": args.runs}
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             t0 = time.perf_counter()
@@ -279,6 +317,17 @@ def main() -> None:
                         flush=True,
                     )
             figures["run_seconds"] = round(time.perf_counter() - t0, 1)
+            batch_ids = []
+            for i in range(args.batch_runs):
+                key = f"batch-{i:06d}"
+                instance.add_dynamic_partitions(APPLICANTS, [key])
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=key,
+                    tags={"platform/lane": "batch"},
+                    run_config=QUIET,
+                )
+                batch_ids.append(result.run_id)
             figures["events"] = (
                 sum(len(instance.all_logs(r)) for r in run_ids[:10])
                 // min(10, len(run_ids))
@@ -291,11 +340,14 @@ def main() -> None:
             figures["bytes_tick_retention"] = backend.size()
             horizon = retention_horizon_days()
             t1 = time.perf_counter()
-            retired, purged = housekeeping_pass(instance, run_ids, horizon)
+            retired, purged, batch_kept = housekeeping_pass(
+                instance, run_ids, batch_ids, horizon, args.lane_horizon
+            )
             figures["housekeeping_seconds"] = round(time.perf_counter() - t1, 1)
             figures["housekeeping_retired"], figures["housekeeping_purged"] = retired, purged
+            figures["batch_runs"], figures["batch_runs_kept"] = len(batch_ids), batch_kept
             figures["bytes_housekeeping"] = backend.size()
-            kept = [r for r in run_ids if instance.has_run(r)]
+            kept = [r for r in [*run_ids, *batch_ids] if instance.has_run(r)]
             for run_id in kept[: max(0, len(kept) - args.keep_runs)]:
                 instance.delete_run(run_id)
             figures["kept_runs"] = min(args.keep_runs, len(run_ids))
@@ -323,19 +375,36 @@ def main() -> None:
     per_run = (tick_ret - house) / max(1, gone)
     base = max(0.0, purged - per_run * int(figures["kept_runs"]))
     print(
-        f"{'housekeeping (platform job)':<34}{house / 1e6:>10.2f} MB  (purged {gone} runs, "
+        f"{'housekeeping (per-lane horizons)':<34}{house / 1e6:>10.2f} MB  (purged {gone} "
+        f"onboarding runs older than {args.lane_horizon:g} d, kept "
+        f"{figures['batch_runs_kept']}/{figures['batch_runs']} batch runs of the same age, "
         f"retired {figures['housekeeping_retired']} partitions in "
         f"{figures['housekeeping_seconds']} s): {per_run / 1e3:.1f} kB per purged run, "
         f"{per_run * 1000 / 1e6:.1f} MB per 1,000 runs"
     )
     figures["bytes_per_run"] = round(per_run)
-    for label, horizon in (
-        (f"platform horizon {retention_horizon_days()} d", retention_horizon_days()),
-        (f"onboarding lane horizon {args.lane_horizon:g} d", args.lane_horizon),
+    every_days = args.purge_every_hours / 24
+    for key, label, kept_days in (
+        (
+            "month_before",
+            f"before: every run {retention_horizon_days()} d, nightly purge",
+            retention_horizon_days() + 1,
+        ),
+        (
+            "month_per_lane",
+            f"per-lane: onboarding runs {args.lane_horizon:g} d, purged every "
+            f"{args.purge_every_hours:g} h",
+            args.lane_horizon + every_days,
+        ),
     ):
-        month = simulated_month(per_run, base, args.rate, args.per_run, horizon)
+        month = simulated_month(per_run, base, args.rate, args.per_run, kept_days)
         cells = "  ".join(f"day {d}: {b / 1e9:.2f} GB" for d, b in month)
-        bounded = "bounded" if horizon + 1 < 30 else "still growing at day 30"
+        bounded = (
+            f"bounded at {month[-1][1] / 1e9:.2f} GB from day {math.ceil(kept_days)}"
+            if kept_days < 30
+            else "still growing at day 30"
+        )
+        figures[key] = {str(d): round(b) for d, b in month}
         print(
             f"simulated month at {args.rate:g} signups/s, {args.per_run:g} per run, {label} "
             f"({bounded}): {cells}"

@@ -1,4 +1,5 @@
-"""Housekeeping inside the platform: the nightly ``platform_housekeeping`` job and its schedule.
+"""Housekeeping inside the platform: the nightly ``platform_housekeeping`` job, the hourly
+``platform_onboarding_purge`` job and their schedules.
 
 One job, visible in the UI, scheduled (``platform_housekeeping_schedule``, 03:15 UTC, running by
 default) and alerted on like any run of its location (the location's run-failure alert sensor
@@ -12,9 +13,23 @@ posts a failed run to Slack). One run:
    the runs tagged ``dagster/partition=<key>``; the key itself is ``<user slug>_<signup id>``,
    so it can be rebuilt from the applicant id and re-added to re-run (deploy/production/README.md).
 2. **purges finished runs** (success, failure, canceled) older than the same horizon, with their
-   event logs; queued and running runs are never touched.
+   event logs; queued and running runs are never touched;
+3. **purges finished onboarding runs** (run tag ``platform/lane: onboarding``) older than the
+   onboarding lane's short horizon (below). The same pass runs every hour on its own
+   (``platform_onboarding_purge`` job, schedule ``platform_onboarding_purge_schedule``), so one
+   pass deletes about an hour of onboarding runs (3,600 at 1 signup/s), not a day's 86,400
+   (the nightly step is the backstop if that schedule is off).
 
-**One horizon** for both: the longest trailing window an asset reads plus a margin
+**Onboarding lane horizon** (``onboarding_run_horizon_days()``, ``PLATFORM_ONBOARDING_RUN_HORIZON_DAYS``,
+2 days by default): an onboarding run is one applicant's (or a few applicants') decision, and
+that decision is kept elsewhere: every stage's output in the lake
+(``work/onboarding/<asset>/<partition>.json``, the decision in ``work/onboarding/decision/``) and
+the decision on the ``decisions`` stream. No asset reads a trailing window of onboarding
+partitions, so their runs need not live for the platform horizon; at 1 signup/s the 35-day
+horizon would keep about 3 million of them (167 GB on PostgreSQL, ``bench/db_size.py``). Batch
+runs (every other lane) keep the platform horizon.
+
+**The platform horizon** for steps 1 and 2: the longest trailing window an asset reads plus a margin
 (``retention_horizon_days()``: affinity's 28 days + 7 = 35 days by default). Deleting a run
 deletes the materializations it recorded, so a daily partition inside a window that is still
 read must never lose its run: the horizon covers the longest window. The windows are declared in
@@ -36,7 +51,7 @@ the signup rate, not the instance's age. Materializations of a retired key stay 
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +59,14 @@ from typing import Any
 import dagster as dg
 
 JOB_NAME = "platform_housekeeping"
+ONBOARDING_PURGE_JOB_NAME = "platform_onboarding_purge"
 MARGIN_DAYS = 7
 DEFAULT_CRON = "15 3 * * *"
+ONBOARDING_PURGE_CRON = "45 * * * *"  # hourly, away from the nightly run's 03:15
+LANE_TAG = "platform/lane"
+ONBOARDING_LANE = "onboarding"
+ONBOARDING_HORIZON_ENV = "PLATFORM_ONBOARDING_RUN_HORIZON_DAYS"
+DEFAULT_ONBOARDING_HORIZON_DAYS = 2.0
 RETIRE_AFTER_ENV = "PLATFORM_RETIRE_AFTER_SECONDS"
 DEFAULT_RETIRE_AFTER_S = 600.0
 RETIRE_SENSOR_INTERVAL_S = 15
@@ -70,6 +91,14 @@ def retention_horizon_days() -> int:
     return longest_window_days() + MARGIN_DAYS
 
 
+def onboarding_run_horizon_days() -> float:
+    """How long finished onboarding-lane runs are kept (``PLATFORM_ONBOARDING_RUN_HORIZON_DAYS``)."""
+    days = float(os.environ.get(ONBOARDING_HORIZON_ENV, DEFAULT_ONBOARDING_HORIZON_DAYS))
+    if days < 0:
+        raise ValueError(f"{ONBOARDING_HORIZON_ENV} must be >= 0, got {days}")
+    return days
+
+
 def purge_runs(
     instance: dg.DagsterInstance,
     older_than_days: float,
@@ -77,25 +106,54 @@ def purge_runs(
     dry_run: bool = False,
     batch: int = 500,
     now: float | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> int:
-    """Delete finished runs created more than ``older_than_days`` ago; returns how many."""
+    """Delete finished runs created more than ``older_than_days`` ago; returns how many.
+
+    ``tags``: only runs carrying all of them (e.g. ``{"platform/lane": "onboarding"}``). Runs are
+    selected ``batch`` at a time, oldest first, in the run storage (status, creation time and
+    tags are filtered there, not in Python) and each batch is deleted (``delete_run``: the run,
+    its tags and its event log) before the next is read, so a pass over millions of runs holds
+    one batch in memory and does not walk past the younger runs on every page. A dry run counts
+    every matching run.
+    """
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
     cutoff = (time.time() if now is None else now) - older_than_days * 86400
     before = datetime.fromtimestamp(cutoff, tz=UTC)
+    filters = dg.RunsFilter(statuses=FINISHED, created_before=before, tags=dict(tags or {}))
+    if dry_run:
+        return instance.get_runs_count(filters=filters)
     deleted = 0
     while True:
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(statuses=FINISHED, created_before=before), limit=batch
-        )
-        if not records:
-            return deleted
+        # oldest first: the scan starts among the runs to delete instead of walking past every
+        # run younger than the horizon (2 days of onboarding runs: 172,800 at 1 signup/s)
+        records = instance.get_run_records(filters=filters, limit=batch, ascending=True)
         for record in records:
-            if not dry_run:
-                instance.delete_run(record.dagster_run.run_id)
+            instance.delete_run(record.dagster_run.run_id)
             deleted += 1
-        if dry_run or len(records) < batch:
+        if len(records) < batch:
             return deleted
+
+
+def purge_onboarding_runs(
+    instance: dg.DagsterInstance,
+    older_than_days: float | None = None,
+    *,
+    dry_run: bool = False,
+    batch: int = 500,
+    now: float | None = None,
+) -> int:
+    """:func:`purge_runs` of the onboarding lane only, after its short horizon (module docstring)."""
+    horizon = onboarding_run_horizon_days() if older_than_days is None else older_than_days
+    return purge_runs(
+        instance,
+        horizon,
+        dry_run=dry_run,
+        batch=batch,
+        now=now,
+        tags={LANE_TAG: ONBOARDING_LANE},
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +312,12 @@ def build_retire_sensor(spec: RetireSpec) -> dg.SensorDefinition:
 
 class HousekeepingConfig(dg.Config):
     horizon_days: float | None = None  # default: retention_horizon_days()
+    onboarding_horizon_days: float | None = None  # default: onboarding_run_horizon_days()
+    dry_run: bool = False
+
+
+class OnboardingPurgeConfig(dg.Config):
+    onboarding_horizon_days: float | None = None  # default: onboarding_run_horizon_days()
     dry_run: bool = False
 
 
@@ -261,15 +325,20 @@ def build_housekeeping(
     retire: Sequence[RetireSpec] = (),
     *,
     cron: str = DEFAULT_CRON,
+    onboarding_cron: str = ONBOARDING_PURGE_CRON,
     tags: dict[str, str] | None = None,
 ) -> dg.Definitions:
-    """The ``platform_housekeeping`` job and its schedule (include in ONE code location)."""
+    """The ``platform_housekeeping`` job, the hourly ``platform_onboarding_purge`` job and their
+    schedules (include in ONE code location)."""
     resource_keys = set().union(*(s.resource_keys for s in retire)) if retire else set()
 
     @dg.op(
         name="housekeeping",
         required_resource_keys=resource_keys,
-        description="Retire old done dynamic partitions, then purge finished runs: one horizon.",
+        description=(
+            "Retire old done dynamic partitions, purge finished runs (platform horizon), then "
+            "finished onboarding runs (the lane's short horizon)."
+        ),
     )
     def housekeeping(context: dg.OpExecutionContext, config: HousekeepingConfig) -> None:
         horizon = (
@@ -290,6 +359,16 @@ def build_housekeeping(
         purged = purge_runs(context.instance, horizon, dry_run=config.dry_run)
         meta["runs_purged"] = purged
         context.log.info(f"purged {purged} finished run(s) older than {horizon} days")
+        _purge_onboarding(context, config.onboarding_horizon_days, config.dry_run, meta)
+        context.add_output_metadata(meta)  # type: ignore[arg-type]
+
+    @dg.op(
+        name="purge_onboarding_runs",
+        description="Purge finished onboarding-lane runs older than the lane's short horizon.",
+    )
+    def purge_onboarding(context: dg.OpExecutionContext, config: OnboardingPurgeConfig) -> None:
+        meta: dict[str, object] = {"dry_run": config.dry_run}
+        _purge_onboarding(context, config.onboarding_horizon_days, config.dry_run, meta)
         context.add_output_metadata(meta)  # type: ignore[arg-type]
 
     @dg.job(
@@ -297,12 +376,26 @@ def build_housekeeping(
         description=(
             "Nightly retention: retire decided applicants' partitions and purge finished runs "
             f"older than the platform horizon ({retention_horizon_days()} days: the longest "
-            f"window an asset reads + {MARGIN_DAYS})."
+            f"window an asset reads + {MARGIN_DAYS}), and finished onboarding runs older than "
+            f"the lane's horizon (${ONBOARDING_HORIZON_ENV}, "
+            f"{DEFAULT_ONBOARDING_HORIZON_DAYS:g} days by default)."
         ),
         tags={"platform/lane": "batch", "dagster/max_runtime": "3600", **(tags or {})},
     )
     def housekeeping_job() -> None:
         housekeeping()
+
+    @dg.job(
+        name=ONBOARDING_PURGE_JOB_NAME,
+        description=(
+            "Hourly: purge finished onboarding-lane runs older than the lane's horizon "
+            f"(${ONBOARDING_HORIZON_ENV}, {DEFAULT_ONBOARDING_HORIZON_DAYS:g} days by default); "
+            "their decisions stay in the lake and on the decisions stream."
+        ),
+        tags={"platform/lane": "batch", "dagster/max_runtime": "3600", **(tags or {})},
+    )
+    def onboarding_purge_job() -> None:
+        purge_onboarding()
 
     job = housekeeping_job
     schedule = dg.ScheduleDefinition(
@@ -313,6 +406,36 @@ def build_housekeeping(
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Runs platform_housekeeping nightly; a failure alerts like any failed run.",
     )
+    onboarding_schedule = dg.ScheduleDefinition(
+        name=f"{ONBOARDING_PURGE_JOB_NAME}_schedule",
+        job=onboarding_purge_job,
+        cron_schedule=onboarding_cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            "Runs platform_onboarding_purge hourly, so one pass deletes an hour of onboarding "
+            "runs; a failure alerts like any failed run."
+        ),
+    )
     return dg.Definitions(
-        jobs=[job], schedules=[schedule], sensors=[build_retire_sensor(spec) for spec in retire]
+        jobs=[job, onboarding_purge_job],
+        schedules=[schedule, onboarding_schedule],
+        sensors=[build_retire_sensor(spec) for spec in retire],
+    )
+
+
+def _purge_onboarding(
+    context: dg.OpExecutionContext,
+    horizon_days: float | None,
+    dry_run: bool,
+    meta: dict[str, object],
+) -> None:
+    horizon = onboarding_run_horizon_days() if horizon_days is None else horizon_days
+    before = time.monotonic()
+    purged = purge_onboarding_runs(context.instance, horizon, dry_run=dry_run)
+    meta["onboarding_horizon_days"] = horizon
+    meta["onboarding_runs_purged"] = purged
+    context.log.info(
+        f"purged {purged} finished onboarding run(s) older than {horizon} days "
+        f"({time.monotonic() - before:.1f} s)"
     )

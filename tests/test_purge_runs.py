@@ -77,7 +77,7 @@ def test_housekeeping_job_retires_old_decided_applicants_and_purges_old_runs(
     young = [applicant("young user", now_ms - 86_400_000)]
     for key in old[:3]:  # the 4th old applicant was never decided: it keeps its partition
         redis_client.set(streams.DECIDED_PREFIX + key.rsplit("_", 1)[1], "1")
-    [job] = build_housekeeping([RETIRE_APPLICANTS]).jobs
+    [job] = [j for j in build_housekeeping([RETIRE_APPLICANTS]).jobs if j.name == JOB_NAME]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("applicants", sorted(old, key=lambda k: k[-15:]) + young)
         dg.materialize([tiny], instance=instance)
@@ -104,10 +104,10 @@ def test_a_failed_housekeeping_run_alerts(caplog: pytest.LogCaptureFixture) -> N
     from resources.redis_store import RedisResource
     from risk_assets.definitions import RETIRE_APPLICANTS
     from sensors.alerts import run_failure_alert_sensor
-    from sensors.housekeeping import build_housekeeping
+    from sensors.housekeeping import JOB_NAME, build_housekeeping
     from tests.conftest import free_port
 
-    [job] = build_housekeeping([RETIRE_APPLICANTS]).jobs
+    [job] = [j for j in build_housekeeping([RETIRE_APPLICANTS]).jobs if j.name == JOB_NAME]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("applicants", [applicant("u", 1_000_000_000_000)])
         dead_redis = RedisResource(url=f"redis://127.0.0.1:{free_port()}/0")
@@ -167,3 +167,145 @@ def test_retire_sensor_keeps_the_live_applicant_list_to_the_last_minutes(
         assert tick().skip_message.startswith("retired 2 ")  # resumed after it: done 3 and 4
         assert tick().skip_message.startswith("retired 0 ")  # reached "recent": starts over
         assert instance.get_dynamic_partitions("applicants") == [undecided, recent]
+
+
+# --- the onboarding lane's short horizon ---------------------------------------------------------
+
+ONBOARDING = {"platform/lane": "onboarding"}
+BATCH = {"platform/lane": "batch"}
+
+
+def backdate(instance: dg.DagsterInstance, run_ids: list[str], days: float) -> None:
+    """Move runs' creation time ``days`` back, as if they had run then."""
+    from datetime import timedelta
+
+    import sqlalchemy as db
+    from dagster._core.storage.runs.schema import RunsTable
+
+    with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(
+            db.select(RunsTable.c.run_id, RunsTable.c.create_timestamp).where(
+                RunsTable.c.run_id.in_(run_ids)
+            )
+        ).fetchall()
+        for run_id, created in rows:
+            conn.execute(
+                RunsTable.update()
+                .where(RunsTable.c.run_id == run_id)
+                .values(create_timestamp=created - timedelta(days=days))
+            )
+
+
+def test_onboarding_runs_go_after_the_lane_horizon_batch_runs_of_the_same_age_stay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from risk_assets.signups import RUN_TAGS
+    from sensors.housekeeping import (
+        ONBOARDING_HORIZON_ENV,
+        onboarding_run_horizon_days,
+        purge_onboarding_runs,
+    )
+
+    assert RUN_TAGS["platform/lane"] == ONBOARDING["platform/lane"]  # what the sensor tags
+    monkeypatch.delenv(ONBOARDING_HORIZON_ENV, raising=False)
+    assert onboarding_run_horizon_days() == 2
+    with dg.instance_for_test() as instance:
+        onboarding = [
+            dg.materialize([tiny], instance=instance, tags=RUN_TAGS).run_id for _ in range(3)
+        ]
+        batch = [dg.materialize([tiny], instance=instance, tags=BATCH).run_id for _ in range(2)]
+        untagged = dg.materialize([tiny], instance=instance).run_id
+        running = instance.create_run_for_job(
+            dg.Definitions(assets=[tiny]).resolve_implicit_global_asset_job_def(),
+            status=dg.DagsterRunStatus.STARTED,
+            tags=ONBOARDING,
+        )
+        in_3_days = time.time() + 3 * 86400
+        assert purge_onboarding_runs(instance) == 0  # younger than 2 days
+        assert purge_onboarding_runs(instance, dry_run=True, now=in_3_days) == 3
+        monkeypatch.setenv(ONBOARDING_HORIZON_ENV, "5")
+        assert purge_onboarding_runs(instance, now=in_3_days) == 0  # a longer lane horizon
+        monkeypatch.setenv(ONBOARDING_HORIZON_ENV, "2")
+        assert purge_onboarding_runs(instance, now=in_3_days, batch=2) == 3  # two batches
+        left = {r.run_id for r in instance.get_runs()}
+        assert left == {*batch, untagged, running.run_id}  # batch, untagged, unfinished stay
+        assert not any(instance.all_logs(run_id) for run_id in onboarding)
+        assert instance.all_logs(batch[0])  # the batch runs keep their event logs
+        assert purge_runs(instance, 35, now=in_3_days) == 0  # batch: the platform horizon
+        assert purge_runs(instance, 35, now=time.time() + 36 * 86400) == 3
+        assert [r.run_id for r in instance.get_runs()] == [running.run_id]
+        monkeypatch.setenv(ONBOARDING_HORIZON_ENV, "-1")
+        with pytest.raises(ValueError, match=">= 0"):
+            purge_onboarding_runs(instance)
+
+
+def test_hourly_onboarding_purge_job_and_the_nightly_job_apply_both_horizons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from risk_assets.definitions import defs
+    from sensors.housekeeping import (
+        JOB_NAME,
+        ONBOARDING_HORIZON_ENV,
+        ONBOARDING_PURGE_JOB_NAME,
+        build_housekeeping,
+    )
+
+    monkeypatch.delenv(ONBOARDING_HORIZON_ENV, raising=False)
+    assert defs.get_job_def(ONBOARDING_PURGE_JOB_NAME) is not None
+    [hourly] = [
+        s for s in defs.schedules or [] if s.name == f"{ONBOARDING_PURGE_JOB_NAME}_schedule"
+    ]
+    assert hourly.cron_schedule == "45 * * * *"
+    assert hourly.default_status == dg.DefaultScheduleStatus.RUNNING
+    jobs = {j.name: j for j in build_housekeeping().jobs}
+    with dg.instance_for_test() as instance:
+        ages = {"onboarding": [], "batch": []}  # 3 days old: past 2 days, within 35
+        for lane, tags in (("onboarding", ONBOARDING), ("batch", BATCH)):
+            ages[lane] = [
+                dg.materialize([tiny], instance=instance, tags=tags).run_id for _ in range(2)
+            ]
+            backdate(instance, ages[lane], 3)
+        fresh = dg.materialize([tiny], instance=instance, tags=ONBOARDING).run_id
+        result = jobs[ONBOARDING_PURGE_JOB_NAME].execute_in_process(instance=instance)
+        assert result.success
+        logs = "\n".join(e.message or "" for e in instance.all_logs(result.run_id))
+        assert "purged 2 finished onboarding run(s) older than 2.0 days" in logs
+        left = {r.run_id for r in instance.get_runs()}
+        assert left == {*ages["batch"], fresh, result.run_id}
+
+        old = dg.materialize([tiny], instance=instance, tags=ONBOARDING).run_id
+        backdate(instance, [old], 3)
+        result = jobs[JOB_NAME].execute_in_process(instance=instance)  # the nightly job too
+        assert result.success
+        logs = "\n".join(e.message or "" for e in instance.all_logs(result.run_id))
+        assert "purged 0 finished run(s) older than 35 days" in logs
+        assert "purged 1 finished onboarding run(s) older than 2.0 days" in logs
+        assert not instance.has_run(old) and all(instance.has_run(r) for r in ages["batch"])
+
+
+def test_purge_runs_script_takes_the_onboarding_horizon(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import nullcontext
+
+    import purge_runs as script
+
+    with dg.instance_for_test() as instance:
+        old = [
+            dg.materialize([tiny], instance=instance, tags=tags).run_id
+            for tags in (ONBOARDING, BATCH)
+        ]
+        backdate(instance, old, 1.5)
+
+        def run(*argv: str) -> str:
+            script.main(list(argv), instance_factory=lambda: nullcontext(instance))
+            return capsys.readouterr().out
+
+        out = run("--onboarding-only", "--dry-run")
+        assert "would delete 0 finished onboarding run(s) older than 2.0 day(s)" in out
+        out = run("--onboarding-only", "--onboarding-horizon-days", "1", "--dry-run")
+        assert "would delete 1 finished onboarding run(s) older than 1.0 day(s)" in out
+        out = run("--runs-only", "--onboarding-horizon-days", "1")
+        assert "did delete 0 finished run(s) older than 35 day(s)" in out
+        assert "did delete 1 finished onboarding run(s) older than 1.0 day(s)" in out
+        assert [r.run_id for r in instance.get_runs()] == [old[1]]  # the batch run stays
