@@ -9,3 +9,10 @@
 Each module ends with ``defs = dg.Definitions(...)``; ``near_assets/definitions.py`` merges them.
 Tables are declared in ``near_assets.tables``.
 """
+
+import dagster as dg
+
+GROUP = "models"
+KINDS = {"pandas", "parquet"}
+RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
+"""Group, kinds and retry policy every model asset shares."""

@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from near_assets.models import GROUP, KINDS, RETRY
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import hdp
 from near_assets.science.cleaning import clean_pings
@@ -36,10 +37,7 @@ from publishing.wap import (
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 
-GROUP = "models"
-KINDS = {"pandas", "parquet"}
 WINDOW_DAYS = hdp.HdpParams.window_days
-RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 PREVIOUS_DAYS = dg.TimeWindowPartitionMapping(
     start_offset=-(WINDOW_DAYS - 1), end_offset=-1, allow_nonexistent_upstream_partitions=True
 )

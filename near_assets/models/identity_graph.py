@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from near_assets.models import GROUP, KINDS, RETRY
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import identity
 from near_assets.tables import HOME_LOCATION, IDENTITY_GRAPH, STAY_POINTS, published_asset_args
@@ -31,10 +32,7 @@ from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 from resources.settings import lake_timezone
 
-GROUP = "models"
-KINDS = {"pandas", "parquet"}
 WINDOW_DAYS = 7
-RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 WINDOW_MAPPING = dg.TimeWindowPartitionMapping(
     start_offset=-(WINDOW_DAYS - 1), allow_nonexistent_upstream_partitions=True
 )

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from near_assets.models import GROUP, KINDS, RETRY
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import history
 from near_assets.science.visits import VISIT_COLUMNS
@@ -30,10 +31,7 @@ from publishing.wap import (
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
 
-GROUP = "models"
-KINDS = {"pandas", "parquet"}
 LONGEST = max(history.WINDOWS)
-RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 VISITS_MAPPING = dg.TimeWindowPartitionMapping(
     start_offset=-LONGEST, allow_nonexistent_upstream_partitions=True
 )
