@@ -23,7 +23,12 @@ from near_assets import (  # noqa: E402
     profiles,
     reference,
 )
-from near_assets.models import high_density_points, identity_graph, visit_history  # noqa: E402
+from near_assets.models import (  # noqa: E402
+    high_density_points,
+    identity_graph,
+    place_boundaries,
+    visit_history,
+)
 from resources import shared_resources  # noqa: E402
 from resources.spark import SparkResource  # noqa: E402
 from sensors import platform_sensors  # noqa: E402
@@ -70,6 +75,7 @@ defs = with_code_references(
         visit_history.defs,
         high_density_points.defs,
         identity_graph.defs,
+        place_boundaries.defs,
         campaigns.defs,
         insights.defs,
         audience.defs,

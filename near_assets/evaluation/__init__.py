@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from near_assets.evaluation import audience, campaigns, mobility
+from near_assets.evaluation import audience, campaigns, mobility, models, places
 from near_assets.tables import TRUTH
 from resources.lake import LakeResource
 
-checks = [*mobility.checks, *audience.checks, *campaigns.checks]
+checks = [*mobility.checks, *audience.checks, *campaigns.checks, *models.checks, *places.checks]
 
 
 def has_truth(lake: LakeResource) -> bool:

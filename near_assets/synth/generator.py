@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -158,6 +158,25 @@ def _observation(seed: int, devices: int, days: int, profile: Profile) -> np.nda
     return np.concatenate(blocks, axis=1)
 
 
+PANEL_SHARE_MAX = 0.05
+
+
+def scale_population(city: City, devices: int) -> City:
+    """A bigger city (every area's population times a whole factor) for panels above 5 %.
+
+    Real panels are a few percent of the population; a Near-sized day (hundreds of thousands of
+    devices) would otherwise hold most of the city. Panels up to 5 % keep the city unchanged, so
+    smaller outputs are the same as before.
+    """
+    total = int(city.population.sum())
+    factor = int(np.ceil(devices / (PANEL_SHARE_MAX * total)))
+    if factor <= 1:
+        return city
+    population = city.population * factor
+    areas = city.areas.assign(population=city.areas["population"] * factor)
+    return replace(city, population=population, areas=areas)
+
+
 def build_world(
     seed: int,
     devices: int,
@@ -182,6 +201,7 @@ def build_world(
     ZoneInfo(timezone)
     prof = PROFILES[profile]
     city = build_city(seed, frame=Frame(prof.center_lat, prof.center_lon))
+    city = scale_population(city, devices)
     panel = build_panel(seed, city, devices, prof)
     plan = None
     if people:
