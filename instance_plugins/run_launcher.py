@@ -36,6 +36,26 @@ imported the code once and forks a run worker per run (tens of milliseconds).
   its own host's canceling warm runs), and a run nobody signals is failed by run monitoring's
   ``cancel_timeout_seconds``. Each worker is signalled once (``SIGNALLED_TAG``).
 
+- ``delegate`` (optional, ``{module, class, config}`` like any ``ConfigurableClass`` in
+  ``dagster.yaml``): the run launcher every run that is not on a warm lane is handed to (e.g.
+  ``dagster_aws.ecs.EcsRunLauncher``: batch runs in their own ECS task). It is built when this
+  launcher is built (a wrong module, class or config fails there, with a message that says what
+  to fix), gets the same instance, and receives ``launch_run``, ``terminate``,
+  ``check_run_worker_health``, ``resume_run``, ``get_run_worker_debug_info``, ``join`` and
+  ``dispose`` for its runs. Without ``delegate`` those runs go through the code server as with
+  :class:`~dagster.DefaultRunLauncher`. A warm-lane run the warm path cannot start (its parent
+  is warming up) still goes through the code server, never to the delegate (an ECS task takes
+  30-90 s to start; the code server about 5 s).
+- Which launcher took a run is the run tag ``LAUNCHED_BY_TAG`` (``platform/launched_by``:
+  ``warm``, ``code_server`` or ``delegate``), written at launch (before the delegate is called),
+  so ``terminate`` and the health check reach the right launcher from any process and after a
+  restart. A run without it (launched before the tag existed) is ``warm`` when it has a worker
+  pid, else ``code_server``. A pid is only ever read or signalled for a ``warm`` run of this
+  host: Dagster's run retries copy the parent run's tags to the retry, so a retry of a warm run
+  arrives with the dead parent worker's pid and host; the launch overwrites those tags (empty
+  values count as absent), and a retry launched by the delegate or the code server is never
+  signalled or health-checked by that stale pid.
+
 Configure in ``dagster.yaml``::
 
     run_launcher:
@@ -45,6 +65,10 @@ Configure in ``dagster.yaml``::
         lanes: [onboarding]
         preload: [risk_assets.definitions]
         warm_imports: [pandas, pyarrow.parquet]
+        delegate:                        # optional: every other lane
+          module: dagster_aws.ecs
+          class: EcsRunLauncher
+          config: {task_definition: ..., container_name: run}
 """
 
 from __future__ import annotations
@@ -61,8 +85,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterRunStatus, DefaultRunLauncher, Field, QueuedRunCoordinator
-from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster import DagsterRunStatus, DefaultRunLauncher, Field, Permissive, QueuedRunCoordinator
+from dagster._core.launcher.base import (
+    CheckRunHealthResult,
+    LaunchRunContext,
+    ResumeRunContext,
+    RunLauncher,
+    WorkerStatus,
+)
 from dagster._serdes import serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
@@ -72,6 +102,9 @@ PID_TAG = "platform/run_worker_pid"
 CREATED_TAG = "platform/run_worker_created"
 HOST_TAG = "platform/run_worker_host"
 SIGNALLED_TAG = "platform/run_worker_signalled"
+WORKER_TAGS = (PID_TAG, CREATED_TAG, HOST_TAG, SIGNALLED_TAG)
+LAUNCHED_BY_TAG = "platform/launched_by"
+WARM, CODE_SERVER, DELEGATE = "warm", "code_server", "delegate"
 CANCEL_POLL_S = 2.0
 WARM_START_TIMEOUT_S = 120.0
 WARM_RETRY_AFTER_S = 60.0  # after a parent failed to start, runs launch cold this long
@@ -241,8 +274,68 @@ class WarmParent:
             self._stop()
 
 
+class InvalidDelegateError(ValueError):
+    """``run_launcher.config.delegate`` names no usable run launcher (the message says why)."""
+
+
+KNOWN_LAUNCHERS = (
+    "'dagster' (DefaultRunLauncher), 'dagster_aws.ecs' (EcsRunLauncher), "
+    "'dagster_k8s' (K8sRunLauncher), 'dagster_docker' (DockerRunLauncher)"
+)
+
+
+def build_delegate(spec: Mapping[str, Any]) -> RunLauncher:
+    """Build the run launcher ``{module, class, config}`` describes, as ``dagster.yaml`` would."""
+    import importlib
+
+    import yaml
+    from dagster._core.errors import DagsterInvalidConfigError
+    from dagster._serdes import ConfigurableClass
+
+    module_name, class_name = spec["module"], spec["class"]
+    where = f"run_launcher.config.delegate ({module_name}.{class_name})"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidDelegateError(
+            f"{where}: cannot import module {module_name!r} ({exc}). `module` is the module that "
+            f"defines the launcher, e.g. {KNOWN_LAUNCHERS}; its package must be installed."
+        ) from exc
+    klass = getattr(module, class_name, None)
+    launchers = sorted(
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, type)
+        and issubclass(value, RunLauncher)
+        and issubclass(value, ConfigurableClass)
+        and not issubclass(value, WarmRunLauncher)
+    )
+    if not (
+        isinstance(klass, type)
+        and issubclass(klass, RunLauncher)
+        and issubclass(klass, ConfigurableClass)
+    ):
+        found = "is not a run launcher" if klass is not None else "does not exist"
+        raise InvalidDelegateError(
+            f"{where}: class {class_name!r} {found} in module {module_name!r}; configurable run "
+            f"launchers there: {', '.join(launchers) or f'none (e.g. {KNOWN_LAUNCHERS})'}."
+        )
+    if issubclass(klass, WarmRunLauncher):
+        raise InvalidDelegateError(f"{where}: the delegate cannot itself be a WarmRunLauncher.")
+    data = ConfigurableClassData(
+        module_name, class_name, yaml.safe_dump(dict(spec.get("config") or {}))
+    )
+    try:
+        return data.rehydrate(as_type=klass)
+    except DagsterInvalidConfigError as exc:
+        raise InvalidDelegateError(f"{where}: invalid `config`: {exc}") from exc
+    except Exception as exc:  # the launcher's own constructor (e.g. an AWS call) failed
+        raise InvalidDelegateError(f"{where}: could not be built: {exc!r}") from exc
+
+
 class WarmRunLauncher(DefaultRunLauncher):
-    """Launch the configured lanes' runs in forked warm workers; others like the default."""
+    """Launch the configured lanes' runs in forked warm workers; others through the delegate
+    (``delegate``) or, without one, through the code server like the default launcher."""
 
     def __init__(
         self,
@@ -251,12 +344,14 @@ class WarmRunLauncher(DefaultRunLauncher):
         lane_tag: str = "platform/lane",
         preload: Sequence[str] = (),
         warm_imports: Sequence[str] = (),
+        delegate: RunLauncher | None = None,
     ) -> None:
         super().__init__(inst_data=inst_data)
         self.preload = tuple(preload)
         self.warm_imports = tuple(warm_imports)
         self.lanes = frozenset(lanes)
         self.lane_tag = lane_tag
+        self.delegate = delegate
         self._parents: dict[CodeKey, WarmParent] = {}
         self._parents_lock = threading.Lock()
         self._host = socket.gethostname()
@@ -270,22 +365,45 @@ class WarmRunLauncher(DefaultRunLauncher):
             "lane_tag": Field(str, is_required=False, default_value="platform/lane"),
             "preload": Field([str], is_required=False, default_value=[]),
             "warm_imports": Field([str], is_required=False, default_value=[]),
+            "delegate": Field(
+                {"module": str, "class": str, "config": Field(Permissive(), is_required=False)},
+                is_required=False,
+                description="The run launcher (any configurable one) of the runs not on a warm "
+                "lane; unset: through the code server, as DefaultRunLauncher.",
+            ),
         }
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> WarmRunLauncher:
+        spec = config_value.get("delegate")
         return cls(
             inst_data=inst_data,
             lanes=config_value.get("lanes", ["onboarding"]),
             lane_tag=config_value.get("lane_tag", "platform/lane"),
             preload=config_value.get("preload", []),
             warm_imports=config_value.get("warm_imports", []),
+            delegate=build_delegate(spec) if spec else None,
         )
+
+    @property
+    def delegate_name(self) -> str:
+        kind = type(self.delegate) if self.delegate is not None else None
+        return f"{kind.__module__}.{kind.__qualname__}" if kind else "no delegate"
 
     def wants_warm(self, tags: Mapping[str, str]) -> bool:
         return tags.get(self.lane_tag) in self.lanes
+
+    @staticmethod
+    def launched_by(run) -> str:
+        """Which launcher took ``run``: ``warm``, ``code_server`` or ``delegate``."""
+        route = run.tags.get(LAUNCHED_BY_TAG)
+        if route in (WARM, CODE_SERVER, DELEGATE):
+            return route
+        if route is None and run.tags.get(PID_TAG):  # launched before the tag existed
+            return WARM
+        return CODE_SERVER
 
     def _parent(self, key: CodeKey) -> WarmParent:
         with self._parents_lock:
@@ -294,13 +412,31 @@ class WarmRunLauncher(DefaultRunLauncher):
                 self._parents[key] = WarmParent(key, ref, self.warm_imports)
             return self._parents[key]
 
+    def _route(self, run, route: str) -> None:
+        """Record ``route`` on ``run``, dropping worker tags a retried run copied from its parent."""
+        tags = {LAUNCHED_BY_TAG: route}
+        tags.update({t: "" for t in WORKER_TAGS if run.tags.get(t)})
+        self._instance.add_run_tags(run.run_id, tags)
+
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
+        if not self.wants_warm(run.tags):
+            if self.delegate is not None:
+                self._route(run, DELEGATE)  # before the launch: terminate finds it meanwhile
+                self.delegate.launch_run(context)
+            else:
+                self._route(run, CODE_SERVER)
+                super().launch_run(context)
+            return
         origin = run.job_code_origin
         key = code_key(origin.repository_origin) if origin is not None else None
-        if key is None or not self.wants_warm(run.tags):
+        if key is None:
+            self._route(run, CODE_SERVER)
             super().launch_run(context)
             return
+        if any(run.tags.get(t) for t in (LAUNCHED_BY_TAG, *WORKER_TAGS)):
+            # a retry carries its parent's tags: never let the parent's worker be seen meanwhile
+            self._route(run, CODE_SERVER)
         try:
             worker = self._parent(key).fork_run(
                 run.run_id, serialize_value(self._instance.get_ref())
@@ -311,20 +447,25 @@ class WarmRunLauncher(DefaultRunLauncher):
                 run,
                 cls=self.__class__,
             )
+            self._route(run, CODE_SERVER)
             super().launch_run(context)
             return
         self._instance.add_run_tags(
             run.run_id,
             {
+                LAUNCHED_BY_TAG: WARM,
                 PID_TAG: str(worker["pid"]),
                 CREATED_TAG: repr(worker["create_time"]),
                 HOST_TAG: self._host,
+                **({SIGNALLED_TAG: ""} if run.tags.get(SIGNALLED_TAG) else {}),
             },
         )
         self._run_ids.add(run.run_id)
 
     def register_instance(self, instance) -> None:
         super().register_instance(instance)
+        if self.delegate is not None:
+            self.delegate.register_instance(instance)
         if _is_daemon_process():
             if self.preload:
                 self._warm_preloads()
@@ -356,7 +497,7 @@ class WarmRunLauncher(DefaultRunLauncher):
         n = 0
         for record in records:
             run = record.dagster_run
-            if PID_TAG in run.tags and SIGNALLED_TAG not in run.tags:
+            if self.is_local(run) and not run.tags.get(SIGNALLED_TAG):
                 n += self._signal_local(run)
         return n
 
@@ -364,6 +505,8 @@ class WarmRunLauncher(DefaultRunLauncher):
         """Signal ``run``'s worker on this host once (SIGINT: Dagster's own cancellation)."""
         import signal
 
+        if not self.is_local(run):  # never a pid of another host, a delegate's or a stale one
+            return False
         if not tagged:
             self._instance.add_run_tags(run.run_id, {SIGNALLED_TAG: repr(time.time())})
         if self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
@@ -373,8 +516,12 @@ class WarmRunLauncher(DefaultRunLauncher):
         return True
 
     def is_local(self, run) -> bool:
-        """True when ``run``'s warm worker was forked on this host."""
-        return run.tags.get(HOST_TAG) == self._host
+        """True when ``run`` is a warm run whose worker was forked on this host."""
+        return (
+            self.launched_by(run) == WARM
+            and bool(run.tags.get(PID_TAG))
+            and run.tags.get(HOST_TAG) == self._host
+        )
 
     def _warm_preloads(self) -> None:
         """Start the configured modules' warm parents (in the background) before their first run."""
@@ -383,13 +530,22 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     @property
     def supports_check_run_worker_health(self) -> bool:
-        return True
+        return True  # warm runs always; a delegate's runs when it can, else "not checked"
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
         import psutil
 
+        route = self.launched_by(run)
+        if route == DELEGATE:
+            if self.delegate is not None and self.delegate.supports_check_run_worker_health:
+                return self.delegate.check_run_worker_health(run)
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING,
+                f"launched by the delegate run launcher ({self.delegate_name}), which has no "
+                "worker health check: not checked",
+            )
         pid = run.tags.get(PID_TAG)
-        if pid is None:
+        if route != WARM or not pid:
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, "launched through the code server: not checked"
             )
@@ -415,9 +571,46 @@ class WarmRunLauncher(DefaultRunLauncher):
             run_worker_id=pid,
         )
 
+    def get_run_worker_debug_info(self, run, include_container_logs: bool | None = True):
+        if self.launched_by(run) == DELEGATE and self.delegate is not None:
+            return self.delegate.get_run_worker_debug_info(run, include_container_logs)
+        return None
+
+    @property
+    def supports_resume_run(self) -> bool:
+        return self.delegate is not None and self.delegate.supports_resume_run
+
+    def resume_run(self, context: ResumeRunContext) -> None:
+        run = context.dagster_run
+        route = self.launched_by(run)
+        if route == DELEGATE and self.delegate is not None and self.delegate.supports_resume_run:
+            self.delegate.resume_run(context)
+            return
+        who = f"the delegate ({self.delegate_name})" if route == DELEGATE else f"{route!r}"
+        raise NotImplementedError(
+            f"Run {run.run_id} was launched by {who}, which cannot resume a run; it is failed "
+            "instead (run retries re-execute it)."
+        )
+
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
-        if run is None or PID_TAG not in run.tags:
+        if run is None:
+            return super().terminate(run_id)
+        route = self.launched_by(run)
+        if route == DELEGATE:
+            if self.delegate is not None:
+                return self.delegate.terminate(run_id)
+            if run.is_finished:
+                return False
+            self._instance.report_run_canceling(run)
+            self._instance.report_engine_event(
+                "The run was launched by a delegate run launcher, which this instance's "
+                "WarmRunLauncher has no `delegate` for: the termination request cannot be sent.",
+                run,
+                cls=self.__class__,
+            )
+            return False
+        if route != WARM or not run.tags.get(PID_TAG):
             return super().terminate(run_id)
         if run.is_finished:
             return False
@@ -436,12 +629,19 @@ class WarmRunLauncher(DefaultRunLauncher):
         self._signal_local(run, tagged=True)
         return True
 
+    def join(self, timeout: int = 30) -> None:
+        super().join(timeout)
+        if self.delegate is not None:
+            self.delegate.join(timeout)
+
     def dispose(self) -> None:
         self._stop_watch.set()
         with self._parents_lock:
             for parent in self._parents.values():
                 parent.close()
             self._parents.clear()
+        if self.delegate is not None:
+            self.delegate.dispose()
 
 
 class WarmQueuedRunCoordinator(QueuedRunCoordinator):

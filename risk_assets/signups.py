@@ -25,6 +25,12 @@ tick:
    records them in Redis, adds one ``applicants`` partition each and requests one run each
    (launched at once: ``direct_lanes`` of the run coordinator in ``dagster.yaml``).
 
+The tick adds the partitions of all its batches itself, in one ``add_dynamic_partitions``
+call (which skips existing keys), before it returns its run requests, instead of returning an
+``AddDynamicPartitionsRequest`` per batch: Dagster's sensor daemon checks each requested key
+with its own query, 11.3 s for a tick of 500 new applicants against 0.06 s for the one call
+(SQLite, load average 30 on the shared 2-core machine). Its ticks list no added partitions.
+
 ``applicants`` partitions are short-lived: once an applicant is decided, the housekeeping retire
 sensor (``sensors/housekeeping.py``) deletes its partition after ``PLATFORM_RETIRE_AFTER_SECONDS``
 (600), so the partition list a multi-applicant run resolves stays bounded by the signups of the
@@ -229,12 +235,10 @@ def build_signup_sensor(listen_s: float | None = None) -> dg.SensorDefinition:
         if not plan.batches:
             return dg.SkipReason(summary)
         context.log.info(summary)
-        return dg.SensorResult(
-            run_requests=[batch_run_request(b) for b in plan.batches],
-            dynamic_partitions_requests=[
-                dg.AddDynamicPartitionsRequest(APPLICANTS, b.partitions) for b in plan.batches
-            ],
-        )
+        # one bulk insert per tick, before the runs that resolve these keys are requested
+        keys = list(dict.fromkeys(p for b in plan.batches for p in b.partitions))
+        context.instance.add_dynamic_partitions(APPLICANTS, keys)
+        return dg.SensorResult(run_requests=[batch_run_request(b) for b in plan.batches])
 
     return signup_sensor
 

@@ -72,8 +72,18 @@ def execute(instance, request: dg.RunRequest, redis_url, lake, bank=None, raise_
 
 
 def apply_partitions(instance, result) -> None:
-    for req in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    """The tick added its partitions itself (one bulk call) and asks the daemon for none."""
+    assert not result.dynamic_partitions_requests
+    keys = {
+        r.partition_key or r.tags["dagster/asset_partition_range_start"]
+        for r in result.run_requests
+    }
+    assert keys <= set(instance.get_dynamic_partitions("applicants"))
+
+
+def applicants(instance) -> list[str]:
+    """The ``applicants`` partition keys, in the order they were added."""
+    return list(instance.get_dynamic_partitions("applicants"))
 
 
 def decisions(client) -> list[dict]:
@@ -103,16 +113,16 @@ def test_sensor_requests_one_run_per_batch_with_run_key_partitions_and_lane_tags
     good, _ = push(redis_client, 3, bad=1)
     with dg.instance_for_test() as instance:
         result = tick(instance, redis_url)
+        keys = applicants(instance)  # added by the tick itself, in one call
     [request] = result.run_requests
-    [partitions] = result.dynamic_partitions_requests
-    assert partitions.partitions_def_name == "applicants"
-    assert [k.rsplit("_", 1)[1] for k in partitions.partition_keys] == good
-    assert all(" " not in k and "/" not in k for k in partitions.partition_keys)
+    assert not result.dynamic_partitions_requests
+    assert [k.rsplit("_", 1)[1] for k in keys] == good
+    assert all(" " not in k and "/" not in k for k in keys)
     assert request.run_key == f"onboarding:{good[0]}"
     assert request.tags["platform/lane"] == "onboarding"
     assert int(request.tags["dagster/priority"]) > 0
-    assert request.tags["dagster/asset_partition_range_start"] == partitions.partition_keys[0]
-    assert request.tags["dagster/asset_partition_range_end"] == partitions.partition_keys[-1]
+    assert request.tags["dagster/asset_partition_range_start"] == keys[0]
+    assert request.tags["dagster/asset_partition_range_end"] == keys[-1]
 
 
 def test_batches_are_capped_and_each_run_covers_a_contiguous_slice(redis_client) -> None:
@@ -154,12 +164,12 @@ def test_new_instance_rerequests_an_undecided_batch_under_the_same_run_key(
     push(redis_client, 2)
     with dg.instance_for_test() as lost:
         first = tick(lost, redis_url)
+        first_keys = applicants(lost)
     with dg.instance_for_test() as fresh:
         again = tick(fresh, redis_url)
+        again_keys = applicants(fresh)
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
-    assert again.dynamic_partitions_requests[0].partition_keys == (
-        first.dynamic_partitions_requests[0].partition_keys
-    )
+    assert again_keys == first_keys and len(first_keys) == 2
 
 
 def test_onboarding_run_decides_each_applicant_and_publishes_once(
@@ -172,7 +182,7 @@ def test_onboarding_run_decides_each_applicant_and_publishes_once(
         run = execute(instance, result.run_requests[0], redis_url, tmp_lake)
         mats = instance.fetch_materializations(dg.AssetKey("decision"), limit=10).records
         # the decision asset runs again (a retry or a manual re-run): nothing new is published
-        keys = result.dynamic_partitions_requests[0].partition_keys
+        keys = applicants(instance)
         dg.materialize(
             ONBOARDING_ASSETS,
             instance=instance,
@@ -374,7 +384,7 @@ def test_each_applicant_runs_the_stages_of_its_band_and_is_decided_once(
         run = execute(instance, request, redis_url, tmp_lake)
         # the whole run again (a retry or a manual re-run): nothing new is published
         again = execute(instance, request, redis_url, tmp_lake)
-        keys = {p.split("_")[0]: p for p in result.dynamic_partitions_requests[0].partition_keys}
+        keys = {p.split("_")[0]: p for p in applicants(instance)}
 
         def materialized(asset: str) -> set[str]:
             parts = instance.get_materialized_partitions(dg.AssetKey(asset))

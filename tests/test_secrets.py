@@ -217,8 +217,6 @@ def test_a_full_onboarding_run_logs_no_secret(
         tick = build_signup_sensor(listen_s=0)(
             dg.build_sensor_context(instance=instance, resources={"redis": resources["redis"]})
         )
-        for req in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
         [request] = tick.run_requests
         result = dg.materialize(
             ONBOARDING_ASSETS,

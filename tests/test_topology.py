@@ -492,7 +492,7 @@ def test_production_topology_decides_signups_runs_a_partition_and_survives_a_dep
     top.wait_code_server("near-code")
     up = time.time()
     graphql(web, RELOAD, {"name": "near_assets"})
-    wait_for("the webserver to serve the restarted near_assets", top.loaded, 60, 1.0)
+    wait_for("the webserver to serve the restarted near_assets", top.loaded, 150, 1.0)
     after_up = len([t for t in top.ticks("risk_assets", "signup_sensor") if t > up])
     wait_for(
         "signup_sensor ticks after the deploy",
