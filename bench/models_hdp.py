@@ -29,29 +29,8 @@ import pandas as pd
 
 from near_assets.science import hdp
 from near_assets.science.cleaning import clean_pings
-from near_assets.science.stays import to_utc
 from near_assets.synth import generate
 from resources.lake import LakeResource
-
-
-def visit_ping_mask(pings: pd.DataFrame, stays: pd.DataFrame) -> np.ndarray:
-    """Pings of a device that fall inside one of its true POI stays."""
-    poi = stays[stays["kind"] == "poi"][["device_id", "start_ts", "end_ts"]].copy()
-    poi["start_ts"] = to_utc(poi["start_ts"])
-    poi["end_ts"] = to_utc(poi["end_ts"])
-    p = pings[["device_id", "ts"]].reset_index().sort_values("ts")
-    m = pd.merge_asof(
-        p,
-        poi.sort_values("start_ts"),
-        left_on="ts",
-        right_on="start_ts",
-        by="device_id",
-        direction="backward",
-    )
-    inside = (m["end_ts"].notna() & (m["ts"] <= m["end_ts"])).to_numpy()
-    out = np.zeros(len(pings), dtype=bool)
-    out[m["index"].to_numpy()[inside]] = True
-    return out
 
 
 def loadavg() -> list[str]:
@@ -86,20 +65,7 @@ def main() -> None:
         )
     planted = lake.read_parquet("truth/hdp")
     towers = np.array(lake.read_json("truth/panel.json")["high_density_points"])
-    everything = pd.concat(
-        [
-            planted[["hdp_id", "kind", "lat", "lon"]],
-            pd.DataFrame(
-                {
-                    "hdp_id": [f"legacy-{i}" for i in range(len(towers))],
-                    "kind": "legacy_tower",
-                    "lat": towers[:, 0],
-                    "lon": towers[:, 1],
-                }
-            ),
-        ],
-        ignore_index=True,
-    )
+    everything = hdp.planted_points(planted, towers)
     days = sorted(v.split("=", 1)[1] for v in lake.list_dirs("raw/pings"))
     cells, rows, listed_prev, active = [], [], None, {}
     for d in days:
@@ -117,14 +83,8 @@ def main() -> None:
         truth_rows = lake.read_parquet(f"truth/hdp_pings/date={d}")
         for h in truth_rows["hdp_id"].unique():
             active.setdefault(h, set()).add(d)
-        key = pd.MultiIndex.from_frame(pings[["device_id", "ts"]])
-        is_planted = key.isin(pd.MultiIndex.from_frame(truth_rows[["device_id", "ts"]]))
-        legacy = np.zeros(len(pings), bool)
-        for la, lo in towers:
-            legacy |= (pings["lat"].to_numpy() == la) & (pings["lon"].to_numpy() == lo)
-        genuine = ~is_planted & ~legacy
         stays = lake.read_parquet(f"truth/stays/date={d}")
-        visit = visit_ping_mask(pings, stays) & genuine
+        is_planted, genuine, visit = hdp.ping_classes(pings, truth_rows, stays, towers)
         fixed, _ = clean_pings(raw, date.fromisoformat(d))  # the 50-device rule
         fixed_kept = pd.MultiIndex.from_frame(fixed[["device_id", "ts", "lat"]])
         fixed_removed = ~pd.MultiIndex.from_frame(pings[["device_id", "ts", "lat"]]).isin(
@@ -140,11 +100,7 @@ def main() -> None:
         }
         if listed_prev is not None:  # clean_pings of day D applies the list of D-1
             removed = hdp.on_hdp(pings["lat"], pings["lon"], listed_prev, params.cell_deg)
-            row |= {
-                "planted_pings_removed": round(float(removed[is_planted].mean()), 4),
-                "genuine_visit_pings_removed": round(float(removed[visit].mean()), 5),
-                "genuine_pings_removed": round(float(removed[genuine].mean()), 5),
-            }
+            row |= hdp.removal_shares(removed, is_planted, genuine, visit)
         row |= {
             "fixed_rule_planted_removed": round(float(fixed_removed[is_planted].mean()), 4),
             "fixed_rule_genuine_visit_removed": round(float(fixed_removed[visit].mean()), 5),
@@ -152,29 +108,14 @@ def main() -> None:
         rows.append(row)
         listed_prev = listed
 
-    precise, found = hdp.match_planted(listed_prev, everything)
-    window = days[-params.window_days :]
-    eligible = everything["hdp_id"].map(
-        lambda h: (
-            len(active.get(h, set()) & set(window)) >= params.min_days
-            if not h.startswith("legacy")
-            else True
-        )
+    score = hdp.score_list(
+        listed_prev, everything, active, days[-params.window_days :], params.min_days
     )
-    recall_kind = (
-        everything.assign(found=found)[eligible.to_numpy()].groupby("kind")["found"].mean()
-    )
-    near = planted["near_poi_id"].notna().to_numpy()
     summary = {
         "devices": args.devices,
         "days": len(days),
         "params": params.as_dict(),
-        "listed": len(listed_prev),
-        "precision": round(float(precise.mean()), 4) if len(precise) else None,
-        "recall": round(float(found[eligible.to_numpy()].mean()), 4),
-        "recall_by_kind": {k: round(float(v), 4) for k, v in recall_kind.items()},
-        "recall_beside_busy_pois": round(float(found[: len(planted)][near].mean()), 4),
-        "planted": int(eligible.sum()),
+        **score,
         "genuine_visit_pings_removed_mean": round(
             float(np.mean([r["genuine_visit_pings_removed"] for r in rows[1:]])), 5
         ),

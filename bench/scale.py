@@ -228,6 +228,7 @@ def run_engine(
     master: str,
     redis_port: int,
     select: tuple[str, ...] = CHAIN,
+    driver_memory: str = "2g",
 ) -> dict[str, Any]:
     """The chain on ``engine`` through the CLI, on a copy of the lake; figures per step."""
     import redis
@@ -245,6 +246,7 @@ def run_engine(
         "LAKE_ROOT": str(folder / "lake"),
         "NEAR_ENGINE": engine,
         "SPARK_MASTER": master,
+        "SPARK_DRIVER_MEMORY": driver_memory,
         "EMBEDDED_REDIS_PORT": str(redis_port),
         "EMBEDDED_REDIS_DIR": str(folder / "redis"),
         "LAKE_START_DATE": os.environ.get("LAKE_START_DATE", "2024-01-01"),
@@ -385,6 +387,11 @@ def main() -> int:
     parser.add_argument("--engines", default="spark,pandas")
     parser.add_argument("--root", default="/tmp/bench-scale", help="lakes and DAGSTER_HOMEs")
     parser.add_argument("--master", default=os.environ.get("SPARK_MASTER", "local[*]"))
+    parser.add_argument(
+        "--driver-memory",
+        default=os.environ.get("SPARK_DRIVER_MEMORY"),
+        help="local Spark driver heap (SPARK_DRIVER_MEMORY; default 2g, 6g above 10 M pings)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--redis-port", type=int, default=6397, help="embedded Redis of the runs")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -400,11 +407,13 @@ def main() -> int:
 
     root = Path(args.root)
     label = f"{args.pings / 1e6:g}M"
+    driver_memory = args.driver_memory or ("6g" if args.pings > 10e6 else "2g")
     print(f"load average at start: {load()}")
     info = generate_day(root / f"day-{label}", args.pings, args.seed)
     print(
         f"day {DAY}: {info['raw_pings']:,} raw pings, {info['devices']:,} devices "
-        f"(generated in {info['generate_s']} s); master {args.master}"
+        f"(generated in {info['generate_s']} s); master {args.master}, driver memory "
+        f"{driver_memory}"
     )
     cost_model = load_cost_model()
     results: dict[str, dict[str, Any]] = {}
@@ -418,6 +427,7 @@ def main() -> int:
             args.master,
             args.redis_port,
             select,
+            driver_memory,
         )
         results[engine] = result
         per_step[engine] = report(result, cost_model)

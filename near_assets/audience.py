@@ -11,7 +11,7 @@ Restore: ``uv run python scripts/restore.py audience_estimates --date D``.
 import json
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
@@ -19,10 +19,13 @@ import pandas as pd
 
 from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions, external_assets
+from near_assets.people import IDENTITY_DEP, Graphs, graph_day
+from near_assets.people import IGNORE as IGNORE_IDENTITY
 from near_assets.reference import load_reference_areas, load_validated
 from near_assets.science.audience import (
     DETECTION_COLUMNS,
     DetectionParams,
+    as_people,
     daily_ht,
     detection_rates,
     project_audience,
@@ -31,12 +34,14 @@ from near_assets.science.audience import (
 from near_assets.science.reference import validate_pois
 from near_assets.spark_jobs import AUDIENCE
 from near_assets.spark_jobs.apply_by_device import BASE_CONF
+from near_assets.spark_jobs.profiles_launch import SparkPlaces, spark_places
 from near_assets.tables import (
     AUDIENCE_ESTIMATES,
     AUDIENCE_REDIS_KEY,
     CLEAN_PINGS,
     DEMOGRAPHICS,
     ENGINE_OUTPUT,
+    IDENTITY_GRAPH,
     RAW_PINGS,
     REFERENCE_POIS,
     STAY_POINTS,
@@ -79,6 +84,7 @@ HISTORY_DAYS = 6
 # mapping): a trailing mapping would make eager automation wait for every trailing day, so one
 # missing raw day would hold the estimates back for a week. The trailing reads use what exists.
 UPSTREAM = ("raw_pings", "clean_pings", "stay_points", "visits", "demographics")
+
 
 AUDIENCE_JOB = AUDIENCE
 """The Spark engine's job script (``near_assets/spark_jobs/audience.py``)."""
@@ -219,6 +225,41 @@ class AudienceConfig(EngineConfig):
     """Trailing days blended with today's estimate (0: today's Horvitz-Thompson alone)."""
     detection_correction: bool = True
     """Divide each panel visitor by the estimated visit-detection rate of their device."""
+    count: Literal["devices", "people"] = "devices"
+    """What a distinct visitor is: a panel device, or a person (devices mapped to ``person_id``
+    by the latest ``identity_graph`` of D-6 .. D; a device absent from it is its own person)."""
+
+
+class PeopleMapper:
+    """``science.audience.as_people`` with each day's graph (``near_assets.people``)."""
+
+    def __init__(self, lake: LakeResource):
+        self.graphs = Graphs(lake)
+
+    def __call__(
+        self,
+        day: str,
+        visits: pd.DataFrame,
+        homes: pd.DataFrame,
+        active: Any,
+        detection: pd.DataFrame | None,
+    ) -> tuple[pd.DataFrame, pd.DataFrame, Any, pd.DataFrame | None]:
+        return as_people(visits, homes, active, detection, self.graphs.of(day)[0])
+
+
+def people_meta(
+    unit: str, graph: str | None, visitor_devices: int | None, visitors: int, active: Any
+) -> dict[str, Any]:
+    """The counted unit and, counting people, the graph used and the devices->people ratio."""
+    if unit != "people":
+        return {"count_unit": "devices"}
+    return {
+        "count_unit": "people",
+        "identity_graph_day": graph or "none (every device its own person)",
+        "panel_visitor_devices": visitor_devices,
+        "devices_per_person": round(visitor_devices / visitors, 4) if visitors else None,
+        "active_people": active,
+    }
 
 
 def day_detection(
@@ -272,14 +313,19 @@ def trailing_history(
     areas: pd.DataFrame,
     pois: pd.Series,
     quarantined: frozenset[str] = frozenset(),
+    people: PeopleMapper | None = None,
 ) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
-    """``daily_ht`` estimates and weighted panel visitors of the trailing days that have data."""
+    """``daily_ht`` estimates and weighted panel visitors of the trailing days that have data
+    (``people``: persons counted, each day with its own graph)."""
     history, pairs = [], []
     for d in trailing_days(day, max(config.history_days, 0)):
         past = day_inputs(lake, d, quarantined)
         if past is not None:
             detection = day_detection(lake, d)[0] if config.detection_correction else None
-            per_poi, _, day_pairs = daily_ht(past[0], past[1], areas, pois, past[2], detection)
+            visits, homes, active = past
+            if people is not None:
+                visits, homes, active, detection = people(d, visits, homes, active, detection)
+            per_poi, _, day_pairs = daily_ht(visits, homes, areas, pois, active, detection)
             history.append(per_poi)
             pairs.append(day_pairs)
     return history, pairs
@@ -302,7 +348,21 @@ def estimate_day(
     detection, detection_summary = (
         day_detection(lake, day, refresh=True) if config.detection_correction else (None, {})
     )
-    history, history_pairs = trailing_history(lake, day, config, areas, pois, quarantined)
+    people = PeopleMapper(lake) if config.count == "people" else None
+    active_devices_n = None if active is None else len(active)
+    devices_with_home = len(homes)  # devices, whatever the unit counted
+    unit = {"count_unit": "devices"}
+    if people is not None:
+        visitor_devices = len(visits[["device_id", "poi_id"]].dropna().drop_duplicates())
+        visits, homes, active, detection = people(day, visits, homes, active, detection)
+        unit = people_meta(
+            "people",
+            people.graphs.of(day)[1],
+            visitor_devices,
+            len(visits[["device_id", "poi_id"]].dropna().drop_duplicates()),
+            None if active is None else len(active),
+        )
+    history, history_pairs = trailing_history(lake, day, config, areas, pois, quarantined, people)
     df = project_audience(
         visits,
         homes,
@@ -318,14 +378,15 @@ def estimate_day(
         "visited_pois": int((df["visitors"] > 0).sum()),
         "panel_visitors": int(df["visitors"].sum()),
         "projected_people": int(df["estimate"].sum()),
-        "devices_with_home_area": len(homes),
+        "devices_with_home_area": devices_with_home,
         "quarantined_reference_pois": len(quarantined),
         "history_days_blended": len(history),
-        "active_devices": None if active is None else len(active),
+        "active_devices": active_devices_n,
         "detection_correction": detection is not None,
         "mean_detection_rate": detection_summary.get("mean_detection_rate"),
         "detection_speed_mps": detection_summary.get("speed_mps"),
         "detection_mean_dwell_s": detection_summary.get("mean_dwell_s"),
+        **unit,
     }
     return df, clean_meta(metadata)
 
@@ -343,7 +404,7 @@ def _pings_key(lake: LakeResource, day: str) -> str | None:
 
 def spark_job_spec(
     lake: LakeResource,
-    spark: SparkResource,
+    places: SparkPlaces,
     days: Sequence[str],
     config: AudienceConfig,
     sides: dict[str, str],
@@ -353,10 +414,14 @@ def spark_job_spec(
 
     Detection is computed for every run day (``day_detection(refresh=True)`` in pandas) and for
     each trailing day without cached rates; HT sums for every day of every window; covariance
-    for every pair of days blended together (newer day first, as ``blend_with_history``)."""
+    for every pair of days blended together (newer day first, as ``blend_with_history``).
+    ``places`` tells where the job finds each key (staged first for local Spark on S3)."""
+    staged: dict[str, str] = {}
 
-    def uri(key: str) -> str:
-        return spark.spark_uri(lake, key)
+    def uri(key: str) -> str:  # an input, staged once however often the spec names it
+        if key not in staged:
+            staged[key] = places.input(key)
+        return staged[key]
 
     def has_data(d: str) -> bool:  # day_inputs is not None
         return d in days or VISITS.exists(lake, d) or DEMOGRAPHICS.exists(lake, d)
@@ -379,10 +444,11 @@ def spark_job_spec(
                         "rows": CLEAN_PINGS.rows(lake, d),
                         "stays": uri(STAY_POINTS.key(d)),
                         "visits": uri(VISITS.key(d)) if VISITS.exists(lake, d) else None,
-                        "out": uri(VISIT_DETECTION.key(d)),
+                        "out": places.output(VISIT_DETECTION.key(d)),
                     }
                 )
     detected = {item["day"] for item in detect}
+    staged |= {VISIT_DETECTION.key(item["day"]): item["out"] for item in detect}
     specs = []
     for d in needed:
         pings = _pings_key(lake, d)
@@ -398,6 +464,11 @@ def spark_job_spec(
                     if config.detection_correction and has_rates
                     else None
                 ),
+                "graph": (
+                    uri(IDENTITY_GRAPH.key(found))
+                    if config.count == "people" and (found := graph_day(lake, d))
+                    else None
+                ),
             }
         )
     pairs = {
@@ -408,7 +479,8 @@ def spark_job_spec(
         "correction": config.detection_correction,
         "areas": uri(sides["areas"]),
         "pois": uri(sides["pois"]),
-        "output": uri(output),
+        "output": places.output(output),
+        "count": config.count,
         "detect": detect,
         "days": specs,
         "pairs": sorted(pairs, reverse=True),
@@ -442,11 +514,14 @@ def estimate_days_spark(
         ),
         sides["pois"],
     )
-    spec = spark_job_spec(lake, spark, days, config, sides, output)
+    spec_key = f"{ENGINE_OUTPUT.key(f'{base}-spec')}/spec.json"
     try:
-        summary = spark.run_script(
-            context, AUDIENCE_JOB, ["--spec", json.dumps(spec)], job_conf=BASE_CONF
-        )
+        with spark_places(lake, spark) as places:
+            spec = spark_job_spec(lake, places, days, config, sides, output)
+            # the spec goes as a lake object: a month backfill's outgrows EMR's step arguments
+            lake.write_bytes(spec_key, json.dumps(spec, sort_keys=True).encode())
+            args = ["--spec", f"@{places.input(spec_key)}"]
+            summary = spark.run_script(context, AUDIENCE_JOB, args, job_conf=BASE_CONF)
         per_day = summary.get("days") or {}
         sums = {
             d: lake.read_parquet(f"{output}/date={d}", columns=["poi_id", *HT_SUMS])
@@ -456,7 +531,7 @@ def estimate_days_spark(
             figures["pairs"] = int(sums[d]["visitors"].sum())
             figures["homes"] = DEMOGRAPHICS.rows(lake, d)
     finally:
-        for key in (output, *sides.values()):
+        for key in (output, spec_key, *sides.values()):
             lake.delete(key)
     detection = summary.get("detection") or {}
     cov = summary.get("covariance") or {}
@@ -495,6 +570,13 @@ def estimate_days_spark(
                 "mean_detection_rate": found.get("mean_detection_rate"),
                 "detection_speed_mps": found.get("speed_mps"),
                 "detection_mean_dwell_s": found.get("mean_dwell_s"),
+                **people_meta(
+                    config.count,
+                    graph_day(lake, day) if config.count == "people" else None,
+                    per_day[day].get("visitor_devices"),
+                    int(frames[day]["visitors"].sum()),
+                    per_day[day].get("active_people"),
+                ),
             }
         )
     engine_meta = {
@@ -504,6 +586,7 @@ def estimate_days_spark(
         "spark_version": summary.get("spark_version"),
         "spark_master": summary.get("master"),
         "spark_detection_days": sorted(detection),
+        "spark_spec_bytes": len(json.dumps(spec, sort_keys=True)),
         **(summary.get("metadata") or {}),
     }
     return frames, metadata, clean_meta(engine_meta)
@@ -538,12 +621,13 @@ def redis_target(redis: RedisResource) -> RedisHashTarget:
     partitions_def=daily_partitions,
     deps=[
         *UPSTREAM,
+        IDENTITY_DEP,
         "reference_pois",
         "reference_areas",
     ],
     check_specs=audit_specs(AUDIENCE_ESTIMATES.name, audience_audits(), [REDIS_CHECK]),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=dg.AutomationCondition.eager().ignore(external_assets),
+    automation_condition=dg.AutomationCondition.eager().ignore(external_assets | IGNORE_IDENTITY),
     op_tags={"platform/lane": "batch"},
     kinds={"pandas", "spark", "redis"},
     **published_asset_args(AUDIENCE_ESTIMATES, freshness_policy=SERVING_FRESHNESS),
@@ -580,6 +664,11 @@ def audience_estimates(
     (``near_assets/spark_jobs/audience.py``) reads the pings, stays and visits, computes the
     detection rates and the per-POI Horvitz-Thompson sums of every day, and only those sums
     come back to be blended here (the same science and estimates as in-process pandas).
+
+    ``count: people`` (config; default ``devices``) counts distinct people instead of devices:
+    each device becomes its ``person_id`` in the latest ``identity_graph`` of D-6 .. D (a device
+    absent from it is its own person); metadata ``count_unit``, ``identity_graph_day`` and
+    ``devices_per_person`` (distinct visitor devices / distinct visitor people).
     """
     no_data = [why for day in context.partition_keys if (why := missing_input(lake, day))]
     if no_data:
@@ -595,9 +684,7 @@ def audience_estimates(
     quarantined = frozenset(rejected["row_id"].dropna().astype(str)) - set(pois)
     frames, metadata = {}, {}
     engine_meta: dict[str, Any] = {"engine": "pandas"}
-    if config.engine == "spark" and lake.backend == "s3" and spark.backend == "local":
-        context.log.warning("audience_estimates: local Spark on an S3 lake runs in pandas")
-    elif config.engine == "spark":
+    if config.engine == "spark":
         frames, metadata, engine_meta = estimate_days_spark(
             context, lake, spark, config, areas, pois, quarantined
         )

@@ -29,6 +29,7 @@ from near_assets.engine import EngineConfig
 from near_assets.partitions import daily_partitions, external_assets
 from near_assets.reference import load_reference_areas, load_reference_pois
 from near_assets.science.campaigns import (
+    HISTORY_READ,
     CampaignFileError,
     CampaignSpec,
     LiftEstimate,
@@ -39,6 +40,7 @@ from near_assets.science.campaigns import (
     insight_row,
     matched_lift,
     parse_campaign,
+    visits_between,
 )
 from near_assets.science.demographics import home_areas
 from near_assets.spark_jobs.profiles_launch import (
@@ -54,10 +56,11 @@ from near_assets.tables import (
     RAW_EXPOSURES,
     REFERENCE_CAMPAIGNS,
     REFERENCE_POIS,
+    VISIT_HISTORY,
     VISITS,
     published_asset_args,
 )
-from publishing.tables import day_range, publish_pool
+from publishing.tables import day_range, publish_pool, trailing_days
 from publishing.wap import Audit, audit_specs, has_columns, write_audit_publish
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
@@ -100,6 +103,19 @@ def load_home_areas(lake: LakeResource, preferred: list[str]) -> tuple[pd.DataFr
 
 
 @dataclass(frozen=True)
+class HistorySpans:
+    """The ``visit_history`` snapshots whose differences give the visits of the window and of
+    the pre-period: (end day, day before the span) each; ``pre`` None when the pre-period is
+    empty."""
+
+    window: tuple[str, str]
+    pre: tuple[str, str] | None
+
+    def days(self) -> list[str]:
+        return sorted({*self.window, *(self.pre or ())})
+
+
+@dataclass(frozen=True)
 class CampaignInputs:
     """What one measurement of a campaign reads: visits of the window (up to ``as_of``, the last
     day with visits) and of the pre-period, the panel's home areas, the exposed devices and the
@@ -118,14 +134,97 @@ class CampaignInputs:
     brand_pois: pd.Index
     exposed_count: int | None = None
     """Distinct devices exposed up to ``as_of`` when ``exposed`` is not loaded (Spark engine)."""
+    history: HistorySpans | None = None
+    """The ``visit_history`` snapshots read instead of the daily visits (None: the visits)."""
+
+
+@dataclass(frozen=True)
+class CampaignDays:
+    """The days one measurement reads, decided from Parquet footers (both engines): the window
+    (start, or the lake's first day, to ``today`` capped at the end) and the days of it with
+    visits (``present``; ``as_of`` is the last), the ``pre_days`` before the start and those with
+    visits, and the ``home_location`` days to try in order (latest pre-period day first, then the
+    window's days with visits)."""
+
+    window_days: list[str]
+    present: list[str]
+    pre_period: list[str]
+    pre_found: list[str]
+
+    @property
+    def as_of(self) -> date:
+        return date.fromisoformat(self.present[-1])
+
+    @property
+    def missing_window(self) -> list[str]:
+        return [d for d in self.window_days if d not in set(self.present)]
+
+    @property
+    def missing_pre(self) -> list[str]:
+        return [d for d in self.pre_period if d not in set(self.pre_found)]
+
+    @property
+    def home_candidates(self) -> list[str]:
+        return [*reversed(self.pre_period), *self.present]
+
+
+def campaign_days(
+    lake: LakeResource, spec: CampaignSpec, today: date, pre_days: int
+) -> CampaignDays:
+    """``CampaignDays`` of a measurement; fails (not retried) when no window day has visits."""
+    first_day = lake_first_day()
+    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
+    pre_period = day_range(
+        max(spec.start_date - timedelta(days=pre_days), first_day),
+        spec.start_date - timedelta(days=1),
+    )
+    days = CampaignDays(
+        window_days=window_days,
+        present=[d for d in window_days if VISITS.rows(lake, d) > 0],
+        pre_period=pre_period,
+        pre_found=[d for d in pre_period if VISITS.rows(lake, d) > 0],
+    )
+    if not days.present:
+        raise dg.Failure(
+            f"no visits yet in the window of {spec.campaign_id} "
+            f"({window_days[0] if window_days else '-'} .. "
+            f"{window_days[-1] if window_days else '-'}); "
+            f"missing days: {len(days.missing_window)}",
+            allow_retries=False,
+        )
+    return days
+
+
+def history_spans(lake: LakeResource, days: CampaignDays) -> HistorySpans | None:
+    """``HistorySpans`` when the history holds the measurement: no window or pre-period day is
+    missing its visits and the snapshots at the end of each span and on the day before it are
+    published (so a window starting on the lake's first day reads the visits)."""
+    if days.missing_window or days.missing_pre:
+        return None
+    (before_window,) = trailing_days(days.window_days[0], 1)
+    window = (days.present[-1], before_window)
+    pre = None
+    if days.pre_period:
+        (before_pre,) = trailing_days(days.pre_period[0], 1)
+        pre = (days.pre_period[-1], before_pre)
+    spans = HistorySpans(window=window, pre=pre)
+    return spans if all(VISIT_HISTORY.exists(lake, d) for d in spans.days()) else None
+
+
+def history_visits(lake: LakeResource, span: tuple[str, str] | None) -> pd.DataFrame:
+    """``visits_between`` the two snapshots of ``span`` (no span: no visits)."""
+    if span is None:
+        return pd.DataFrame({"device_id": [], "poi_id": [], "visits": []})
+    end, start = (VISIT_HISTORY.read(lake, d, HISTORY_READ) for d in span)
+    return visits_between(end, start)
 
 
 def load_inputs(
-    lake: LakeResource, spec: CampaignSpec, today: date, pre_days: int
+    lake: LakeResource, spec: CampaignSpec, today: date, pre_days: int, use_history: bool = True
 ) -> CampaignInputs:
     """The daily partitions of the window (from the start, or the lake's first day, to ``today``
     capped at the end) and of the ``pre_days`` before the start, read by partition key."""
-    cid, first_day = spec.campaign_id, lake_first_day()
+    cid = spec.campaign_id
     if today < spec.start_date:
         raise dg.Failure(
             f"campaign {cid} starts on {spec.start_date}; nothing to measure", allow_retries=False
@@ -146,23 +245,16 @@ def load_inputs(
             f"campaign {cid}: no exposures under {RAW_EXPOSURES.key(cid)} for campaign {cid}",
             allow_retries=False,
         )
-    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
-    pre_period = day_range(
-        max(spec.start_date - timedelta(days=pre_days), first_day),
-        spec.start_date - timedelta(days=1),
-    )
-    columns = ["device_id", "poi_id"]
-    window, present = VISITS.read_many(lake, window_days, columns)
-    missing_window = [d for d in window_days if d not in set(present)]
-    if not present:
-        raise dg.Failure(
-            f"no visits yet in the window of {cid} ({window_days[0] if window_days else '-'}"
-            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}",
-            allow_retries=False,
-        )
-    as_of = date.fromisoformat(present[-1])
-    pre, pre_found = VISITS.read_many(lake, pre_period, columns)
-    devices, home_day = load_home_areas(lake, [*reversed(pre_period), *present])
+    days = campaign_days(lake, spec, today, pre_days)
+    spans = history_spans(lake, days) if use_history else None
+    if spans is not None:  # per (device, POI) counts from the history's snapshots
+        window, pre = history_visits(lake, spans.window), history_visits(lake, spans.pre)
+    else:
+        columns = ["device_id", "poi_id"]
+        window, _ = VISITS.read_many(lake, days.present, columns)
+        pre, _ = VISITS.read_many(lake, days.pre_found, columns)
+    as_of = days.as_of
+    devices, home_day = load_home_areas(lake, days.home_candidates)
     exposed = exposed_until(exposures, as_of)
     if len(exposed) == 0:
         raise dg.Failure(
@@ -179,15 +271,16 @@ def load_inputs(
     return CampaignInputs(
         as_of=as_of,
         window=window,
-        present_days=present,
-        missing_window=missing_window,
+        present_days=days.present,
+        missing_window=days.missing_window,
         pre=pre,
-        pre_days=pre_period,
-        missing_pre=[d for d in pre_period if d not in set(pre_found)],
+        pre_days=days.pre_period,
+        missing_pre=days.missing_pre,
         devices=devices,
         home_day=home_day,
         exposed=exposed,
         brand_pois=brand_pois,
+        history=spans,
     )
 
 
@@ -198,10 +291,11 @@ def campaign_panel_spark(
     spec: CampaignSpec,
     today: date,
     pre_days: int,
+    use_history: bool = True,
 ) -> tuple[CampaignInputs, pd.DataFrame, dict[str, Any]]:
     """``load_inputs`` + ``build_panel`` as one Spark job: the same days and failures (decided
     from listings and Parquet footers here), the panel compressed (``compress_panel``)."""
-    cid, first_day = spec.campaign_id, lake_first_day()
+    cid = spec.campaign_id
     if today < spec.start_date:
         raise dg.Failure(
             f"campaign {cid} starts on {spec.start_date}; nothing to measure", allow_retries=False
@@ -220,24 +314,10 @@ def campaign_panel_spark(
             f"campaign {cid}: no exposures under {RAW_EXPOSURES.key(cid)} for campaign {cid}",
             allow_retries=False,
         )
-    window_days = day_range(max(spec.start_date, first_day), min(spec.end_date, today))
-    pre_period = day_range(
-        max(spec.start_date - timedelta(days=pre_days), first_day),
-        spec.start_date - timedelta(days=1),
-    )
-    present = [d for d in window_days if VISITS.rows(lake, d) > 0]
-    missing_window = [d for d in window_days if d not in set(present)]
-    if not present:
-        raise dg.Failure(
-            f"no visits yet in the window of {cid} ({window_days[0] if window_days else '-'}"
-            f" .. {window_days[-1] if window_days else '-'}); missing days: {len(missing_window)}",
-            allow_retries=False,
-        )
-    as_of = date.fromisoformat(present[-1])
-    pre_found = [d for d in pre_period if VISITS.rows(lake, d) > 0]
-    home_day = next(
-        (d for d in [*reversed(pre_period), *present] if HOME_LOCATION.rows(lake, d) > 0), None
-    )
+    days = campaign_days(lake, spec, today, pre_days)
+    as_of, present, pre_found = days.as_of, days.present, days.pre_found
+    spans = history_spans(lake, days) if use_history else None
+    home_day = next((d for d in days.home_candidates if HOME_LOCATION.rows(lake, d) > 0), None)
     no_homes = dg.Failure(
         f"campaign {cid}: no home_location with rows around {spec.start_date}: no panel "
         "device has a home area to match on",
@@ -255,12 +335,17 @@ def campaign_panel_spark(
                 "exposures": places.input(RAW_EXPOSURES.key(cid)),
                 "cutoff_ms": int(cutoff.timestamp() * 1000),
                 "brand_pois": places.input(side["brand_pois"]),
-                "window": [places.input(VISITS.key(d)) for d in present],
-                "pre": [places.input(VISITS.key(d)) for d in pre_found],
+                "window": [] if spans else [places.input(VISITS.key(d)) for d in present],
+                "pre": [] if spans else [places.input(VISITS.key(d)) for d in pre_found],
                 "homes": places.input(HOME_LOCATION.key(home_day)),
                 "areas": places.input(side["areas"]),
                 "panel": places.output(panel_key),
             }
+            if spans is not None:  # the visits as differences of the history's snapshots
+                job["history"] = {
+                    name: [places.input(VISIT_HISTORY.key(d)) for d in span] if span else None
+                    for name, span in (("window", spans.window), ("pre", spans.pre))
+                }
             summary = run_profiles_job(context, spark, "campaign", job)
         panel = lake.read_parquet(panel_key)
     finally:
@@ -277,15 +362,16 @@ def campaign_panel_spark(
         as_of=as_of,
         window=pd.DataFrame(),
         present_days=present,
-        missing_window=missing_window,
+        missing_window=days.missing_window,
         pre=pd.DataFrame(),
-        pre_days=pre_period,
-        missing_pre=[d for d in pre_period if d not in set(pre_found)],
+        pre_days=days.pre_period,
+        missing_pre=days.missing_pre,
         devices=pd.DataFrame(),
         home_day=home_day,
         exposed=pd.Series([], dtype="object"),
         brand_pois=brand_pois,
         exposed_count=int(summary["exposed_in_exposures"]),
+        history=spans,
     )
     meta = {
         **engine_metadata(summary),
@@ -369,8 +455,13 @@ class CampaignLive(dg.AutomationCondition):
         return dg.AutomationResult(context=context, true_subset=subset)
 
 
+# visit_history is read only when published for the days a measurement needs (else the visits,
+# the same panel): the daily refresh does not wait for it
 campaign_automation_condition = (
-    CampaignLive() & dg.AutomationCondition.on_cron(REFRESH_CRON).ignore(external_assets)
+    CampaignLive()
+    & dg.AutomationCondition.on_cron(REFRESH_CRON).ignore(
+        external_assets | dg.AssetSelection.assets("visit_history")
+    )
 ).with_label(f"campaign live and on_cron({REFRESH_CRON})")
 
 
@@ -382,6 +473,12 @@ class CampaignInsightsConfig(EngineConfig):
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided interval level.")
     as_of: str | None = Field(
         None, description="Compute as of this day (YYYY-MM-DD); default today, capped at the end."
+    )
+    use_history: bool = Field(
+        True,
+        description="Count the window's and pre-period's visits from visit_history snapshots "
+        "(differences of lifetime totals) when published for the spans' ends and the days "
+        "before them and no visits day is missing; else read the daily visits (same panel).",
     )
 
 
@@ -419,6 +516,8 @@ def describe(
         "pre_days_read": len(inputs.pre_days) - len(inputs.missing_pre),
         "pre_days_missing": len(inputs.missing_pre),
         "home_location_day": inputs.home_day or "none",
+        "visits_source": "visit_history" if inputs.history else "visits",
+        "history_snapshots": ", ".join(inputs.history.days()) if inputs.history else "none",
     }
 
 
@@ -437,6 +536,7 @@ def describe(
     deps=[
         dg.AssetDep("visits", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("home_location", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("visit_history", partition_mapping=dg.AllPartitionMapping()),
         "reference_campaigns",
         "raw_exposures",
         "reference_pois",
@@ -467,6 +567,9 @@ def campaign_insights(
 
     Reads the daily ``visits`` of its window, from ``pre_days`` before the start to ``as_of``
     (from ``LAKE_START_DATE`` at the earliest); missing days are reported in the metadata.
+    When ``visit_history`` is published for the end of the window and of the pre-period and for
+    the days before them (and no visits day is missing), the per-device counts are differences
+    of its lifetime totals instead (``visits_source``; same panel, config ``use_history``).
     Reference POIs and areas are validated on read (bad rows quarantined). Publishes nothing and
     fails, naming the cause, when the campaign file is malformed, the brand has no POI in
     ``reference_pois``, the campaign has no exposures, or no visits / home areas exist yet.
@@ -483,10 +586,10 @@ def campaign_insights(
     today = date.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC).date()
     if config.engine == "spark":
         inputs, panel, engine_meta = campaign_panel_spark(
-            context, lake, spark, spec, today, config.pre_days
+            context, lake, spark, spec, today, config.pre_days, config.use_history
         )
     else:
-        inputs = load_inputs(lake, spec, today, config.pre_days)
+        inputs = load_inputs(lake, spec, today, config.pre_days, config.use_history)
         panel = build_panel(
             inputs.devices, inputs.exposed, inputs.window, inputs.pre, inputs.brand_pois
         )

@@ -16,12 +16,21 @@ Side tables (``sides``: small tables every call needs whole, such as the POIs or
 passed to the function as keyword arguments: as they are in-process; under Spark they are written
 to a scratch object under ``work/_engine`` that each Python worker reads once (see
 ``apply_by_device.side_table``) and deleted after the job.
+
+Jobs with their own script (``clean_pings``, audience, profiles, models) find lake keys through
+``SparkPlaces`` (``spark_places``): directly (a local folder, or ``s3a://`` on EMR), or, for an
+S3 lake with local Spark, inputs streamed to a temporary folder and the output folders streamed
+back (``download``/``upload``: never a whole object in memory).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dagster as dg
@@ -63,6 +72,89 @@ def default_engine() -> Engine:
 class EngineConfig(dg.Config):
     engine: Engine = default_engine()
     """``pandas`` (in-process) or ``spark`` (one job through the ``spark`` resource)."""
+
+
+STREAM_CHUNK = 8 << 20
+"""Bytes per read when staging objects to, or uploading them from, a local folder."""
+
+
+def download(lake: LakeResource, key: str, path: str | os.PathLike[str]) -> int:
+    """Stream one lake object to a local file (``STREAM_CHUNK`` at a time; ranged reads of one
+    object version on S3): never the whole object in memory. Returns the bytes copied."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    with lake.open_input(key) as src, path.open("wb") as dst:
+        while chunk := src.read(STREAM_CHUNK):
+            dst.write(chunk)
+            copied += len(chunk)
+    return copied
+
+
+def upload(lake: LakeResource, path: str | os.PathLike[str], key: str) -> None:
+    """Stream one local file to a lake object (multipart on S3 above the lake's threshold)."""
+    with lake.open_output(key) as sink, Path(path).open("rb") as src:
+        shutil.copyfileobj(src, sink, STREAM_CHUNK)
+
+
+class SparkPlaces:
+    """Where a Spark job reads and writes lake keys.
+
+    Spark reads the lake directly (a local folder, or ``s3a://`` on EMR: ``tmp`` is None),
+    except for an S3 lake with local Spark: there inputs are staged (streamed) to the temporary
+    folder ``tmp`` first and the output folders uploaded (streamed, replacing the lake's) after
+    the job (``upload``). ``spark_places`` makes one for a block.
+    """
+
+    def __init__(self, lake: LakeResource, spark: SparkResource, tmp: str | None):
+        self.lake, self.spark, self.tmp = lake, spark, tmp
+        self.outputs: list[str] = []
+
+    @property
+    def staged(self) -> bool:
+        """True when the job reads and writes a local copy (S3 lake, local Spark)."""
+        return self.tmp is not None
+
+    def uri(self, key: str) -> str:
+        """Where the job finds ``key`` (nothing staged)."""
+        if self.tmp is None:
+            return self.spark.spark_uri(self.lake, key)
+        return str(Path(self.tmp, key))
+
+    def input(self, key: str) -> str:
+        """The URI of an input key (a file or a folder), staged first when needed."""
+        if self.tmp is not None:
+            for obj in self.lake.list(key):
+                download(self.lake, obj, Path(self.tmp, obj))
+        return self.uri(key)
+
+    def output(self, key: str) -> str:
+        """The URI of an output folder (uploaded to ``key`` after the job when staged)."""
+        self.outputs.append(key)
+        return self.uri(key)
+
+    def upload(self) -> None:
+        """Replace each output folder in the lake by the Parquet parts the job wrote."""
+        if self.tmp is None:
+            return
+        for key in self.outputs:
+            self.lake.delete(key)
+            root = Path(self.tmp, key)
+            for part in sorted(root.rglob("*.parquet")):
+                upload(self.lake, part, f"{key}/{part.relative_to(root).as_posix()}")
+
+
+@contextmanager
+def spark_places(lake: LakeResource, spark: SparkResource) -> Iterator[SparkPlaces]:
+    """``SparkPlaces`` for one job: staged through a temporary folder for an S3 lake with local
+    Spark (outputs uploaded when the block exits cleanly), else direct."""
+    if lake.backend == "local" or spark.backend != "local":
+        yield SparkPlaces(lake, spark, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
+        places = SparkPlaces(lake, spark, tmp)
+        yield places
+        places.upload()
 
 
 def run_per_device(

@@ -30,19 +30,21 @@ from near_assets.reference import load_reference_pois
 from near_assets.science import home
 from near_assets.science.home import HOME_COLUMNS, METHODS, HomeParams, homes_by_day
 from near_assets.science.ping_hours import PING_HOURS_SORT, ping_hours_by_day
+from near_assets.science.placematrix import with_boundaries
 from near_assets.science.stays import STAY_COLUMNS, StayParams, detect_stays, stays_per_device
 from near_assets.science.visits import VISIT_COLUMNS, VisitParams, visits_per_device
 from near_assets.tables import (
     CLEAN_PINGS,
     HOME_LOCATION,
     HOME_PING_HOURS,
+    PLACE_BOUNDARIES,
     STAY_POINTS,
     VISITS,
     internal_asset_args,
     published_asset_args,
 )
 from publishing.baselines import DayValue, calendar_band, published_histories, published_history
-from publishing.tables import day_window, publish_pool, run_staging_key, utc_days
+from publishing.tables import day_window, publish_pool, run_staging_key, trailing_days, utc_days
 from publishing.wap import (
     AuditFn,
     Figures,
@@ -99,12 +101,25 @@ class StayPointsConfig(EngineConfig):
         ).as_dict()
 
 
+PLACE_BOUNDARIES_DEP = dg.AssetDep(
+    "place_boundaries",
+    partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+    ),
+)
+"""Visits of D may match the footprints published for D-1 (place_boundaries reads stay points)."""
+
+
 class VisitsConfig(EngineConfig):
     """Visits run on the configured engine (Spark: per device bucket, the POIs read once per
     worker)."""
 
     max_distance_m: float = VisitParams.max_distance_m
     min_dwell_s: float = VisitParams.min_dwell_s
+    place_boundaries: bool = False
+    """Match against the PlaceMatrix footprints (``curated/place_boundaries``) published for the
+    day before the run's first day (else the latest of the 7 days before) instead of the delivered
+    polygons; POIs without one, or no published day, keep the delivered polygons."""
 
 
 class HomeConfig(EngineConfig):
@@ -502,10 +517,10 @@ def stay_points(
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[dg.AssetDep("stay_points"), "reference_pois"],
+    deps=[dg.AssetDep("stay_points"), "reference_pois", PLACE_BOUNDARIES_DEP],
     check_specs=audit_specs(VISITS.name, visit_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=eager_any_day,
+    automation_condition=eager_any_day.ignore(dg.AssetSelection.assets("place_boundaries")),
     retry_policy=RETRY,
     kinds=ENGINE_KINDS,
     pool=publish_pool(VISITS.name),
@@ -528,6 +543,9 @@ def visits(
     started = time.perf_counter()
     days = list(context.partition_keys)
     pois = load_reference_pois(lake, log=context.log)
+    boundaries_day = None
+    if config.place_boundaries:
+        pois, boundaries_day = refined_pois(lake, pois, min(days))
     published = {d: int(STAY_POINTS.exists(lake, d)) for d in days}
     present = days_with_input(context, published, STAY_POINTS.name)
     params = VisitParams(config.max_distance_m, config.min_dwell_s).as_dict()
@@ -568,6 +586,7 @@ def visits(
     run_meta = {
         "seconds": round(time.perf_counter() - started, 3),
         "pois": len(pois),
+        "polygons": f"place_boundaries {boundaries_day}" if boundaries_day else "delivered",
         "params": dg.MetadataValue.json(params),
         **engine_meta,
     }
@@ -581,6 +600,18 @@ def visits(
         metadata,
         run_meta,
     )
+
+
+def refined_pois(
+    lake: LakeResource, pois: pd.DataFrame, first_day: str
+) -> tuple[pd.DataFrame, str | None]:
+    """``pois`` with the PlaceMatrix footprints of the latest published day of the 7 before
+    ``first_day`` (and that day), or unchanged (and None)."""
+    for d in trailing_days(first_day, 7):
+        if PLACE_BOUNDARIES.exists(lake, d):
+            found = PLACE_BOUNDARIES.read(lake, d, ["poi_id", "geometry_wkt"])
+            return with_boundaries(pois, found), d
+    return pois, None
 
 
 class PingHoursConfig(EngineConfig):

@@ -19,16 +19,13 @@ above ``PINGS_MAX_BAD_SHARE`` (default 0.2) means the feed itself is broken.
 """
 
 import hashlib
-import io
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from near_assets.engine import EngineConfig
+from near_assets.engine import EngineConfig, spark_places
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import cleaning
 from near_assets.spark_jobs import CLEAN_PINGS as CLEAN_PINGS_JOB
@@ -127,12 +124,14 @@ def _check_schema(lake: LakeResource, key: str, parquet: pq.ParquetFile) -> None
         )
 
 
-def _parquet_file(lake: LakeResource, key: str) -> tuple[pq.ParquetFile, int]:
-    """Open one raw file (transient lake errors propagate and are retried; bad bytes fail)."""
-    data = lake.read_bytes(key)
-    parquet = _open_parquet(lake, key, io.BytesIO(data))
-    _check_schema(lake, key, parquet)
-    return parquet, len(data)
+@contextmanager
+def _parquet_file(lake: LakeResource, key: str) -> Iterator[tuple[pq.ParquetFile, int]]:
+    """Open one raw file for ranged reads of the columns asked for, not the whole object
+    (transient lake errors propagate and are retried; bad bytes fail)."""
+    with lake.open_input(key) as fh:
+        parquet = _open_parquet(lake, key, fh)
+        _check_schema(lake, key, parquet)
+        yield parquet, fh.size()
 
 
 def raw_file_footer(lake: LakeResource, key: str) -> dict[str, Any]:
@@ -160,10 +159,10 @@ def read_raw_day(lake: LakeResource, day: str) -> tuple[pd.DataFrame, list[dict[
     """Every raw file of ``day`` normalised and concatenated, plus one summary per file."""
     frames, files = [], []
     for key in RAW_PINGS.files(lake, day):
-        parquet, size = _parquet_file(lake, key)
-        frame = cleaning.normalize_pings(_read_table(parquet))
+        with _parquet_file(lake, key) as (parquet, size):
+            frame = cleaning.normalize_pings(_read_table(parquet))
+            ts_type = parquet.schema_arrow.field("ts").type
         frames.append(frame)
-        ts_type = parquet.schema_arrow.field("ts").type
         files.append({"file": key, "bytes": size, "rows": len(frame), "ts_type": str(ts_type)})
     if not frames:
         return cleaning.empty_pings(), files
@@ -219,8 +218,8 @@ def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
     folder = RAW_PINGS.key(day)
     files, devices, ts_min, ts_max, entries = [], set(), [], [], []
     for key in RAW_PINGS.files(lake, day):
-        parquet, size = _parquet_file(lake, key)
-        part = _read_table(parquet, ["device_id", "ts"])
+        with _parquet_file(lake, key) as (parquet, size):
+            part = _read_table(parquet, ["device_id", "ts"])
         ts = cleaning.normalize_ts(part["ts"])
         devices.update(part["device_id"].dropna().unique().tolist())
         first, last = _iso(ts)
@@ -308,6 +307,8 @@ class CleanPingsConfig(EngineConfig):
     """Round coordinates to this many decimals before the high-density count (None: exact)."""
     max_bad_share: float | None = None
     """Blocking-check threshold on the bad share; None reads ``$PINGS_MAX_BAD_SHARE`` (0.2)."""
+    spark_rows_per_file: int = 4_000_000
+    """Spark engine: clean rows per output file (the day's range partitions by device)."""
     use_learnt_hdps: bool = True
     """Also drop pings on the learnt high-density points of the day before
     (``curated/high_density_points/date=D-1``), when published."""
@@ -377,43 +378,6 @@ def clean_day(
 # ---- clean_pings on Spark ---------------------------------------------------------------------
 
 
-@contextmanager
-def spark_locations(lake: LakeResource, spark: SparkResource) -> Iterator[Any]:
-    """``(uri, inputs, outputs)``: where the Spark job reads and writes lake keys.
-
-    Spark reads the lake directly (a local folder, or ``s3a://`` on EMR), except for an S3 lake
-    with local Spark: there ``inputs`` are copied to a temporary folder first and the folders
-    named by ``outputs`` are uploaded (replacing the lake's) when the block exits cleanly.
-    """
-    if lake.backend == "local" or spark.backend != "local":
-
-        def uri(key: str) -> str:
-            return spark.spark_uri(lake, key)
-
-        yield uri, (lambda keys: None), []
-        return
-    with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
-        outputs: list[str] = []
-
-        def staged(key: str) -> str:
-            return str(Path(tmp, key))
-
-        def stage(keys: Sequence[str]) -> None:
-            for key in keys:
-                path = Path(tmp, key)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(lake.read_bytes(key))
-
-        yield staged, stage, outputs
-        for key in outputs:
-            lake.delete(key)
-            for part in sorted(Path(tmp, key).rglob("*.parquet")):
-                rel = part.relative_to(Path(tmp, key)).as_posix()
-                with lake.open_output(f"{key}/{rel}") as sink, part.open("rb") as src:
-                    while chunk := src.read(8 << 20):
-                        sink.write(chunk)
-
-
 def clean_days_spark(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
@@ -436,22 +400,24 @@ def clean_days_spark(
     present = [day for day, files in footers.items() if files]
     if not present:
         return days
-    with spark_locations(lake, spark) as (uri, stage, outputs):
+    with spark_places(lake, spark) as places:
         args = ["--params", json.dumps(config.params())]
+        args += ["--rows-per-file", str(config.spark_rows_per_file)]
         for day in present:
             folder = RAW_PINGS.key(day)
-            stage([f["file"] for f in footers[day]])
+            for f in footers[day]:
+                places.input(f["file"])
             spec = json.dumps(
                 {
                     "day": day,
-                    "raw": uri(folder),
+                    "rows": sum(f["rows"] for f in footers[day]),
+                    "raw": places.uri(folder),
                     "files": [[f["file"][len(folder) + 1 :], f["ts_kind"]] for f in footers[day]],
-                    "clean": uri(CLEAN_PINGS.key(day)),
-                    "quarantine": uri(QUARANTINED_PINGS.key(day)),
+                    "clean": places.output(CLEAN_PINGS.key(day)),
+                    "quarantine": places.output(QUARANTINED_PINGS.key(day)),
                 }
             )
             args += ["--day", spec, *hdp_args(day, hdp_records(hdps[day]))]
-            outputs += [CLEAN_PINGS.key(day), QUARANTINED_PINGS.key(day)]
         summary = spark.run_script(context, CLEAN_PINGS_JOB, args, job_conf=BASE_CONF)
     reported = summary.get("days") or {}
     for day in present:

@@ -16,7 +16,7 @@ import base64
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
@@ -25,6 +25,8 @@ import pandas as pd
 from near_assets.engine import EngineConfig, arrow_schema
 from near_assets.mobility import GROUP, RETRY, single_or_per_day
 from near_assets.partitions import daily_partitions, eager_any_day
+from near_assets.people import IDENTITY_DEP, Graphs, graph_day
+from near_assets.people import IGNORE as IGNORE_IDENTITY
 from near_assets.reference import load_reference_areas
 from near_assets.science import affinity
 from near_assets.science.affinity import AFFINITY_COLUMNS
@@ -43,6 +45,8 @@ from near_assets.tables import (
     BRAND_AFFINITY,
     DEMOGRAPHICS,
     HOME_LOCATION,
+    IDENTITY_GRAPH,
+    VISIT_HISTORY,
     VISITS,
     internal_asset_args,
     published_asset_args,
@@ -83,6 +87,33 @@ class AffinityConfig(EngineConfig):
     alpha: float = affinity.AffinityParams.alpha
     beta: float = affinity.AffinityParams.beta
     clip: float = affinity.AffinityParams.clip
+    dwell: Literal["median", "mean"] = "median"
+    """Dwell ratio on median dwells (per visit) or on mean dwells (dwell sum / visits)."""
+    count: Literal["devices", "people"] = "devices"
+    """Score devices, or people (devices mapped to ``person_id`` by the latest
+    ``identity_graph`` of D-6 .. D; per (person, POI) the visits of its device with the most;
+    one row per person under its ``person_id``, the smallest device id of its devices)."""
+    use_history: bool = True
+    """Read ``visit_history`` of the day instead of the window of visits when it holds what the
+    score needs (``dwell: mean`` and a window of 7, 30 or 90 days) and is published; else (or
+    without it) the window of daily visits. Same rows either way."""
+
+
+HISTORY_WINDOWS = (7, 30, 90)
+
+
+def history_holds(config: AffinityConfig) -> bool:
+    """``visit_history`` holds what this configuration's score needs (see ``AffinityConfig``)."""
+    window = min(config.window_days, AFFINITY_WINDOW_DAYS)
+    return config.use_history and config.dwell == "mean" and window in HISTORY_WINDOWS
+
+
+def affinity_sources(
+    lake: LakeResource, config: AffinityConfig, days: Sequence[str]
+) -> dict[str, str]:
+    """Per day ``history`` (its ``visit_history`` partition is read) or ``visits`` (the window)."""
+    holds = history_holds(config)
+    return {d: "history" if holds and VISIT_HISTORY.exists(lake, d) else "visits" for d in days}
 
 
 def affinity_audits() -> list:
@@ -117,19 +148,28 @@ def describe_demographics(
     )
 
 
-def affinity_of_window(visits: pd.DataFrame, config: AffinityConfig) -> pd.DataFrame:
-    """Brand affinity of the window's visits (none without branded visits)."""
+def affinity_of_window(
+    visits: pd.DataFrame, config: AffinityConfig, graph: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Brand affinity of the window's visits (none without branded visits) and the distinct
+    devices with a branded visit (``config.dwell`` and ``config.count``, ``graph`` the identity
+    graph counting people)."""
     if visits.empty or "brand" not in visits:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in AFFINITY_CONTRACT})
-    return affinity.brand_affinity(visits, config.alpha, config.beta, config.clip)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in AFFINITY_CONTRACT}), 0
+    if config.dwell == "mean":
+        return score_pairs(affinity.pairs_of_visits(visits), config, graph)
+    devices = int(visits.loc[visits["brand"].notna(), "device_id"].nunique())
+    if config.count == "people":
+        visits = affinity.people_visits(visits, graph)
+    return affinity.brand_affinity(visits, config.alpha, config.beta, config.clip), devices
 
 
 def describe_affinity(
-    df: pd.DataFrame, visits: pd.DataFrame, window: Sequence[str], found: Sequence[str]
+    df: pd.DataFrame, visits: int, window: Sequence[str], found: Sequence[str]
 ) -> dict[str, Any]:
     return clean_meta(
         {
-            "visits_in_window": len(visits),
+            "visits_in_window": visits,
             "window_days_found": len(set(window) & set(found)),
             "devices": int(df["device_id"].nunique()),
             "brands": int(df["brand"].nunique()),
@@ -240,10 +280,18 @@ def demographics_spark(
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    deps=[dg.AssetDep("visits", partition_mapping=AFFINITY_MAPPING)],
+    deps=[
+        dg.AssetDep("visits", partition_mapping=AFFINITY_MAPPING),
+        dg.AssetDep("visit_history"),
+        IDENTITY_DEP,
+    ],
     check_specs=audit_specs(BRAND_AFFINITY.name, affinity_audits()),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=eager_any_day,
+    # visit_history and identity_graph are read only when configured and published: the
+    # window of visits gives the same rows, so automation waits for neither
+    automation_condition=eager_any_day.ignore(
+        dg.AssetSelection.assets("visit_history") | IGNORE_IDENTITY
+    ).with_label("eager (any day)"),
     retry_policy=RETRY,
     kinds=SPARK_KINDS,
     pool=publish_pool(BRAND_AFFINITY.name),
@@ -263,14 +311,25 @@ def brand_affinity(
     drawn to the brand; sort descending to pick an audience. Published to
     ``curated/brand_affinity`` (plus visits, dwell_s, lift). In-process or, with ``engine:
     spark``, Spark SQL over the window (one job for every day of the run).
+
+    Config: ``dwell: mean`` compares mean instead of median dwells; with it and a window of 7,
+    30 or 90 days the day's ``visit_history`` (per device x POI counts and dwell) is read
+    instead of the window of visits when published (same rows; metadata ``source``).
+    ``count: people`` scores people (``identity_graph``): per (person, POI) the visits of the
+    person's device with the most, one row per person under its ``person_id``.
     """
     started = time.perf_counter()
     window_days = min(config.window_days, AFFINITY_WINDOW_DAYS)
     upstream = list(context.asset_partition_keys_for_input("visits"))
-    if config.engine == "spark" and (present := VISITS.present(lake, upstream)):
-        frames, metadata, engine_meta = affinity_spark(context, lake, spark, config, present)
+    sources = affinity_sources(lake, config, context.partition_keys)
+    if config.engine == "spark" and (
+        (present := VISITS.present(lake, upstream)) or "history" in sources.values()
+    ):
+        frames, metadata, engine_meta = affinity_spark(
+            context, lake, spark, config, present, sources
+        )
     else:
-        frames, metadata = affinity_pandas(context, lake, config, upstream)
+        frames, metadata = affinity_pandas(context, lake, config, upstream, sources)
         engine_meta = {"engine": "pandas"}
     run_meta = {
         "seconds": round(time.perf_counter() - started, 3),
@@ -294,18 +353,70 @@ def affinity_pandas(
     lake: LakeResource,
     config: AffinityConfig,
     upstream: Sequence[str],
+    sources: dict[str, str],
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
-    """Each day's affinity in-process from the loaded window of visits."""
+    """Each day's affinity in-process from its ``visit_history`` or the loaded window of visits
+    (``sources``)."""
     window_days = min(config.window_days, AFFINITY_WINDOW_DAYS)
-    all_visits, found = VISITS.read_many(lake, upstream)
+    graphs = Graphs(lake) if config.count == "people" else None
+    if "visits" in sources.values():
+        all_visits, found = VISITS.read_many(lake, upstream)
+    else:
+        all_visits, found = pd.DataFrame(), [d for d in upstream if VISITS.rows(lake, d) > 0]
     visit_days = utc_days(all_visits["start_ts"]) if len(all_visits) else np.array([])
     frames, metadata = {}, {}
     for d in context.partition_keys:
         window = day_window(d, window_days)
-        in_window = all_visits[np.isin(visit_days, window)] if len(all_visits) else all_visits
-        frames[d] = affinity_of_window(in_window, config)
-        metadata[d] = describe_affinity(frames[d], in_window, window, found)
+        graph, graph_part = graphs.of(d) if graphs is not None else (None, None)
+        if sources[d] == "history":
+            history = VISIT_HISTORY.read(lake, d, HISTORY_READ[window_days])
+            pairs = affinity.pairs_of_history(history, window_days)
+            frames[d], scored = score_pairs(pairs, config, graph)
+            in_window = int(history[f"visits_{window_days}d"].sum())
+        else:
+            in_window = all_visits[np.isin(visit_days, window)] if len(all_visits) else all_visits
+            frames[d], scored = affinity_of_window(in_window, config, graph)
+            in_window = len(in_window)
+        metadata[d] = {
+            **describe_affinity(frames[d], in_window, window, found),
+            **describe_source(
+                config, sources[d], graph_part, scored, int(frames[d]["device_id"].nunique())
+            ),
+        }
     return frames, metadata
+
+
+HISTORY_READ = {
+    w: ["device_id", "poi_id", "brand", f"visits_{w}d", f"dwell_{w}d_s"] for w in HISTORY_WINDOWS
+}
+
+
+def score_pairs(
+    pairs: pd.DataFrame, config: AffinityConfig, graph: pd.DataFrame | None
+) -> tuple[pd.DataFrame, int]:
+    """Mean-dwell affinity of per (device, POI) pairs (people: deduplicated first); the frame and
+    the distinct devices scored before they became people."""
+    devices = int(pairs["device_id"].nunique())
+    if config.count == "people":
+        pairs = affinity.dedupe_people(pairs, graph)
+    return affinity.brand_affinity_from_pairs(
+        pairs, config.alpha, config.beta, config.clip
+    ), devices
+
+
+def describe_source(
+    config: AffinityConfig, source: str, graph_part: str | None, devices: int, people: int
+) -> dict[str, Any]:
+    """Where the day's visits came from and, counting people, the graph read and the devices
+    scored per person scored."""
+    meta: dict[str, Any] = {"source": source, "dwell": config.dwell, "count_unit": config.count}
+    if config.count == "people":
+        meta |= {
+            "identity_graph_day": graph_part or "none (every device its own person)",
+            "devices_scored": devices,
+            "devices_per_person": round(devices / people, 4) if people else None,
+        }
+    return meta
 
 
 AFFINITY_DDL = (
@@ -320,13 +431,17 @@ def affinity_spark(
     spark: SparkResource,
     config: AffinityConfig,
     present: Sequence[str],
+    sources: dict[str, str],
 ) -> tuple[dict[str, Staged], dict[str, dict[str, Any]], dict[str, Any]]:
     """Each day's affinity from one Spark job (Spark SQL) that writes each day's object, stamped,
     into this run's staging folder with its audit figures: the run process loads no rows
-    (``publish_days`` audits the figures and publishes the ``Staged`` objects)."""
+    (``publish_days`` audits the figures and publishes the ``Staged`` objects). A day whose
+    source is ``history`` reads its ``visit_history`` partition instead of the window."""
     window_days = min(config.window_days, AFFINITY_WINDOW_DAYS)
     days = list(context.partition_keys)
     windows = {d: day_window(d, window_days) for d in days}
+    from_visits = {v for d in days if sources[d] == "visits" for v in windows[d]}
+    graphs = {d: graph_day(lake, d) if config.count == "people" else None for d in days}
     folders = {
         d: run_staging_key(BRAND_AFFINITY.name, BRAND_AFFINITY.folder(d), context.run_id)
         for d in days
@@ -354,10 +469,24 @@ def affinity_spark(
             "medians": [],
             "value_counts": [],
         }
+        graph_uris = {g: places.input(IDENTITY_GRAPH.key(g)) for g in set(graphs.values()) if g}
         spec = {
             "params": params,
-            "visits": [places.input(VISITS.key(v)) for v in present],
-            "days": [{"day": d, "window": windows[d]} for d in days],
+            "dwell": config.dwell,
+            "count": config.count,
+            "window_days": window_days,
+            "visits": [places.input(VISITS.key(v)) for v in present if v in from_visits],
+            "days": [
+                {
+                    "day": d,
+                    "window": windows[d],
+                    "history": (
+                        places.input(VISIT_HISTORY.key(d)) if sources[d] == "history" else None
+                    ),
+                    "graph": graph_uris.get(graphs[d] or ""),
+                }
+                for d in days
+            ],
             "stage": stage,
         }
         summary = run_profiles_job(context, spark, "affinity", spec)
@@ -389,6 +518,13 @@ def affinity_spark(
                 "devices": int(fig["devices"]),
                 "brands": int(fig["brands"]),
                 "share_positive": round(float(share), 4) if fig["rows"] else None,
+                **describe_source(
+                    config,
+                    sources[d],
+                    graphs[d],
+                    int(fig.get("devices_scored") or 0),
+                    int(fig["devices"]),
+                ),
             }
         )
     return staged, metadata, engine_metadata(summary)

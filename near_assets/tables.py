@@ -286,6 +286,33 @@ IDENTITY_GRAPH = LakeTable.curated(
 )
 """``curated/identity_graph/date=D``: devices linked into people and households (cross identity)."""
 
+PLACE_BOUNDARIES = LakeTable.curated(
+    "place_boundaries",
+    columns={
+        "poi_id": "string",
+        "geometry_wkt": "string (WKT polygon, WGS84 lon lat)",
+        "source": "string ('placematrix' | 'delivered')",
+        "stays_used": "int64",
+        "devices_used": "int64",
+        "area_m2": "float64",
+        "delivered_area_m2": "float64",
+        "iou_with_delivered": "float64",
+        "shift_m": "float64",
+    },
+    descriptions={
+        "geometry_wkt": "the POI's footprint: refined from its visitors' stays, or the delivered "
+        "polygon when the evidence is thin",
+        "source": "'placematrix' (refined) or 'delivered' (fewer than min_stays stays or "
+        "min_devices devices in the POI's densest cluster)",
+        "stays_used": "stays in the POI's kept density cluster over the window",
+        "devices_used": "distinct devices among those stays",
+        "iou_with_delivered": "intersection over union of the footprint and the delivered polygon",
+        "shift_m": "distance between the footprint's and the delivered polygon's centroids, m",
+    },
+)
+"""``curated/place_boundaries/date=D``: PlaceMatrix footprints, one row per reference POI."""
+
+
 HIGH_DENSITY_POINTS = LakeTable.curated(
     "high_density_points",
     columns={
@@ -340,6 +367,14 @@ TRUTH = "truth"
 TRUTH_HOMES = LakeTable("truth_homes", "truth/homes", partition=None)
 TRUTH_STAYS = LakeTable("truth_stays", "truth/stays")
 TRUTH_POI_VISITORS = LakeTable("truth_poi_visitors", "truth/poi_visitors")
+TRUTH_HDP = LakeTable("truth_hdp", "truth/hdp", partition=None)
+"""The high-density points the generator planted (``near-synth --hdp``)."""
+TRUTH_HDP_PINGS = LakeTable("truth_hdp_pings", "truth/hdp_pings")
+"""The planted HDP pings of each day (device_id, ts)."""
+TRUTH_IDENTITY = LakeTable("truth_identity", "truth/identity", partition=None)
+"""Devices' true person and household (``near-synth --people``)."""
+TRUTH_POI_FOOTPRINTS = LakeTable("truth_poi_footprints", "truth/poi_footprints", partition=None)
+"""The generator's true footprints (``near-synth --footprints``); synthetic lakes only."""
 TRUTH_CAMPAIGNS = JsonObjects("truth_campaigns", "truth/campaigns")
 TRUTH_DIRT = JsonObjects("truth_dirt", "truth/dirt")
 """``truth/dirt/date=D.json``: ids are ``date=D``."""

@@ -302,6 +302,35 @@ def write_versioned(
     return lake.write_parquet(table.replace_schema_metadata(meta), folder)
 
 
+def restamp(lake: LakeResource, folder: str, stamp: dict[str, Any]) -> int:
+    """Replace the ``wap`` stamp in the footer of ``folder``'s object (one a job staged, e.g.
+    to record an operator override): the object is rewritten row group by row group (never
+    whole in memory; locally a temporary file renamed onto it, on S3 a multipart upload that
+    appears whole on close), with the same rows, schema, row groups and content digest.
+    Returns the rows written."""
+    import pyarrow.parquet as pq
+
+    key = part_key(folder)
+    with lake.open_input(key) as fh:
+        source = pq.ParquetFile(fh)
+        meta = dict(source.schema_arrow.metadata or {})
+        meta[WAP_META] = json.dumps(stamp).encode()
+        schema = source.schema_arrow.with_metadata(meta)
+        rows = 0
+        with lake.open_output(key) as sink:
+            writer = pq.ParquetWriter(sink, schema, compression="zstd")
+            try:
+                for i in range(source.num_row_groups):
+                    group = source.read_row_group(i).replace_schema_metadata(meta)
+                    writer.write_table(group, row_group_size=max(group.num_rows, 1))
+                    rows += group.num_rows
+            finally:
+                writer.close()
+    if rows != source.metadata.num_rows:
+        raise OSError(f"restamp of {key}: wrote {rows} rows of {source.metadata.num_rows}")
+    return rows
+
+
 def read_stamp(lake: LakeResource, folder: str) -> dict[str, Any] | None:
     """The ``wap`` stamp of a partition's object (footer only); ``{}`` for an object written
     before stamps existed, None when there is no object."""

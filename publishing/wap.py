@@ -54,7 +54,11 @@ severity WARN, the materialization records ``override_reason``, ``overridden_aud
 ``override_run_id``, and an alert says "published by operator override". Contract breaks
 (``is_contract``: ``has_columns``, ``no_nulls``, ``unique_keys``, ``rows_satisfy``,
 ``Audit(contract=True)``, an audit that raised), a target stage that failed its verify and an
-empty table still block (``override_blockers``). Roll back with ``scripts/restore.py``.
+empty table still block (``override_blockers``). The published object's ``wap`` stamp
+records ``override`` (so later baselines leave the day out, ``publishing.baselines``): a
+pandas candidate is written with it, a ``Staged`` one (stamped by its job before the audits)
+is restamped in place before the publish (``journal.restamp``: row group by row group, same
+rows and digest). Roll back with ``scripts/restore.py``.
 
 Usage inside an asset declared with ``check_specs=audit_specs(key, AUDITS, targets)``::
 
@@ -709,23 +713,21 @@ def _locked_publish(
             f"{table} {partition or ''}: publishing by operator override ({override}) over "
             f"{', '.join(a.name for a in overridden)}"
         )
-        if not isinstance(df, Staged):
-            # the published object records the override: later baselines leave the day out
-            # (publishing.baselines). Same rows, same content digest. (A Spark-staged object's
-            # stamp is written by its job before the audits: not marked yet.)
-            journal.write_versioned(
-                lake,
-                df,
-                staging,
-                {
-                    "version": version,
-                    "content": content,
-                    "run_id": run_id,
-                    "override": override,
-                    "overridden_audits": [a.name for a in overridden],
-                },
-            )
-            staged_fp = journal.fingerprint(lake, staging)
+        # the published object records the override: later baselines leave the day out
+        # (publishing.baselines). Same rows, same content digest. An object a job staged (its
+        # stamp written before the audits) is restamped in place, row group by row group.
+        stamp = {
+            "version": version,
+            "content": content,
+            "run_id": run_id,
+            "override": override,
+            "overridden_audits": [a.name for a in overridden],
+        }
+        if isinstance(df, Staged):
+            journal.restamp(lake, staging, {**(journal.read_stamp(lake, staging) or {}), **stamp})
+        else:
+            journal.write_versioned(lake, df, staging, stamp)
+        staged_fp = journal.fingerprint(lake, staging)
     fault("audited")
     now_fp = journal.fingerprint(lake, staging)
     try:

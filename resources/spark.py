@@ -6,6 +6,8 @@ Back end, from the environment (``SparkResource.from_env``):
 |---|---|
 | ``SPARK_MASTER`` | local master, default ``local[*]`` (local back end) |
 | ``SPARK_DEVICE_BUCKETS`` | per-device functions: device buckets per job (``device_buckets``) |
+| ``SPARK_DRIVER_MEMORY`` | local driver (= executor) heap, default ``2g`` (``driver_memory``) |
+| ``SPARK_SHUFFLE_PARTITIONS`` | local shuffle partitions, default 4; jobs raise it to one per 2 M input rows |
 | ``EMR_CLUSTER_ID`` | run as a step on this EMR cluster (``spark-submit --deploy-mode cluster``) |
 | ``EMR_SERVERLESS_APP_ID`` / ``EMR_SERVERLESS_ROLE_ARN`` | or as an EMR Serverless job run |
 | ``EMR_SCRIPTS_S3`` | where job scripts live, e.g. ``s3://bucket/platform/jobs/`` |
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -81,6 +84,8 @@ EMR_DEFAULT_CONF = {
     "spark.sql.ansi.enabled": "true",  # Spark 4.0's default, said explicitly (as locally)
 }
 Script = str | os.PathLike[str]
+STREAM_CHUNK = 8 << 20
+"""Bytes per read when staging lake objects for local Spark (never a whole object in memory)."""
 
 
 def function_path(function: Callable[..., Any] | str) -> str:
@@ -152,7 +157,12 @@ class SparkResource(dg.ConfigurableResource):
 
     master: str = "local[*]"
     shuffle_partitions: int = 4
+    """Local runs: the least shuffle partitions; each job raises it to one per
+    ``ROWS_PER_SHUFFLE_PARTITION`` input rows (``apply_by_device.sized_shuffle``). Env
+    ``SPARK_SHUFFLE_PARTITIONS``."""
     driver_memory: str = "2g"
+    """Local runs: the driver's heap (the executor's too, in local mode). Env
+    ``SPARK_DRIVER_MEMORY``."""
     emr_cluster_id: str | None = None
     emr_serverless_app_id: str | None = None
     emr_serverless_role_arn: str | None = None
@@ -182,6 +192,8 @@ class SparkResource(dg.ConfigurableResource):
             scripts = f"s3://{os.environ['LAKE_BUCKET']}/{prefix + '/' if prefix else ''}jobs/"
         return cls(
             master=os.environ.get("SPARK_MASTER", "local[*]"),
+            shuffle_partitions=int(os.environ.get("SPARK_SHUFFLE_PARTITIONS") or 4),
+            driver_memory=os.environ.get("SPARK_DRIVER_MEMORY") or "2g",
             emr_cluster_id=os.environ.get("EMR_CLUSTER_ID") or None,
             emr_serverless_app_id=os.environ.get("EMR_SERVERLESS_APP_ID") or None,
             emr_serverless_role_arn=os.environ.get("EMR_SERVERLESS_ROLE_ARN") or None,
@@ -487,14 +499,18 @@ class SparkResource(dg.ConfigurableResource):
                 for obj in lake.parquet_files(key):
                     path = folder / (obj[len(key) :].lstrip("/") or Path(obj).name)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(lake.read_bytes(obj))
+                    with lake.open_input(obj) as src, path.open("wb") as dst:  # streamed
+                        while chunk := src.read(STREAM_CHUNK):
+                            dst.write(chunk)
                 staged.append(str(folder))
             out = Path(tmp, "out")
             args = self.job_arguments(fn, staged, str(out), params, group_by, buckets)
             summary = self._run_local(context, script, args)
             lake.delete(output)
             for part in sorted(out.rglob("*.parquet")):
-                lake.write_bytes(f"{output}/{part.relative_to(out).as_posix()}", part.read_bytes())
+                key = f"{output}/{part.relative_to(out).as_posix()}"
+                with lake.open_output(key) as sink, part.open("rb") as src:
+                    shutil.copyfileobj(src, sink, STREAM_CHUNK)
             return {**summary, "staged_from": "s3"}
 
     def _s3_pipes(self) -> tuple[dg.PipesContextInjector, dg.PipesMessageReader]:

@@ -432,6 +432,7 @@ def test_campaign_insights_declares_what_it_reads():
     upstream = {k.to_user_string() for k in campaign_insights.dependency_keys}
     assert upstream == {
         "visits",
+        "visit_history",  # read instead of the visits when it holds the spans (use_history)
         "home_location",
         "reference_campaigns",
         "raw_exposures",

@@ -208,3 +208,32 @@ def test_hdp_cells_flag_a_fake_point_not_a_busy_place() -> None:
     assert listed["cell"].tolist() == fake.tolist() and listed["days_flagged"].tolist() == [2]
     on = hdp.on_hdp(pings["lat"].to_numpy(), pings["lon"].to_numpy(), listed)
     assert on[n_mall:].all() and on[:n_mall].mean() < 0.01
+
+
+def test_high_density_points_accuracy_check_scores_the_planted_points(lake: LakeResource) -> None:
+    from near_assets.evaluation.models import high_density_points_accuracy
+    from near_assets.models import high_density_points as hd
+
+    config = {"ops": {"high_density_points": {"config": {"max_removed_share": 0.1}}}}
+    result = run_range(
+        lake,
+        [hd.high_density_points, high_density_points_accuracy],
+        DATES[0],
+        DATES[-1],
+        run_config=config,
+    )
+    assert result.success
+    (check,) = [
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "high_density_points_accuracy"
+    ]
+    assert check.passed
+    per_day = check.metadata["per_day"].value
+    last = per_day[DATES[-1]]
+    assert last["precision"] >= 0.9 and last["recall"] >= 0.95, last
+    assert last["planted"] > 0 and last["recall_by_kind"]
+    # the list of the day before drops planted pings, and (almost) no genuine visit ping
+    assert last["planted_pings_removed"] > 0.5
+    assert last["genuine_visit_pings_removed"] < 0.02
+    assert "planted_pings_removed" not in per_day[DATES[0]]  # no list the day before

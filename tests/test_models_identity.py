@@ -151,3 +151,23 @@ def test_a_chain_of_neighbours_is_split_not_published_whole() -> None:
     sizes = graph.groupby("household_id").size()
     assert sizes.max() <= identity.IdentityParams().max_household
     assert len(kept) == 11  # the three weak links (0.6) cut, the strong ones kept
+
+
+def test_identity_graph_accuracy_check_scores_pairs(lake: LakeResource) -> None:
+    from near_assets.evaluation.models import identity_graph_accuracy
+
+    result = dg.materialize(
+        [ig.identity_graph, identity_graph_accuracy],
+        resources=resources(lake),
+        partition_key=DATES[-1],
+    )
+    assert result.success
+    (check,) = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == "identity_graph_accuracy"
+    ]
+    assert check.passed
+    figures = {k: v.value for k, v in check.metadata.items()}
+    assert figures["household_precision"] >= 0.95 and figures["person_precision"] >= 0.95
+    assert figures["household_pairs_true"] > 0
+    asset_meta = result.asset_materializations_for_node("identity_graph")[-1].metadata
+    assert figures["household_recall"] == asset_meta["truth_household_recall"].value

@@ -236,3 +236,72 @@ def test_cli_job_execute_with_the_override_tag(
     assert production_rows(tmp_lake) == 50
     assert len(tmp_lake.read_parquet(f"backup/{TABLE}/{PART}")) == 10
     assert any(f"published by operator override: {REASON}" in m for m in slack_server.messages())
+
+
+def staged_asset(df: pd.DataFrame) -> dg.AssetsDefinition:
+    """Publishes ``df`` as a Spark job stages a day: written and stamped by the job's writer
+    (``apply_by_device.DayWriter``) into the run's staging folder before the audits."""
+    import pyarrow as pa
+
+    from near_assets.spark_jobs.apply_by_device import DayWriter
+    from publishing import journal
+    from publishing.tables import run_staging_key
+    from publishing.wap import Figures, Staged
+
+    @dg.asset(name=TABLE, check_specs=audit_specs(TABLE, audits()))
+    def scores(context, lake: LakeResource, alerts: AlertsResource):
+        folder = run_staging_key(TABLE, PART, context.run_id)
+        version = journal.new_version()
+        spec = {
+            "sort": ["id"],
+            "nulls": ["id"],
+            "targets": {
+                DAY: {
+                    "uri": lake.uri(f"{folder}/part-0.parquet"),
+                    "stamp": {"version": version, "run_id": context.run_id},
+                }
+            },
+            "s3_endpoint": lake.endpoint_url if lake.backend == "s3" else None,
+        }
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        writer = DayWriter(DAY, spec, table.schema.remove_metadata())
+        for batch in table.to_batches(max_chunksize=7):  # several row groups
+            writer.add(pa.Table.from_batches([batch]))
+        out = writer.close()
+        staged = Staged(
+            folder, version, out["content"], out["size"], Figures.from_dict(out["figures"])
+        )
+        yield from write_audit_publish(context, lake, alerts, TABLE, PART, staged, audits())
+
+    return scores
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_an_override_of_a_job_staged_object_is_recorded_in_its_stamp(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    from publishing import journal
+    from publishing.baselines import published_history
+
+    lake: LakeResource = request.getfixturevalue("tmp_lake" if backend == "local" else "s3_lake")
+    assert run(staged_asset(frame(10)), lake).success
+    assert not run(staged_asset(frame(50)), lake).success
+    result = run(staged_asset(frame(50)), lake, reason=REASON)
+    assert result.success
+    folder = f"curated/{TABLE}/{PART}"
+    stamp = journal.read_stamp(lake, folder)
+    assert stamp["override"] == REASON and stamp["overridden_audits"] == ["rows_band"]
+    assert stamp["run_id"] == result.run_id
+    (mat,) = result.asset_materializations_for_node(TABLE)
+    assert stamp["version"] == mat.metadata["version"].value
+    # same rows and content digest as the job wrote, in its row groups
+    published = lake.read_parquet(folder)
+    pd.testing.assert_frame_equal(published, frame(50))
+    assert stamp["content"] == journal.content_digest(frame(50))
+    with lake.open_input(f"{folder}/part-0.parquet") as fh:
+        import pyarrow.parquet as pq
+
+        assert pq.ParquetFile(fh).num_row_groups == 8
+    # later baselines leave the overridden day out
+    (day,) = published_history(lake, LakeTable.curated(TABLE), "2024-05-03")
+    assert (day.day, day.left_out) == (DAY, "overridden")

@@ -220,3 +220,51 @@ def test_two_commands_exist() -> None:
         assert script.is_file(), script
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+NEAR_DAY = "2024-03-04"
+NEAR_SECTION = "A Near-sized day, on Spark locally and on EMR"
+
+
+def test_near_sized_day_commands_are_the_chain_on_spark() -> None:
+    commands = bash_commands(section(README.read_text(), NEAR_SECTION))
+    assert len(commands) == 2, commands
+    assert "${NEAR_DEVICES:-268817}" in commands[0]
+    assert commands[1].startswith("NEAR_ENGINE=spark ")
+    selected = re.search(r"--select (\S+)", commands[1])
+    assert selected and {"raw_pings", "audience_estimates"} <= set(selected.group(1).split(","))
+
+
+@pytest.mark.slow
+def test_near_sized_day_commands(tmp_path: Path, redis_url: str) -> None:
+    """The section's commands as written, on a small day (``NEAR_DEVICES=40``): every step of
+    the chain runs on local Spark and publishes the day."""
+    import dagster as dg
+
+    commands = bash_commands(section(README.read_text(), NEAR_SECTION))
+    lake, home = tmp_path / "lake", tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if k not in UNSET and not k.startswith("EMR_")}
+    env |= {
+        "LAKE_ROOT": str(lake),
+        "DAGSTER_HOME": str(home),
+        "REDIS_URL": redis_url,
+        "LAKE_START_DATE": "2024-03-01",
+        "NEAR_DEVICES": "40",
+    }
+    for command in commands:
+        proc, _ = run(command, env)
+        assert proc.returncode == 0, f"`{command}` exited {proc.returncode}:\n{tail(proc)}"
+    for table in ("stay_points", "visits", "home_location", "brand_affinity", "audience_estimates"):
+        assert NEAR_DAY in parquet_days(lake, f"curated/{table}"), table
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        engines = {}
+        for key in ("clean_pings", "stay_points", "visits", "home_location", "audience_estimates"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            assert event and event.asset_materialization, key
+            engines[key] = event.asset_materialization.metadata["engine"].value
+    finally:
+        instance.dispose()
+    assert set(engines.values()) == {"spark"}, engines

@@ -154,6 +154,21 @@ def test_the_chain_gives_the_same_rows_checks_and_figures_on_both_engines(chain:
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9)
 
 
+def test_ping_hours_run_as_spark_sql_without_python_workers(chain: dict):
+    """``home_ping_hours`` on Spark is its relational twin (same rows: the test above)."""
+    from near_assets.science.home import HomeParams
+    from near_assets.spark_jobs import relational
+
+    assert HomeParams.cell_m == relational.CELL_M
+    assert apply_by_device.TWINS is relational.TWINS
+    _, result = chain["spark"]
+    (event,) = result.asset_materializations_for_node("home_ping_hours")[-1:]
+    assert event.metadata["spark_relational"].value is True
+    assert event.metadata["spark_buckets"].value == 0
+    (stays,) = result.asset_materializations_for_node("stay_points")[-1:]
+    assert stays.metadata["spark_relational"].value is False
+
+
 def test_spark_publishes_the_object_it_wrote_without_the_run_process_rewriting_it(chain: dict):
     lake, result = chain["spark"]
     for table in CHAIN_KEYS:

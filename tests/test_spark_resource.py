@@ -57,6 +57,36 @@ def test_from_env_defaults_to_local_spark(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.delenv(var, raising=False)
     spark = SparkResource.from_env()
     assert (spark.backend, spark.master) == ("local", "local[*]")
+    assert (spark.driver_memory, spark.shuffle_partitions) == ("2g", 4)
+
+
+def test_from_env_sizes_the_local_driver_and_shuffles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARK_DRIVER_MEMORY", "6g")
+    monkeypatch.setenv("SPARK_SHUFFLE_PARTITIONS", "16")
+    conf = SparkResource.from_env().local_conf()
+    assert (conf["spark.driver.memory"], conf["spark.sql.shuffle.partitions"]) == ("6g", "16")
+
+
+def test_jobs_raise_shuffle_partitions_with_the_input_never_lower_them() -> None:
+    from near_assets.spark_jobs.apply_by_device import ROWS_PER_SHUFFLE_PARTITION, sized_shuffle
+
+    class Conf:  # the two calls sized_shuffle makes of ``spark.conf``
+        def __init__(self, value: str) -> None:
+            self.values = {"spark.sql.shuffle.partitions": value}
+
+        def get(self, key: str, default: str) -> str:
+            return self.values.get(key, default)
+
+        def set(self, key: str, value: str) -> None:
+            self.values[key] = value
+
+    class Session:
+        def __init__(self, value: str) -> None:
+            self.conf = Conf(value)
+
+    assert sized_shuffle(Session("4"), 1_000) == 4
+    assert sized_shuffle(Session("4"), 50 * ROWS_PER_SHUFFLE_PARTITION + 1) == 51
+    assert sized_shuffle(Session("96"), 50 * ROWS_PER_SHUFFLE_PARTITION) == 96
 
 
 def test_from_env_switches_to_emr_with_cluster_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,6 +372,9 @@ def test_emr_serverless_job_runs_the_same_script_with_the_same_settings() -> Non
 def test_build_py_files_contains_the_science_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(build_py_files(tmp_path / "p.zip")).namelist()
     assert "near_assets/science/engine.py" in names
+    # what every job script imports besides itself
+    assert "near_assets/spark_jobs/_pipes_main.py" in names
+    assert "near_assets/spark_jobs/relational.py" in names
     assert not any("__pycache__" in n for n in names)
 
 

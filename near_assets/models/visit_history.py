@@ -4,8 +4,15 @@ Day D reads the published history of D-1 (or the one this run just computed), th
 and the visits of D-7, D-30 and D-90 (those leaving the 7/30/90-day windows) and publishes the
 snapshot of D through write-audit-publish. Without a history of D-1 (the lake's first day, a
 gap) the day is re-computed from the trailing 90 days of visits (``mode: rebuild``).
+
+Engine (``engine`` config, default ``$NEAR_ENGINE``): ``pandas`` in-process; ``spark`` one job
+of ``near_assets/spark_jobs/models.py --task history`` for every day of the run (Spark SQL: the
+previous snapshot full-outer-joined with the day's signed per-pair totals), which writes each
+day's stamped object into the run's staging folder with its audit figures: the run process
+publishes snapshots it never loads.
 """
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,13 +20,18 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from near_assets.models import GROUP, KINDS, RETRY
+from near_assets.engine import EngineConfig
+from near_assets.models import GROUP, RETRY
+from near_assets.models.spark import SPARK_KINDS, StageSpec, run_models_job
 from near_assets.partitions import daily_partitions, eager_any_day
 from near_assets.science import history
 from near_assets.science.visits import VISIT_COLUMNS
+from near_assets.spark_jobs.models import HISTORY_DDL
+from near_assets.spark_jobs.profiles_launch import engine_metadata, spark_places
 from near_assets.tables import VISIT_HISTORY, VISITS, published_asset_args
 from publishing.tables import day_window, publish_pool, trailing_days
 from publishing.wap import (
+    Staged,
     audit_specs,
     clean_meta,
     has_columns,
@@ -30,6 +42,7 @@ from publishing.wap import (
 )
 from resources.alerts import AlertsResource
 from resources.lake import LakeResource
+from resources.spark import SparkResource
 
 LONGEST = max(history.WINDOWS)
 VISITS_MAPPING = dg.TimeWindowPartitionMapping(
@@ -41,9 +54,24 @@ PREVIOUS_DAY = dg.TimeWindowPartitionMapping(
 )
 
 
-class VisitHistoryConfig(dg.Config):
+class VisitHistoryConfig(EngineConfig):
     retention_days: int = history.DEFAULT_RETENTION_DAYS
     """Pairs whose last visit is older than this many days are dropped (>= 90)."""
+
+
+def _invariants_sql() -> str:
+    """``history.history_invariants`` in SQL (the Spark job judges the rows it writes)."""
+    terms = ["first_seen <= last_seen", "visits_total >= 1"]
+    for chain, tol in (
+        ([*(f"visits_{w}d" for w in history.WINDOWS), "visits_total"], ""),
+        ([*(f"dwell_{w}d_s" for w in history.WINDOWS), "dwell_total_s"], " + 0.001D"),
+    ):
+        terms.append(f"{chain[0]} >= 0")
+        terms += [f"{a} <= {b}{tol}" for a, b in itertools.pairwise(chain)]
+    return " AND ".join(terms)
+
+
+INVARIANTS_SQL = _invariants_sql()
 
 
 def history_audits() -> list:
@@ -56,6 +84,7 @@ def history_audits() -> list:
             "At least one visit, first_seen <= last_seen, and 0 <= 7d <= 30d <= 90d <= total "
             "for visits and dwell.",
             history.history_invariants,
+            sql=INVARIANTS_SQL,
         ),
     ]
 
@@ -90,7 +119,7 @@ def describe(df: pd.DataFrame, figures: dict[str, Any]) -> dict[str, Any]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=eager_any_day,
     retry_policy=RETRY,
-    kinds=KINDS,
+    kinds=SPARK_KINDS,
     pool=publish_pool(VISIT_HISTORY.name),
     **published_asset_args(VISIT_HISTORY),
 )
@@ -99,6 +128,7 @@ def visit_history(
     config: VisitHistoryConfig,
     lake: LakeResource,
     alerts: AlertsResource,
+    spark: SparkResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Per-device, per-POI visit history: first/last seen, lifetime visits and dwell, and visits
     and dwell over the trailing 7, 30 and 90 days.
@@ -107,9 +137,37 @@ def visit_history(
     visits leaving each window (those of D-7, D-30, D-90); only the pairs they touch are updated
     (``near_assets.science.history.update_history``), so a day's work follows that day's visits.
     Without a snapshot of D-1 the day is rebuilt from the trailing 90 days of visits. Published
-    to ``curated/visit_history/date=D``.
+    to ``curated/visit_history/date=D``. In-process or, with ``engine: spark``, Spark SQL (one
+    job for every day of the run).
     """
     started = time.perf_counter()
+    if config.engine == "spark":
+        frames, metadata, engine_meta = history_spark(context, lake, spark, config)
+    else:
+        frames, metadata = history_pandas(context, lake, config)
+        engine_meta = {"engine": "pandas"}
+    if not frames:
+        raise dg.Failure(
+            description="no data: visits missing for every day of the run; nothing published",
+            allow_retries=False,
+        )
+    run_meta = {"seconds": round(time.perf_counter() - started, 3), **engine_meta}
+    yield from publish_days(
+        context,
+        lake,
+        alerts,
+        VISIT_HISTORY,
+        frames,
+        lambda d: history_audits(),
+        metadata,
+        run_meta,
+    )
+
+
+def history_pandas(
+    context: dg.AssetExecutionContext, lake: LakeResource, config: VisitHistoryConfig
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """Each day of the run in-process, in order (the previous day's snapshot kept in memory)."""
     cache: dict[str, pd.DataFrame | None] = {}
     frames: dict[str, pd.DataFrame] = {}
     metadata: dict[str, dict[str, Any]] = {}
@@ -148,22 +206,73 @@ def visit_history(
         previous = df
         for old in [d for d in cache if d < trailing_days(day, LONGEST - 1)[-1]]:
             del cache[old]  # keep the cache to the 90 days a later day may still need
-    if not frames:
-        raise dg.Failure(
-            description="no data: visits missing for every day of the run; nothing published",
-            allow_retries=False,
+    return frames, metadata
+
+
+def history_spark(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    config: VisitHistoryConfig,
+) -> tuple[dict[str, Staged], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every day of the run from one Spark job that stages each day's snapshot with its audit
+    figures (the same modes as in-process: a day continues the run's previous day, else the
+    published snapshot of D-1, else it is rebuilt from the trailing 90 days of visits)."""
+    items: list[dict[str, Any]] = []
+    chained = False
+    with spark_places(lake, spark) as places:
+        for day in sorted(context.partition_keys):
+            if not VISITS.exists(lake, day):
+                context.add_asset_metadata(
+                    {"input": "missing", "skipped": f"no visits for {day}: not published"},
+                    partition_key=day,
+                )
+                chained = False
+                continue
+            (yesterday,) = trailing_days(day, 1)
+            item: dict[str, Any] = {"day": day, "today": places.input(VISITS.key(day))}
+            if chained or VISIT_HISTORY.exists(lake, yesterday):
+                item["mode"] = "incremental"
+                if not chained:
+                    item["previous"] = places.input(VISIT_HISTORY.key(yesterday))
+                item["leaving"] = {
+                    str(w): places.input(VISITS.key(d))
+                    for w in history.WINDOWS
+                    if VISITS.exists(lake, d := trailing_days(day, w)[-1])
+                }
+            else:
+                item["mode"] = "rebuild"
+                present = VISITS.present(lake, day_window(day, LONGEST))
+                item["visits"] = [places.input(VISITS.key(d)) for d in present]
+            items.append(item)
+            chained = True
+        if not items:
+            return {}, {}, {"engine": "spark"}
+        stage = StageSpec(
+            context,
+            VISIT_HISTORY,
+            [i["day"] for i in items],
+            HISTORY_DDL,
+            history.HISTORY_COLUMNS,
+            history.KEY,
+            history_audits(),
+            duplicates=[",".join(history.KEY)],
         )
-    run_meta = {"seconds": round(time.perf_counter() - started, 3), "engine": "pandas"}
-    yield from publish_days(
-        context,
-        lake,
-        alerts,
-        VISIT_HISTORY,
-        frames,
-        lambda d: history_audits(),
-        metadata,
-        run_meta,
-    )
+        spec = {
+            "params": {"retention_days": config.retention_days},
+            "days": items,
+            "stage": stage.spec(places),
+        }
+        summary = run_models_job(context, spark, "history", spec)
+    reported = summary.get("days") or {}
+    staged = stage.staged(reported)
+    metadata = {}
+    for d in staged:
+        figures = {k: v for k, v in reported[d].items() if k != "staged"}
+        keys = ["mode", "visits_leaving", "previous_pairs", "rebuild_days_found", "visits_today",
+                "update_s", "pairs", "devices", "pois", "pairs_active_7d", "pairs_active_30d"]  # fmt: skip
+        metadata[d] = clean_meta({k: figures[k] for k in keys if k in figures})
+    return staged, metadata, engine_metadata(summary)
 
 
 defs = dg.Definitions(assets=[visit_history])

@@ -939,3 +939,58 @@ def score_against_truth(
         "interval_coverage_all": float(inside[true > 0].mean()) if (true > 0).any() else nan,
         "visitors_median_abs_pct_error": float(vis[big].abs().median() * 100) if big.any() else nan,
     }
+
+
+# ---- counting people instead of devices -------------------------------------------------------
+
+COUNT_UNITS = ("devices", "people")
+"""What a distinct visitor is: a panel device (the default) or a person (devices linked by the
+identity graph, ``curated/identity_graph``)."""
+
+
+def person_of(devices: pd.Series, graph: pd.DataFrame | None) -> pd.Series:
+    """Each device's ``person_id`` in ``graph`` (``device_id``, ``person_id``); a device the graph
+    does not hold is its own person. ``graph`` None: every device is its own person."""
+    ids = devices.astype(object)
+    if graph is None or graph.empty:
+        return ids
+    mapping = graph.drop_duplicates("device_id").set_index("device_id")["person_id"]
+    return ids.map(mapping).fillna(ids)
+
+
+def as_people(
+    visits: pd.DataFrame,
+    device_areas: pd.DataFrame,
+    active_devices: Iterable[str] | None,
+    detection: pd.DataFrame | None,
+    graph: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
+    """:func:`daily_ht`'s inputs with persons in place of devices (``device_id`` holds the
+    ``person_id``), so distinct visitors become distinct people.
+
+    A person's home area is the smallest ``area_id`` among its devices' homes; a person is
+    active when one of its devices is; its visit-detection rate is the highest of its devices'
+    (a visit is seen when any of its devices reveals it; the best device is a lower bound of
+    that probability, which keeps the weights conservative). The Spark engine applies the same
+    rules (``near_assets/spark_jobs/audience.py``).
+    """
+    v = visits.assign(device_id=person_of(visits["device_id"], graph))
+    homes = (
+        device_areas[["device_id", "area_id"]]
+        .dropna()
+        .assign(device_id=lambda d: person_of(d["device_id"], graph))
+        .groupby("device_id", as_index=False, sort=True)["area_id"]
+        .min()
+    )
+    active = None
+    if active_devices is not None:
+        active = pd.unique(person_of(pd.Series(list(active_devices), dtype=object), graph))
+    rates = None
+    if detection is not None:
+        rates = (
+            detection[["device_id", "p_detect"]]
+            .assign(device_id=lambda d: person_of(d["device_id"], graph))
+            .groupby("device_id", as_index=False, sort=True)["p_detect"]
+            .max()
+        )
+    return v, homes, active, rates

@@ -168,12 +168,45 @@ def device_visit_counts(visits: pd.DataFrame, brand_pois: set[str] | pd.Index) -
             index=pd.Index([], name="device_id", dtype="object"),
         )
     is_brand = visits["poi_id"].isin(list(brand_pois)).astype("int64")
+    if "visits" in visits:  # per (device, POI) counts (``visits_between``), not one row a visit
+        n = visits["visits"].to_numpy(np.int64)
+        out = (
+            pd.DataFrame(
+                {"device_id": visits["device_id"].to_numpy(), "b": is_brand.to_numpy() * n, "n": n}
+            )
+            .groupby("device_id")
+            .agg(brand_visits=("b", "sum"), poi_visits=("n", "sum"))
+        )
+        return out.astype("int64")
     out = (
         pd.DataFrame({"device_id": visits["device_id"].to_numpy(), "b": is_brand.to_numpy()})
         .groupby("device_id")["b"]
         .agg(brand_visits="sum", poi_visits="size")
     )
     return out.astype("int64")
+
+
+HISTORY_READ = ["device_id", "poi_id", "first_seen", "visits_total"]
+"""The ``visit_history`` columns ``visits_between`` reads."""
+
+
+def visits_between(end: pd.DataFrame, start: pd.DataFrame | None) -> pd.DataFrame:
+    """Per (device, POI) visits after the ``start`` snapshot up to the ``end`` one (two
+    ``visit_history`` partitions, ``HISTORY_READ``): ``visits_total`` of ``end`` minus that of
+    ``start`` when the pair was already followed then (same ``first_seen``; a pair dropped by
+    the history's retention and seen again starts afresh). ``start`` None: everything of
+    ``end``. Returns ``device_id``, ``poi_id``, ``visits`` (> 0), for ``device_visit_counts``."""
+    e = end[HISTORY_READ].reset_index(drop=True)
+    n = e["visits_total"].to_numpy(np.int64)
+    if start is not None and len(start):
+        before = start[HISTORY_READ].rename(
+            columns={"first_seen": "start_first", "visits_total": "start_total"}
+        )
+        e = e.merge(before, on=["device_id", "poi_id"], how="left")
+        same = (e["start_first"] == e["first_seen"]).to_numpy()
+        n = n - np.where(same, e["start_total"].fillna(0).to_numpy(np.int64), 0)
+    out = pd.DataFrame({"device_id": e["device_id"], "poi_id": e["poi_id"], "visits": n})
+    return out[out["visits"] > 0].reset_index(drop=True)
 
 
 def build_panel(

@@ -286,3 +286,113 @@ def match_planted(
     dx = (lo - po) * 111_320.0 * np.cos(np.radians(pa_))
     near = np.hypot(dx, dy) <= within_m
     return near.any(axis=1), near.any(axis=0)
+
+
+def planted_points(planted: pd.DataFrame, towers: np.ndarray | None = None) -> pd.DataFrame:
+    """Every point a list should hold: the planted HDPs (``hdp_id``, ``kind``, ``lat``, ``lon``,
+    optional ``near_poi_id``) and the dirt's legacy towers (``towers``: (lat, lon) rows, ids
+    ``legacy-<i>``, kind ``legacy_tower``), planted first."""
+    legacy = np.asarray(towers if towers is not None else np.empty((0, 2)), dtype=float)
+    legacy = legacy.reshape(-1, 2)
+    cols = [c for c in ("hdp_id", "kind", "lat", "lon", "near_poi_id") if c in planted]
+    return pd.concat(
+        [
+            planted[cols],
+            pd.DataFrame(
+                {
+                    "hdp_id": [f"legacy-{i}" for i in range(len(legacy))],
+                    "kind": "legacy_tower",
+                    "lat": legacy[:, 0],
+                    "lon": legacy[:, 1],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+
+
+def score_list(
+    listed: pd.DataFrame,
+    points: pd.DataFrame,
+    active_days: dict[str, set[str]],
+    window: list[str],
+    min_days: int = HdpParams.min_days,
+) -> dict[str, Any]:
+    """Precision and recall of a list against ``planted_points``: precision is the share of
+    listed entries within 15 m of a planted point; recall the share of the points the list
+    could know (active on >= ``min_days`` days of ``window`` by ``active_days``; legacy towers
+    always) that it holds, also per kind and for the planted points beside busy POIs."""
+    precise, found = match_planted(listed, points)
+    ids = points["hdp_id"].astype(str)
+    eligible = np.array(
+        [
+            h.startswith("legacy") or len(active_days.get(h, set()) & set(window)) >= min_days
+            for h in ids
+        ],
+        dtype=bool,
+    )
+    by_kind = points.assign(found=found)[eligible].groupby("kind")["found"].mean()
+    out: dict[str, Any] = {
+        "listed": len(listed),
+        "planted": int(eligible.sum()),
+        "precision": round(float(precise.mean()), 4) if len(precise) else None,
+        "recall": round(float(found[eligible].mean()), 4) if eligible.any() else None,
+        "recall_by_kind": {k: round(float(v), 4) for k, v in by_kind.items()},
+    }
+    if "near_poi_id" in points:
+        near = points["near_poi_id"].notna().to_numpy() & ~ids.str.startswith("legacy").to_numpy()
+        out["recall_beside_busy_pois"] = round(float(found[near].mean()), 4) if near.any() else None
+    return out
+
+
+def visit_ping_mask(pings: pd.DataFrame, stays: pd.DataFrame) -> np.ndarray:
+    """Pings of a device that fall inside one of its true POI stays (``truth/stays``)."""
+    poi = stays[stays["kind"] == "poi"][["device_id", "start_ts", "end_ts"]].copy()
+    for c in ("start_ts", "end_ts"):
+        poi[c] = pd.to_datetime(poi[c], utc=True).dt.as_unit("ns")
+    p = pings[["device_id", "ts"]].reset_index(drop=True).reset_index()
+    p["ts"] = pd.to_datetime(p["ts"], utc=True).dt.as_unit("ns")
+    m = pd.merge_asof(
+        p.sort_values("ts"),
+        poi.sort_values("start_ts"),
+        left_on="ts",
+        right_on="start_ts",
+        by="device_id",
+        direction="backward",
+    )
+    inside = (m["end_ts"].notna() & (m["ts"] <= m["end_ts"])).to_numpy()
+    out = np.zeros(len(pings), dtype=bool)
+    out[m["index"].to_numpy()[inside]] = True
+    return out
+
+
+def ping_classes(
+    pings: pd.DataFrame,
+    planted_pings: pd.DataFrame,
+    stays: pd.DataFrame,
+    towers: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ping of a day: planted (``truth/hdp_pings``: device_id, ts), genuine (neither planted
+    nor on a legacy tower), genuine visit (genuine and inside a true POI stay)."""
+    key = pd.MultiIndex.from_frame(pings[["device_id", "ts"]])
+    planted = key.isin(pd.MultiIndex.from_frame(planted_pings[["device_id", "ts"]]))
+    legacy = np.zeros(len(pings), bool)
+    for la, lo in np.asarray(towers if towers is not None else [], dtype=float).reshape(-1, 2):
+        legacy |= (pings["lat"].to_numpy() == la) & (pings["lon"].to_numpy() == lo)
+    genuine = ~planted & ~legacy
+    return planted, genuine, visit_ping_mask(pings, stays) & genuine
+
+
+def removal_shares(
+    removed: np.ndarray, planted: np.ndarray, genuine: np.ndarray, visit: np.ndarray
+) -> dict[str, float | None]:
+    """Shares of the planted, genuine and genuine visit pings a list removes (``ping_classes``)."""
+
+    def share(mask: np.ndarray, digits: int) -> float | None:
+        return round(float(removed[mask].mean()), digits) if mask.any() else None
+
+    return {
+        "planted_pings_removed": share(planted, 4),
+        "genuine_visit_pings_removed": share(visit, 5),
+        "genuine_pings_removed": share(genuine, 5),
+    }

@@ -137,61 +137,96 @@ def device_homes(
     return nights.groupby("device_id", observed=True)[["lat", "lon"]].median().reset_index()
 
 
-def colocations(
-    stays: pd.DataFrame,
-    homes: pd.DataFrame | None = None,
-    timezone: str = "UTC",
-    params: IdentityParams | None = None,
+def prepare_stays(
+    stays: pd.DataFrame, lat0: float, lon0: float, timezone: str, params: IdentityParams
 ) -> pd.DataFrame:
-    """Stay pairs of two devices close in space and overlapping in time, with night/day keys.
-
-    ``stays``: device_id, start_ts, end_ts (UTC), lat, lon. ``homes``: device_id, lat, lon
-    (e.g. ``home_location``); default the devices' median night stays. Returns one row per
-    co-located stay pair: device_a < device_b, dist_m, overlap_s, night (local day or -1),
-    day_elsewhere (local day or -1).
-    """
-    p = params or IdentityParams()
-    out_cols = ["device_a", "device_b", "dist_m", "overlap_s", "night", "day_elsewhere"]
-    if stays.empty:
-        return pd.DataFrame(columns=out_cols)
-    st = stays.reset_index(drop=True)
-    dev = st["device_id"].astype(str).to_numpy()
-    lat0, lon0 = float(st["lat"].median()), float(st["lon"].median())
-    xy = _xy(st["lat"].to_numpy(float), st["lon"].to_numpy(float), lat0, lon0)
-    start, end = _local_s(st["start_ts"], timezone), _local_s(st["end_ts"], timezone)
+    """Per stay (row order kept): ``dev`` (str), ``x``, ``y`` (metres from ``lat0``/``lon0``),
+    ``start``, ``end`` (local wall-clock seconds), ``start_h`` (local hour index), ``n_h``
+    (hour slots it covers, at most ``max_slot_hours``) and ``night_s`` (seconds inside the
+    local night window: a night stay has at least an hour). Row-wise: any batch of stays gives the
+    same rows (the Spark engine runs it per batch)."""
+    xy = _xy(stays["lat"].to_numpy(float), stays["lon"].to_numpy(float), lat0, lon0)
+    start, end = _local_s(stays["start_ts"], timezone), _local_s(stays["end_ts"], timezone)
     start_h = start // HOUR_S
-    n_h = np.clip((np.maximum(end - 1, start)) // HOUR_S - start_h + 1, 1, p.max_slot_hours)
-    own = _slots(xy, start_h, n_h, p.cell_m, probe=False)
+    n_h = np.clip((np.maximum(end - 1, start)) // HOUR_S - start_h + 1, 1, params.max_slot_hours)
+    return pd.DataFrame(
+        {
+            "dev": stays["device_id"].astype(str).to_numpy(),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "start": start,
+            "end": end,
+            "start_h": start_h,
+            "n_h": n_h.astype(np.int64),
+            "night_s": _window_overlap(start, end, params.night_hours)[0].astype(np.int64),
+        }
+    )
+
+
+def home_xy(homes: pd.DataFrame, lat0: float, lon0: float) -> pd.DataFrame:
+    """``device_id`` (str), ``hx``, ``hy``: homes in the stays' local metres."""
+    h = _xy(homes["lat"].to_numpy(float), homes["lon"].to_numpy(float), lat0, lon0)
+    return pd.DataFrame(
+        {"device_id": homes["device_id"].astype(str).to_numpy(), "hx": h[:, 0], "hy": h[:, 1]}
+    )
+
+
+def stay_pairs(prep: pd.DataFrame, params: IdentityParams) -> np.ndarray:
+    """Candidate stay pairs (rows of ``prep``, ``dev_a < dev_b``, unique): the (cell x hour)
+    join of the module doc, crowded keys left out."""
+    xy = prep[["x", "y"]].to_numpy(float)
+    dev = prep["dev"].to_numpy()
+    start_h, n_h = prep["start_h"].to_numpy(), prep["n_h"].to_numpy()
+    own = _slots(xy, start_h, n_h, params.cell_m, probe=False)
     own["dev"] = dev[own["stay"].to_numpy()]
     crowd = own.groupby(["hour", "cx", "cy"])["dev"].nunique()
-    crowd = crowd[crowd <= p.max_group].reset_index()[["hour", "cx", "cy"]]
+    crowd = crowd[crowd <= params.max_group].reset_index()[["hour", "cx", "cy"]]
     own = own.merge(crowd, on=["hour", "cx", "cy"])
-    probes = _slots(xy, start_h, n_h, p.cell_m, probe=True)
+    probes = _slots(xy, start_h, n_h, params.cell_m, probe=True)
     pairs = own[["stay", "hour", "cx", "cy"]].merge(
         probes, on=["hour", "cx", "cy"], suffixes=("_a", "_b")
     )
     a, b = pairs["stay_a"].to_numpy(), pairs["stay_b"].to_numpy()
     keep = dev[a] < dev[b]
-    sp = np.unique(np.column_stack([a[keep], b[keep]]), axis=0)
-    if len(sp) == 0:
-        return pd.DataFrame(columns=out_cols)
-    a, b = sp[:, 0], sp[:, 1]
-    dist = np.hypot(*(xy[a] - xy[b]).T)
-    o0, o1 = np.maximum(start[a], start[b]), np.minimum(end[a], end[b])
+    return np.unique(np.column_stack([a[keep], b[keep]]), axis=0).reshape(-1, 2)
+
+
+COLOCATION_COLUMNS = [
+    "device_a",
+    "device_b",
+    "dist_m",
+    "overlap_s",
+    "night",
+    "home_evening",
+    "at_home",
+    "day_elsewhere",
+]
+PAIR_COLUMNS = ["dev_a", "dev_b", "xa", "ya", "xb", "yb", "start_a", "end_a", "start_b", "end_b",
+                "hxa", "hya", "hxb", "hyb"]  # fmt: skip
+"""A candidate stay pair: both stays (``prepare_stays``) and both devices' homes (``home_xy``,
+NaN when unknown)."""
+
+
+def pair_colocations(pairs: pd.DataFrame, params: IdentityParams) -> pd.DataFrame:
+    """The co-located rows of candidate stay pairs (``PAIR_COLUMNS``): within ``link_m``,
+    overlapping ``min_overlap_s``, with their night / evening / day-elsewhere keys
+    (``COLOCATION_COLUMNS``). Row-wise (the Spark engine runs it per batch of pairs)."""
+    p = params
+    xa, ya = pairs["xa"].to_numpy(float), pairs["ya"].to_numpy(float)
+    xb, yb = pairs["xb"].to_numpy(float), pairs["yb"].to_numpy(float)
+    dist = np.hypot(xa - xb, ya - yb)
+    o0 = np.maximum(pairs["start_a"].to_numpy(np.int64), pairs["start_b"].to_numpy(np.int64))
+    o1 = np.minimum(pairs["end_a"].to_numpy(np.int64), pairs["end_b"].to_numpy(np.int64))
     ok = (dist <= p.link_m) & (o1 - o0 >= p.min_overlap_s)
-    a, b, dist, o0, o1 = a[ok], b[ok], dist[ok], o0[ok], o1[ok]
+    dist, o0, o1 = dist[ok], o0[ok], o1[ok]
     night_s, night_d = _window_overlap(o0, o1, p.night_hours)
     day_s, day_d = _window_overlap(o0, o1, p.day_hours)
-    if homes is None:
-        homes = device_homes(st, timezone, p)
-    hxy = homes.set_index(homes["device_id"].astype(str))[["lat", "lon"]]
-    here = (xy[a] + xy[b]) / 2
-    away = np.ones(len(a), dtype=bool)
-    at_home = np.zeros(len(a), dtype=bool)
-    for d in (dev[a], dev[b]):
-        h = hxy.reindex(d).to_numpy(float)
-        hm = _xy(h[:, 0], h[:, 1], lat0, lon0)
-        to_home = np.hypot(*(hm - here).T)
+    hx = (xa[ok] + xb[ok]) / 2
+    hy = (ya[ok] + yb[ok]) / 2
+    away = np.ones(len(dist), dtype=bool)
+    at_home = np.zeros(len(dist), dtype=bool)
+    for cx, cy in (("hxa", "hya"), ("hxb", "hyb")):
+        to_home = np.hypot(pairs[cx].to_numpy(float)[ok] - hx, pairs[cy].to_numpy(float)[ok] - hy)
         away &= ~(to_home <= p.away_m)  # NaN distance (no home) compares False: counts as away
         at_home |= to_home <= p.home_m
     # an evening at home: night together anywhere, or together at one of the two homes at any
@@ -200,8 +235,8 @@ def colocations(
     together = (night_s >= p.min_overlap_s) | at_home
     return pd.DataFrame(
         {
-            "device_a": dev[a],
-            "device_b": dev[b],
+            "device_a": pairs["dev_a"].to_numpy()[ok],
+            "device_b": pairs["dev_b"].to_numpy()[ok],
             "dist_m": dist,
             "overlap_s": (o1 - o0).astype(np.int64),
             "night": np.where(night_s >= p.min_overlap_s, night_d, -1),
@@ -212,14 +247,57 @@ def colocations(
     )
 
 
-def score_edges(
-    co: pd.DataFrame, homes: pd.DataFrame, params: IdentityParams | None = None
+def colocations(
+    stays: pd.DataFrame,
+    homes: pd.DataFrame | None = None,
+    timezone: str = "UTC",
+    params: IdentityParams | None = None,
 ) -> pd.DataFrame:
-    """Per device pair: nights together, their median distance, days together elsewhere, home
-    distance, score and kind (``person`` / ``household``); only pairs passing the rule."""
+    """Stay pairs of two devices close in space and overlapping in time, with night/day keys.
+
+    ``stays``: device_id, start_ts, end_ts (UTC), lat, lon. ``homes``: device_id, lat, lon
+    (e.g. ``home_location``); default the devices' median night stays. Returns one row per
+    co-located stay pair (``COLOCATION_COLUMNS``): device_a < device_b, dist_m, overlap_s,
+    night (local day or -1), home_evening (local day or -1), at_home, day_elsewhere (local day
+    or -1).
+    """
     p = params or IdentityParams()
-    if co.empty:
-        return pd.DataFrame(columns=EDGE_COLUMNS)
+    if stays.empty:
+        return pd.DataFrame(columns=COLOCATION_COLUMNS)
+    st = stays.reset_index(drop=True)
+    lat0, lon0 = float(st["lat"].median()), float(st["lon"].median())
+    prep = prepare_stays(st, lat0, lon0, timezone, p)
+    sp = stay_pairs(prep, p)
+    if len(sp) == 0:
+        return pd.DataFrame(columns=COLOCATION_COLUMNS)
+    if homes is None:
+        homes = device_homes(st, timezone, p)
+    hxy = home_xy(homes, lat0, lon0).set_index("device_id")
+    a, b = prep.iloc[sp[:, 0]].reset_index(drop=True), prep.iloc[sp[:, 1]].reset_index(drop=True)
+    ha, hb = hxy.reindex(a["dev"].to_numpy()), hxy.reindex(b["dev"].to_numpy())
+    pairs = pd.DataFrame(
+        {
+            "dev_a": a["dev"].to_numpy(),
+            "dev_b": b["dev"].to_numpy(),
+            **{f"{c}a": a[c].to_numpy() for c in ("x", "y")},
+            **{f"{c}b": b[c].to_numpy() for c in ("x", "y")},
+            **{f"{c}_a": a[c].to_numpy() for c in ("start", "end")},
+            **{f"{c}_b": b[c].to_numpy() for c in ("start", "end")},
+            "hxa": ha["hx"].to_numpy(float),
+            "hya": ha["hy"].to_numpy(float),
+            "hxb": hb["hx"].to_numpy(float),
+            "hyb": hb["hy"].to_numpy(float),
+        }
+    )
+    return pair_colocations(pairs[PAIR_COLUMNS], p)
+
+
+EVIDENCE_COLUMNS = ["device_a", "device_b", "nights", "night_dist_m", "at_home", "days_elsewhere"]
+
+
+def pair_evidence(co: pd.DataFrame) -> pd.DataFrame:
+    """Per device pair with evenings together: their number, median distance, whether one was
+    at a home, and the days together elsewhere (``EVIDENCE_COLUMNS``)."""
     key = ["device_a", "device_b"]
     nights_rows = co[co["home_evening"] >= 0]
     nights = nights_rows.groupby(key).agg(
@@ -229,12 +307,22 @@ def score_edges(
     )
     days = co[co["day_elsewhere"] >= 0].groupby(key)["day_elsewhere"].nunique()
     e = nights.join(days.rename("days_elsewhere"), how="left").fillna({"days_elsewhere": 0})
-    e = e.reset_index()
-    h = homes.set_index(homes["device_id"].astype(str))[["lat", "lon"]]
-    ha, hb = h.reindex(e["device_a"]).to_numpy(float), h.reindex(e["device_b"]).to_numpy(float)
+    return e.reset_index()[EVIDENCE_COLUMNS]
+
+
+def finish_edges(e: pd.DataFrame, params: IdentityParams | None = None) -> pd.DataFrame:
+    """Edges from ``pair_evidence`` plus both devices' homes (``ha_lat``, ``ha_lon``,
+    ``hb_lat``, ``hb_lon``; NaN when unknown): home distance, score, the rule, the kind."""
+    p = params or IdentityParams()
+    if e.empty:
+        return pd.DataFrame(columns=EDGE_COLUMNS)
+    e = e.copy()
+    ha = e[["ha_lat", "ha_lon"]].to_numpy(float)
+    hb = e[["hb_lat", "hb_lon"]].to_numpy(float)
     lat0 = float(np.nanmedian(ha[:, 0])) if len(ha) and not np.isnan(ha[:, 0]).all() else 0.0
     dxy = _xy(ha[:, 0], ha[:, 1], lat0, 0.0) - _xy(hb[:, 0], hb[:, 1], lat0, 0.0)
     e["home_dist_m"] = np.hypot(dxy[:, 0], dxy[:, 1])
+    e["nights"] = e["nights"].astype(np.int64)
     e["days_elsewhere"] = e["days_elsewhere"].astype(np.int64)
     e["score"] = (1.0 - 0.5 ** e["nights"]) * np.exp(-((e["night_dist_m"] / p.dist_scale_m) ** 2))
     # homes apart and never together at either of them (NaN: a home unknown, no veto)
@@ -242,6 +330,20 @@ def score_edges(
     e = e[(e["nights"] >= p.min_nights) & (e["score"] >= p.min_score) & ~veto]
     e["kind"] = np.where(e["days_elsewhere"] >= p.min_days_elsewhere, "person", "household")
     return e[EDGE_COLUMNS].reset_index(drop=True)
+
+
+def score_edges(
+    co: pd.DataFrame, homes: pd.DataFrame, params: IdentityParams | None = None
+) -> pd.DataFrame:
+    """Per device pair: nights together, their median distance, days together elsewhere, home
+    distance, score and kind (``person`` / ``household``); only pairs passing the rule."""
+    if co.empty:
+        return pd.DataFrame(columns=EDGE_COLUMNS)
+    e = pair_evidence(co)
+    h = homes.set_index(homes["device_id"].astype(str))[["lat", "lon"]]
+    ha, hb = h.reindex(e["device_a"]).to_numpy(float), h.reindex(e["device_b"]).to_numpy(float)
+    e = e.assign(ha_lat=ha[:, 0], ha_lon=ha[:, 1], hb_lat=hb[:, 0], hb_lon=hb[:, 1])
+    return finish_edges(e, params)
 
 
 def _components(devices: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -25,6 +25,13 @@ may not split its input by them. Within a call rows are sorted by the group keys
 other columns, so the result does not depend on the order of Spark's shuffle. The bucket column
 never reaches the function or the output.
 
+**Relational twins.** A function with a Spark SQL twin (``relational.TWINS``, e.g.
+``home_ping_hours``' reduction: a group-by and two means) runs as that twin: the same rows
+without a Python worker or an Arrow round trip (summary ``relational: true``).
+
+**Shuffle partitions** are raised to one per ``ROWS_PER_SHUFFLE_PARTITION`` input rows
+(``sized_shuffle``; never lowered), so a large day does not sort a quarter of itself per task.
+
 **Side tables.** ``params["__sides__"]`` (``{name: Parquet URI}``, set by ``near_assets.engine``)
 names small tables every call needs whole (POIs, areas): each Python worker reads each one once
 (``side_table``, cached by URI) and the function gets it as the keyword argument ``name``, just as
@@ -62,6 +69,11 @@ from typing import Any
 
 import pandas as pd
 
+from near_assets.spark_jobs._pipes_main import open_pipes as open_pipes  # imported from here too
+from near_assets.spark_jobs._pipes_main import pipes_io as pipes_io
+from near_assets.spark_jobs._pipes_main import pipes_main
+from near_assets.spark_jobs.relational import TWINS
+
 BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -74,6 +86,8 @@ DEVICE_KEY = "device_id"
 BUCKET_COLUMN = "__device_bucket"
 BUCKETS_PER_SLOT = 4
 MAX_ROWS_PER_BUCKET = 1_000_000
+ROWS_PER_SHUFFLE_PARTITION = 2_000_000
+"""A job's shuffles get at least one partition per this many input rows (``sized_shuffle``)."""
 SIDES_PARAM = "__sides__"
 STAGE_PARAM = "__stage__"
 DAY_COLUMN = "__day"
@@ -149,37 +163,6 @@ def side_table(uri: str) -> pd.DataFrame:
     return _SIDE_TABLES[uri]
 
 
-def pipes_io(loader: Any) -> tuple[Any, Any]:
-    """Context loader and message writer for the params ``loader`` found (None: the defaults)."""
-    from dagster_pipes import PipesS3ContextLoader, PipesS3MessageWriter
-
-    on_s3_ctx = "bucket" in loader.load_context_params()
-    on_s3_msg = "bucket" in loader.load_messages_params()
-    if not (on_s3_ctx or on_s3_msg):
-        return None, None
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-    return (
-        PipesS3ContextLoader(client) if on_s3_ctx else None,
-        PipesS3MessageWriter(client, interval=5) if on_s3_msg else None,
-    )
-
-
-def open_pipes():
-    """Open dagster-pipes from CLI arguments (EMR steps) or environment variables (elsewhere)."""
-    from dagster_pipes import PipesCliArgsParamsLoader, PipesEnvVarParamsLoader, open_dagster_pipes
-
-    cli = PipesCliArgsParamsLoader()
-    loader = cli if cli.is_dagster_pipes_process() else PipesEnvVarParamsLoader()
-    if not loader.is_dagster_pipes_process():
-        return open_dagster_pipes()
-    context_loader, message_writer = pipes_io(loader)
-    return open_dagster_pipes(
-        params_loader=loader, context_loader=context_loader, message_writer=message_writer
-    )
-
-
 def spark_session(master: str | None, conf: dict[str, str]):
     from pyspark.sql import SparkSession
 
@@ -189,6 +172,37 @@ def spark_session(master: str | None, conf: dict[str, str]):
     for key, value in {**BASE_CONF, **conf}.items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()
+
+
+def run_in_session(
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    spark: Any,
+    label: str,
+    body: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """``body(spark)`` in the given session (``BASE_CONF`` set; left running) or in a session of
+    its own from ``--master``/``--spark-conf`` (stopped after); its result plus the job's
+    timings, Spark version and master (the summary a job script reports)."""
+    started = time.perf_counter()
+    own_session = spark is None
+    if own_session:
+        spark = spark_session(args.master, json.loads(args.spark_conf))
+    else:
+        for key, value in BASE_CONF.items():
+            spark.conf.set(key, value)
+    session_s = time.perf_counter() - started
+    summary = {
+        **body(spark),
+        "seconds": round(time.perf_counter() - started, 3),
+        "session_start_s": round(session_s, 3),
+        "spark_version": spark.version,
+        "master": spark.sparkContext.master,
+    }
+    log(f"{label}: {summary['seconds']:.1f} s")
+    if own_session:
+        spark.stop()
+    return summary
 
 
 def to_utc(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -237,6 +251,16 @@ def read_inputs(spark: Any, uris: Sequence[str]) -> Any:
     for df in frames[1:]:
         out = out.unionByName(df, allowMissingColumns=True)
     return out
+
+
+def sized_shuffle(spark: Any, rows: int) -> int:
+    """Raise ``spark.sql.shuffle.partitions`` to one per ``ROWS_PER_SHUFFLE_PARTITION`` input
+    rows (never lower it: a cluster's setting stays when larger); returns the setting."""
+    current = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+    wanted = max(current, -(-int(rows) // ROWS_PER_SHUFFLE_PARTITION))
+    if wanted != current:
+        spark.conf.set("spark.sql.shuffle.partitions", str(wanted))
+    return wanted
 
 
 def bucket_count(buckets: str | int, group_by: Sequence[str], rows: int, parallelism: int) -> int:
@@ -526,6 +550,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         input_distinct = {d: int(counts[f"w{i}"]) for i, d in enumerate(windows)}
     else:
         input_rows = df.count()
+    shuffle_partitions = sized_shuffle(spark, input_rows)
     parallelism = spark.sparkContext.defaultParallelism
     buckets = bucket_count(getattr(args, "buckets", "auto"), group_by, input_rows, parallelism)
 
@@ -536,14 +561,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         tables = {name: side_table(uri) for name, uri in sides.items()}
         return fn(to_utc(pdf), **params, **tables)[names]
 
-    if buckets:
+    twin = TWINS.get(args.function)
+    if twin is not None:  # relational: the same rows in Spark SQL, no Python worker
+        out = twin(df, **params).select(*names)
+        buckets = 0
+    elif buckets:
         from pyspark.sql import functions as F
 
         bucket = F.pmod(F.hash(F.col(DEVICE_KEY)), F.lit(buckets))
         grouped = df.withColumn(BUCKET_COLUMN, bucket).groupBy(BUCKET_COLUMN)
+        out = grouped.applyInPandas(apply, schema=schema)
     else:
-        grouped = df.groupBy(*group_by)
-    out = grouped.applyInPandas(apply, schema=schema)
+        out = df.groupBy(*group_by).applyInPandas(apply, schema=schema)
     staged: dict[str, Any] = {}
     if stage is not None:
         staged = stage_days(out, stage)
@@ -558,6 +587,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         "function": args.function,
         "group_by": group_by,
         "buckets": buckets,
+        "relational": twin is not None,
+        "shuffle_partitions": shuffle_partitions,
         "input_uris": list(args.input),
         "output_uri": args.output,
         "input_rows": input_rows,
@@ -572,6 +603,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         **({"input_distinct": input_distinct} if windows else {}),
     }
     calls = f"{buckets} device buckets" if buckets else "one call per group"
+    calls = "Spark SQL twin (no Python worker)" if twin is not None else calls
     log(
         f"apply_by_device {args.function}: {input_rows} rows in, {rows} out, {calls}, "
         f"{seconds:.1f} s"
@@ -582,12 +614,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    with open_pipes() as pipes:
-        summary = run(args, pipes.log.info)
-        pipes.report_custom_message(summary)
-    print(json.dumps(summary), file=sys.stderr)
-    return 0
+    return pipes_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

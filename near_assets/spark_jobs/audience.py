@@ -4,8 +4,8 @@
         "areas": ".../areas.parquet", "pois": ".../pois.parquet", "output": ".../out",
         "detect": [{"day": D, "pings": uri, "stays": uri, "visits": uri, "out": uri}],
         "days": [{"day": D, "visits": uri|null, "homes": uri|null, "pings": uri|null,
-                  "detection": uri|null}],
-        "blend": {D: [D, D-1, ...]}}'
+                  "detection": uri|null, "graph": uri|null}],
+        "blend": {D: [D, D-1, ...]}, "count": "devices"|"people"}'
 
 Everything that reads pings, stays or visits runs here; only per-POI and per-day figures go back.
 
@@ -24,6 +24,14 @@ Everything that reads pings, stays or visits runs here; only per-POI and per-day
    weight, the pooled figures and, for every pair of days blended together (``blend``), the
    summed covariance through the shared panel (``day_covariance``: split into reference POIs
    and, per POI, the few others) go back through Pipes.
+
+3. **People** (``"count": "people"``, each day's ``graph``: its ``identity_graph`` partition or
+   null): before the sums, every device becomes its person (``person_id``; a device missing
+   from the graph is its own person), as ``science.audience.as_people``: a person's home area
+   is the smallest of its devices', it is active when a device is, its detection rate is its
+   devices' highest; the figures add ``visitor_devices`` and ``active_people``.
+
+The spec may come as ``--spec @<uri>``: a JSON object in the lake (the run's scratch area).
 
 Job scripts import ``dagster_pipes`` only, never ``dagster``: this one ships to EMR.
 """
@@ -49,12 +57,12 @@ from near_assets.science.audience import (
     group_rates,
     kernel_sums,
 )
+from near_assets.spark_jobs._pipes_main import pipes_main
 from near_assets.spark_jobs.apply_by_device import (
     BASE_CONF,
     bucket_count,
     clean_local_output,
     is_local,
-    open_pipes,
     read_inputs,
     spark_session,
 )
@@ -74,11 +82,22 @@ HT_SCHEMA = "poi_id string, visitors long, e double, var double, model_var doubl
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="JSON job spec (module doc)")
+    parser.add_argument(
+        "--spec", required=True, help="JSON job spec (module doc), or @<uri> of a JSON object"
+    )
     parser.add_argument("--master", default=None, help="Spark master (spark-submit sets it)")
     parser.add_argument("--spark-conf", default="{}", help="JSON Spark settings for the session")
     args, _ = parser.parse_known_args(argv)  # the --dagster-pipes-* arguments are read by pipes
     return args
+
+
+def load_spec(spark: Any, arg: str) -> dict[str, Any]:
+    """The job spec: inline JSON, or ``@<uri>`` of a JSON object the orchestrator wrote (a month
+    backfill's spec outgrows EMR's step-argument limit), read through Spark's file systems."""
+    if not arg.startswith("@"):
+        return json.loads(arg)
+    rows = spark.read.text(arg[1:], wholetext=True).collect()
+    return json.loads("".join(r["value"] for r in rows))
 
 
 def _bucketed(df: Any, buckets: int) -> Any:
@@ -287,43 +306,68 @@ def ht_day(
     quarantined: Any,
     model_rel_error: float,
     pinged: Any = None,
+    people: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """One day's weighted panel visitors (``daily_ht``'s pairs, with ``poi_id``, ``device_id``,
     ``w``, ``area_weight``, ``known``) and its figures (module doc, 2). ``pinged``: the day's
-    devices with pings when already known (``detect_day``), else read from ``spec["pings"]``."""
+    devices with pings when already known (``detect_day``), else read from ``spec["pings"]``.
+    ``people``: count persons (module doc, 3): ``device_id`` holds the ``person_id``."""
     from pyspark.sql import functions as F
 
     str_col = F.col("device_id").cast("string").alias("device_id")
+    graph = None
+    if people and spec.get("graph"):
+        graph = (
+            read_inputs(spark, [spec["graph"]])
+            .select(str_col, F.col("person_id").cast("string").alias("person_id"))
+            .where("device_id IS NOT NULL")
+            .dropDuplicates(["device_id"])
+        )
+
+    def as_people(df: Any) -> Any:
+        """``science.audience.as_people``: the device's person (itself when not in the graph)."""
+        if graph is None:
+            return df
+        person = F.coalesce(F.col("person_id"), F.col("device_id")).alias("device_id")
+        rest = [c for c in df.columns if c != "device_id"]
+        return df.join(F.broadcast(graph), "device_id", "left").select(person, *rest)
+
     if spec.get("visits"):
         visits = read_inputs(spark, [spec["visits"]]).select(
             str_col, F.col("poi_id").cast("string").alias("poi_id")
         )
     else:
         visits = spark.createDataFrame([], "device_id string, poi_id string")
-    pairs = (
-        visits.dropna()
-        .join(F.broadcast(quarantined), "poi_id", "left_anti")
-        .dropDuplicates(["device_id", "poi_id"])
-        .persist()
-    )
+    visits = visits.dropna().join(F.broadcast(quarantined), "poi_id", "left_anti")
+    visitor_devices = None
+    if people:  # distinct (device, POI) visitors before they become people
+        visitor_devices = visits.dropDuplicates(["device_id", "poi_id"]).count()
+    pairs = as_people(visits).dropDuplicates(["device_id", "poi_id"]).persist()
     if spec.get("homes"):
         raw_homes = read_inputs(spark, [spec["homes"]]).select(
             str_col, F.col("area_id").cast("string").alias("area_id")
         )
     else:
         raw_homes = spark.createDataFrame([], "device_id string, area_id string")
+    if people:  # a person's home area: the smallest of its devices' (nulls left out)
+        raw_homes = as_people(raw_homes.where("area_id IS NOT NULL"))
     # one home per device (the first in pandas; homes are one row per device in practice)
     homes = raw_homes.groupBy("device_id").agg(F.min("area_id").alias("area_id"))
     active_n = None
     given: dict[str, Any] = {}
     if pinged is not None:
         pinged, given = pinged
+    active_people = None
     if spec.get("pings"):
         if pinged is None:
             pinged = read_inputs(spark, [spec["pings"]]).select(str_col)
             pinged = pinged.where("device_id IS NOT NULL").distinct().persist()
         active_n = given["devices"] if "devices" in given else pinged.count()
-        active = pinged.unionByName(pairs.select("device_id")).distinct()
+        active_units = pinged
+        if people:
+            active_units = as_people(pinged).distinct()
+            active_people = active_units.count()
+        active = active_units.unionByName(pairs.select("device_id")).distinct()
         counted = homes.join(active, "device_id", "left_semi")
     else:
         pinged, counted = None, homes
@@ -353,7 +397,9 @@ def ht_day(
             str_col, F.col("p_detect").cast("double").alias("p_detect")
         )
         det = det.dropDuplicates(["device_id"])
-        if "median_p" in given:  # the rates this job just wrote
+        if people:  # a person's rate: the highest of its devices'
+            det = as_people(det).groupBy("device_id").agg(F.max("p_detect").alias("p_detect"))
+        if "median_p" in given and not people:  # the rates this job just wrote
             median = given["median_p"]
         else:
             median = det.agg(F.expr("percentile(p_detect, 0.5)").alias("m")).collect()[0]["m"]
@@ -389,6 +435,8 @@ def ht_day(
         "active_devices": active_n,
         "model_rel_error": rel,
     }
+    if people:
+        figures |= {"visitor_devices": visitor_devices, "active_people": active_people}
     pairs.unpersist()
     if pinged is not None:
         pinged.unpersist()
@@ -435,8 +483,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    spec = json.loads(args.spec)
-    params = DetectionParams(**spec.get("params", {}))
     own_session = spark is None
     if own_session:
         spark = spark_session(args.master, json.loads(args.spark_conf))
@@ -444,6 +490,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         for key, value in BASE_CONF.items():
             spark.conf.set(key, value)
     session_s = time.perf_counter() - started
+    spec = load_spec(spark, args.spec)
+    params = DetectionParams(**spec.get("params", {}))
     detection, pinged = {}, {}
     for item in spec.get("detect", []):
         pinged[item["pings"]], detection[item["day"]] = detect_day(spark, item, params)
@@ -468,6 +516,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
             quarantined,
             params.model_rel_error if spec.get("correction", True) else 0.0,
             pinged.pop(item.get("pings") or "", None),
+            people=spec.get("count") == "people",
         )
         weighted[day] = weighted[day].persist()
         per_poi = figures.pop("per_poi")
@@ -498,12 +547,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    with open_pipes() as pipes:
-        summary = run(args, pipes.log.info)
-        pipes.report_custom_message(summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "covariance"}), file=sys.stderr)
-    return 0
+    return pipes_main(
+        parse_args, run, argv, brief=lambda s: {k: v for k, v in s.items() if k != "covariance"}
+    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,13 @@ first in ``REASONS`` order), written in Spark SQL over every row of the day:
   tens to hundreds of rows, broadcast-joined on the cell code of ``hdp.cell_codes``): anywhere
   in the cell, or only on its exact coordinate for an ``exact_point`` entry (``hdp.on_hdp``).
 
-Each day's clean rows replace its ``clean`` folder (range-partitioned by device, sorted by
-device, ts and arrival inside each file: the files in name order are one sorted table) and its
-dirty rows, with ``reason``, the ``quarantine`` folder. Timestamps are written as microseconds
+The day's rows are shuffled once, into range partitions by device of about
+``--rows-per-file`` rows: the duplicate window, the per-device counts and the clean output
+need no other shuffle (only the high-density count, over coordinates, has its own). Each day's
+clean rows replace its ``clean`` folder (one file per range partition, sorted by device, ts
+and arrival inside each file: the files in name order are one sorted table) and its dirty
+rows, with ``reason``, the ``quarantine`` folder (about one file per ``--rows-per-file``
+rows, each sorted). Timestamps are written as microseconds
 (a sub-microsecond part of a nanosecond raw file is floored; the rules use the full value).
 
 The orchestrator checks each raw file's schema from its footer beforehand and names each file's
@@ -52,11 +56,12 @@ from typing import Any
 
 from near_assets.science.cleaning import REASONS
 from near_assets.science.hdp import LAT_SPAN, HdpParams
+from near_assets.spark_jobs._pipes_main import pipes_main
 from near_assets.spark_jobs.apply_by_device import (
     BASE_CONF,
     clean_local_output,
     is_local,
-    open_pipes,
+    sized_shuffle,
     spark_session,
 )
 
@@ -193,8 +198,19 @@ def label(
 ) -> Any:
     """``raw`` with ``reason`` (NULL for a clean row), as ``cleaning.clean_pings`` assigns it.
 
-    ``hdps``: the learnt list (``hdp_frame``), None for none.
+    ``hdps``: the learnt list (``hdp_frame``), None for none. (``clean_day`` runs the same
+    steps with the row rules' result cached and the dense points computed once.)
     """
+    rows = label_rows(raw, day, max_accuracy_m)
+    dense = dense_points(rows, hdp_min_devices, hdp_decimals)
+    return label_density(rows, dense, hdps, hdp_decimals)
+
+
+def label_rows(raw: Any, day: str, max_accuracy_m: float) -> Any:
+    """The row rules (``null_field`` ... ``low_accuracy``, one ``CASE``) and ``duplicate``
+    (every row no row rule dropped after the first delivery of its device, ts, lat, lon): the
+    window needs the rows of a device together, so a device-partitioned ``raw`` is not
+    shuffled again."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -218,21 +234,36 @@ def label(
     key = [alive, F.col("device_id"), F.col("ts_ns"), F.expr("lat + 0.0D"), F.expr("lon + 0.0D")]
     first = Window.partitionBy(*key).orderBy(*arrival)
     repeat = F.when(alive, F.row_number().over(first) > 1)
-    df = df.withColumn("reason", F.when(repeat, F.lit("duplicate")).otherwise(F.col("reason")))
+    return df.withColumn("reason", F.when(repeat, F.lit("duplicate")).otherwise(F.col("reason")))
 
-    alive = F.col("reason").isNull()
-    spot = df.where(alive).select(
+
+def dense_points(rows: Any, hdp_min_devices: int, hdp_decimals: int | None) -> Any:
+    """Coordinates (rounded like ``numpy.round`` when ``hdp_decimals`` is set) of the rows
+    still alive reported by at least ``hdp_min_devices`` distinct devices: ``_y``, ``_x``,
+    ``_dense``."""
+    from pyspark.sql import functions as F
+
+    spot = rows.where(F.col("reason").isNull()).select(
         F.expr(rounded("lat", hdp_decimals)).alias("_y"),
         F.expr(rounded("lon", hdp_decimals)).alias("_x"),
         "device_id",
     )
-    dense = (
+    return (
         spot.groupBy("_y", "_x")
         .agg(F.countDistinct("device_id").alias("_devices"))
         .where(F.col("_devices") >= hdp_min_devices)
         .select("_y", "_x", F.lit(True).alias("_dense"))
     )
-    df = df.withColumn("_y", F.expr(rounded("lat", hdp_decimals))).withColumn(
+
+
+def label_density(rows: Any, dense: Any, hdps: Any = None, hdp_decimals: int | None = None) -> Any:
+    """``high_density``: among the rows still alive, those on a ``dense`` point (broadcast)
+    and those on a point of the learnt list ``hdps`` (``hdp_frame``; None for none): anywhere
+    in the cell, or only on its exact coordinate for an ``exact_point`` entry."""
+    from pyspark.sql import functions as F
+
+    alive = F.col("reason").isNull()
+    df = rows.withColumn("_y", F.expr(rounded("lat", hdp_decimals))).withColumn(
         "_x", F.expr(rounded("lon", hdp_decimals))
     )
     df = df.join(F.broadcast(dense), ["_y", "_x"], "left")
@@ -265,10 +296,13 @@ def output_columns(with_reason: bool) -> list[Any]:
     return [*cols, "reason"] if with_reason else cols
 
 
-def write_sorted(df: Any, uri: str, files: int, with_reason: bool) -> None:
-    """Range partitions by device, sorted by device, ts and arrival: one sorted table."""
+def write_sorted(df: Any, uri: str, files: int | None, with_reason: bool) -> None:
+    """Each partition sorted by device, ts and arrival, one file each: ``df`` is range-
+    partitioned by device (``clean_day``), so the files in name order are one sorted table.
+    ``files``: merge the partitions into that many files first (no shuffle; each file still
+    sorted, the files no longer in device order), None: one file per partition."""
     order = ["device_id", "ts_ns", "_file", "_block", "_row"]
-    parts = df.repartitionByRange(files, "device_id", "ts_ns") if files > 1 else df.repartition(1)
+    parts = df if files is None else df.coalesce(max(files, 1))
     (
         parts.sortWithinPartitions(*order)
         .select(*output_columns(with_reason))
@@ -312,6 +346,8 @@ def clean_day(
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
+    if spec.get("rows"):  # the raw footers' rows: shuffles sized to the day
+        sized_shuffle(spark, int(spec["rows"]))
     base = spec["raw"].rstrip("/")
     frames = [
         read_file(spark, f"{base}/{name}", kind, i) for i, (name, kind) in enumerate(spec["files"])
@@ -319,14 +355,25 @@ def clean_day(
     raw = frames[0]
     for frame in frames[1:]:
         raw = raw.unionByName(frame)
-    labelled = label(
-        raw,
-        spec["day"],
-        float(params.get("max_accuracy_m", 1000.0)),
-        int(params.get("hdp_min_devices", 50)),
-        params.get("hdp_decimals"),
-        hdp_frame(spark, hdps) if hdps else None,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    # ONE shuffle of the day: range partitions by device (a file's worth of rows each). Every
+    # later step needs rows of a device together (the duplicate window, per-device counts) or
+    # in device order (the clean output), so none shuffles again.
+    day_rows = int(spec.get("rows") or raw.count())
+    parts = max(1, -(-day_rows // rows_per_file))
+    raw = raw.repartitionByRange(parts, "device_id") if parts > 1 else raw.repartition(1)
+    # the row rules and the duplicate window once (cached); the dense points once (a few
+    # hundred coordinates, collected and broadcast): each output below re-reads the cache
+    decimals = params.get("hdp_decimals")
+    rows = label_rows(raw, spec["day"], float(params.get("max_accuracy_m", 1000.0)))
+    # a large day's cache goes to local disk only and is streamed back: a MEMORY_AND_DISK
+    # block spilled to disk is read back whole into the heap (a 50 M-ping day with 4 shuffle
+    # partitions and a 2 GB driver died of it: java.lang.OutOfMemoryError in
+    # BlockManager.maybeCacheDiskBytesInMemory)
+    level = StorageLevel.DISK_ONLY if parts > 1 else StorageLevel.MEMORY_AND_DISK
+    rows = rows.persist(level)
+    dense = dense_points(rows, int(params.get("hdp_min_devices", 50)), decimals)
+    dense = spark.createDataFrame(dense.collect(), dense.schema)
+    labelled = label_density(rows, dense, hdp_frame(spark, hdps) if hdps else None, decimals)
     try:
         # rows per reason and devices in/out: per device, then in total (no distinct count)
         is_clean = F.col("reason").isNull()
@@ -346,7 +393,7 @@ def clean_day(
         rows_in = rows_out + sum(counts.values())
         clean = labelled.where(F.col("reason").isNull())
         dirty = labelled.where(F.col("reason").isNotNull())
-        write_sorted(clean, spec["clean"], -(-rows_out // rows_per_file), False)
+        write_sorted(clean, spec["clean"], None if rows_out else 1, False)
         write_sorted(dirty, spec["quarantine"], -(-(rows_in - rows_out) // rows_per_file), True)
         first_rows = Window.partitionBy("reason").orderBy("device_id", "ts")
         sample = preview(
@@ -370,7 +417,7 @@ def clean_day(
             "seconds": round(time.perf_counter() - started, 3),
         }
     finally:
-        labelled.unpersist()
+        rows.unpersist()
     return figures
 
 
@@ -408,12 +455,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    with open_pipes() as pipes:
-        summary = run(args, pipes.log.info)
-        pipes.report_custom_message(summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "days"}), file=sys.stderr)
-    return 0
+    return pipes_main(
+        parse_args, run, argv, brief=lambda s: {k: v for k, v in s.items() if k != "days"}
+    )
 
 
 if __name__ == "__main__":

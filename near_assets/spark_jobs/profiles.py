@@ -10,12 +10,17 @@ One script, four tasks, each the same science as the in-process engine:
   Coverage per area is ``coverage_from_counts`` of the per-area device counts (one row per area).
 - ``affinity`` (per output day): Spark SQL over the trailing window of visits: per (device,
   brand) visits, dwell sum and median, the population's brand shares and brand median dwell
-  (the population-wide pass), then the score of ``near_assets.science.affinity``. With a
+  (the population-wide pass), then the score of ``near_assets.science.affinity``. With
+  ``"dwell": "mean"`` the mean-dwell variant over per (device, POI) pairs, which a day with a
+  ``history`` (its ``visit_history`` partition) reads from there instead of the window; with
+  ``"count": "people"`` per (person, POI) only the device with the most visits counts and the
+  person's id (the day's ``graph``) replaces the device's. With a
   ``stage`` spec each day is one stamped object in the run's staging folder, written with its
   audit figures by ``apply_by_device.stage_days`` (the run process publishes it unread); the
   (device, brand) repeats and non-finite scores are counted here.
 - ``campaign``: the matched-control panel in Spark SQL (exposed devices up to ``as_of``, home
-  areas by point-in-polygon, pre-period and window visit counts, pre-visit bins), written
+  areas by point-in-polygon, pre-period and window visit counts, from the daily visits or, with
+  ``history``, as differences of two ``visit_history`` snapshots each, pre-visit bins), written
   compressed (``compress_panel``: one row per stratum x exposure x counts with ``devices``) for
   ``matched_lift`` in the run process.
 - ``insights``: visitors per device (written by Spark), and the small aggregates (dwell bins and
@@ -45,14 +50,13 @@ from near_assets.science.demographics import (
     home_areas,
 )
 from near_assets.science.insights import DWELL_EDGES_S, DWELL_QUANTILES, people_factors
+from near_assets.spark_jobs._pipes_main import pipes_main
 from near_assets.spark_jobs.apply_by_device import (
-    BASE_CONF,
     clean_local_output,
     is_local,
     nanosecond_columns,
-    open_pipes,
+    run_in_session,
     side_table,
-    spark_session,
 )
 
 TASKS = ("demographics", "affinity", "campaign", "insights")
@@ -187,6 +191,61 @@ FROM scored
 """
 
 
+MEAN_SQL = """
+WITH pair AS (
+  SELECT device_id, brand, sum(visits) AS visits, sum(dwell_s) AS dwell_s
+  FROM {pairs} GROUP BY device_id, brand
+), brand_tot AS (
+  SELECT brand, sum(visits) AS bv, sum(dwell_s) AS bd FROM pair GROUP BY brand
+), total AS (
+  SELECT sum(visits) AS total FROM pair
+), device AS (
+  SELECT device_id, CAST(sum(visits) AS DOUBLE) AS n FROM pair GROUP BY device_id
+), scored AS (
+  SELECT pair.device_id, pair.brand, pair.visits, pair.dwell_s,
+         (pair.visits + {alpha}D * (b.bv / t.total)) / (d.n + {alpha}D) / (b.bv / t.total) AS lift,
+         greatest(pair.dwell_s / pair.visits, 1D) / greatest(b.bd / b.bv, 1D) AS ratio
+  FROM pair JOIN brand_tot b USING (brand) CROSS JOIN total t JOIN device d USING (device_id)
+)
+SELECT device_id, brand,
+       least(greatest(ln(lift) + {beta}D * ln(ratio), -{clip}D), {clip}D) AS affinity,
+       CAST(visits AS INT) AS visits, dwell_s, lift
+FROM scored
+"""
+"""``science.affinity.brand_affinity_from_pairs`` (mean dwells) over per (device, POI) pairs."""
+
+
+def kept_devices(counts: Any, graph: Any) -> Any:
+    """``science.affinity.kept_devices``: per (person, POI) the device with the most visits
+    (ties: the smallest id), as ``device_id, poi_id, person``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if graph is not None:
+        counts = counts.join(F.broadcast(graph), "device_id", "left")
+        person = F.coalesce(F.col("person_id"), F.col("device_id"))
+    else:
+        person = F.col("device_id")
+    ranked = counts.select("device_id", "poi_id", "visits", person.alias("person"))
+    order = Window.partitionBy("person", "poi_id").orderBy(
+        F.col("visits").desc(), F.col("device_id").asc()
+    )
+    return (
+        ranked.withColumn("__rank", F.row_number().over(order))
+        .where("__rank = 1")
+        .select("device_id", "poi_id", "person")
+    )
+
+
+def as_people(rows: Any, kept: Any) -> Any:
+    """``rows`` of the kept (device, POI) pairs, the person's id as ``device_id``."""
+    from pyspark.sql import functions as F
+
+    rest = [c for c in rows.columns if c != "device_id"]
+    joined = rows.join(kept, ["device_id", "poi_id"])
+    return joined.select(F.col("person").alias("device_id"), *rest)
+
+
 NOT_NULL = ("device_id", "brand", "affinity")
 """Columns ``brand_affinity``'s audits require non-null (``profiles.affinity_audits``)."""
 FINITE_SQL = "affinity IS NOT NULL AND NOT isnan(affinity) AND abs(affinity) < double('inf')"
@@ -206,20 +265,80 @@ def affinity(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     params = {k: float(spec["params"][k]) for k in ("alpha", "beta", "clip")}
-    visits = (
-        read(spark, spec["visits"], ["device_id", "brand", "dwell_s", "start_ts"])
-        .withColumn("day", F.date_format(F.col("start_ts"), "yyyy-MM-dd"))
-        .drop("start_ts")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    mean, people = spec.get("dwell") == "mean", spec.get("count") == "people"
+    str_id = F.col("device_id").cast("string").alias("device_id")
+    visits = None
+    if spec["visits"]:
+        visits = (
+            read(spark, spec["visits"], ["device_id", "poi_id", "brand", "dwell_s", "start_ts"])
+            .select(
+                str_id,
+                F.col("poi_id").cast("string").alias("poi_id"),
+                "brand",
+                "dwell_s",
+                F.date_format(F.col("start_ts"), "yyyy-MM-dd").alias("day"),
+            )
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
     stage = spec.get("stage")
     days, scored_days, cached = {}, [], []
     for i, item in enumerate(spec["days"]):
         started = time.perf_counter()
-        window = visits.where(F.col("day").isin(item["window"]))
-        in_window = window.count()
-        window.where(F.col("brand").isNotNull()).createOrReplaceTempView(f"branded_{i}")
-        sql = AFFINITY_SQL.format(branded=f"branded_{i}", **{k: repr(v) for k, v in params.items()})
+        graph = None
+        if people and item.get("graph"):
+            graph = (
+                read(spark, [item["graph"]], ["device_id", "person_id"])
+                .select(str_id, F.col("person_id").cast("string").alias("person_id"))
+                .dropDuplicates(["device_id"])
+            )
+        pairs = branded = None
+        if item.get("history"):  # the day's visit_history: per (device, POI) window sums
+            w = int(spec["window_days"])
+            history = read(
+                spark,
+                [item["history"]],
+                ["device_id", "poi_id", "brand", f"visits_{w}d", f"dwell_{w}d_s"],
+            )
+            in_window = int(history.agg(F.sum(f"visits_{w}d")).first()[0] or 0)
+            pairs = history.where((F.col(f"visits_{w}d") > 0) & F.col("brand").isNotNull()).select(
+                str_id,
+                F.col("poi_id").cast("string").alias("poi_id"),
+                "brand",
+                F.col(f"visits_{w}d").cast("long").alias("visits"),
+                F.col(f"dwell_{w}d_s").cast("double").alias("dwell_s"),
+            )
+        else:
+            if visits is None:
+                schema = "device_id string, poi_id string, brand string, dwell_s double"
+                window = spark.createDataFrame([], f"{schema}, day string")
+            else:
+                window = visits.where(F.col("day").isin(item["window"]))
+            in_window = window.count()
+            branded = window.where(F.col("brand").isNotNull())
+            if mean:
+                pairs = branded.groupBy("device_id", "poi_id").agg(
+                    F.min("brand").alias("brand"),
+                    F.count(F.lit(1)).alias("visits"),
+                    F.coalesce(F.sum("dwell_s"), F.lit(0.0)).alias("dwell_s"),
+                )
+        devices_scored = None
+        if people:
+            rows = pairs if pairs is not None else branded
+            devices_scored = rows.select("device_id").distinct().count()
+            if pairs is not None:
+                pairs = as_people(pairs, kept_devices(pairs, graph))
+            else:
+                counts = branded.groupBy("device_id", "poi_id").agg(
+                    F.count(F.lit(1)).alias("visits")
+                )
+                branded = as_people(branded, kept_devices(counts, graph))
+        fmt = {k: repr(v) for k, v in params.items()}
+        if pairs is not None:
+            pairs.createOrReplaceTempView(f"pairs_{i}")
+            sql = MEAN_SQL.format(pairs=f"pairs_{i}", **fmt)
+        else:
+            branded.createOrReplaceTempView(f"branded_{i}")
+            sql = AFFINITY_SQL.format(branded=f"branded_{i}", **fmt)
         scored = spark.sql(sql).persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(scored)
         stats = scored.agg(
@@ -247,6 +366,7 @@ def affinity(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
             "devices": int(stats["devices"]),
             "brands": int(stats["brands"]),
             "share_positive": None if stats["share"] is None else float(stats["share"]),
+            "devices_scored": devices_scored,
             "audit": {
                 "nulls": {c: int(stats[f"null_{c}"]) for c in NOT_NULL},
                 "non_finite": int(stats["non_finite"]),
@@ -265,7 +385,8 @@ def affinity(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
             days[day]["staged"] = result
     for df in cached:
         df.unpersist()
-    visits.unpersist()
+    if visits is not None:
+        visits.unpersist()
     return {"days": days}
 
 
@@ -331,8 +452,37 @@ def campaign(spark: Any, spec: dict[str, Any]) -> dict[str, Any]:
             f"GROUP BY CAST(v.device_id AS STRING)"
         ).createOrReplaceTempView(view)
 
-    counts(spec["window"], "win")
-    counts(spec["pre"], "pre")
+    def history_counts(span: Sequence[str] | None, view: str) -> None:
+        """``science.campaigns.visits_between`` of two ``visit_history`` snapshots, per device."""
+        if not span:
+            counts([], view)
+            return
+        columns = ["device_id", "poi_id", "first_seen", "visits_total"]
+        for uri, side in zip(span, ("end", "start"), strict=True):
+            read(spark, [uri], columns).createOrReplaceTempView(f"{view}_{side}")
+        spark.sql(
+            f"""
+            SELECT d.device_id, sum(CASE WHEN b.poi_id IS NOT NULL THEN d.n ELSE 0 END)
+                   AS brand_visits, sum(d.n) AS poi_visits
+            FROM (SELECT CAST(e.device_id AS STRING) AS device_id,
+                         CAST(e.poi_id AS STRING) AS poi_id,
+                         CAST(e.visits_total AS BIGINT) - CASE WHEN s.first_seen = e.first_seen
+                             THEN CAST(s.visits_total AS BIGINT) ELSE 0 END AS n
+                  FROM {view}_end e LEFT JOIN {view}_start s
+                    ON e.device_id = s.device_id AND e.poi_id = s.poi_id) d
+            LEFT JOIN brand_pois b ON d.poi_id = b.poi_id
+            WHERE d.n > 0
+            GROUP BY d.device_id
+            """
+        ).createOrReplaceTempView(view)
+
+    history = spec.get("history")
+    if history:  # the visits as differences of the history's snapshots (end, day before)
+        history_counts(history.get("window"), "win")
+        history_counts(history.get("pre"), "pre")
+    else:
+        counts(spec["window"], "win")
+        counts(spec["pre"], "pre")
     located_homes(spark, spec["homes"], spec["areas"]).createOrReplaceTempView("devices")
     panel = spark.sql(
         f"""
@@ -519,36 +669,17 @@ RUNNERS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
 
 def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None) -> dict[str, Any]:
     """Run ``--task``; uses (and leaves running) ``spark`` if given."""
-    started = time.perf_counter()
-    own_session = spark is None
-    if own_session:
-        spark = spark_session(args.master, json.loads(args.spark_conf))
-    else:
-        for key, value in BASE_CONF.items():
-            spark.conf.set(key, value)
-    session_s = time.perf_counter() - started
-    result = RUNNERS[args.task](spark, json.loads(args.spec))
-    summary = {
-        **result,
-        "task": args.task,
-        "seconds": round(time.perf_counter() - started, 3),
-        "session_start_s": round(session_s, 3),
-        "spark_version": spark.version,
-        "master": spark.sparkContext.master,
-    }
-    log(f"profiles {args.task}: {summary['seconds']:.1f} s")
-    if own_session:
-        spark.stop()
-    return summary
+    return run_in_session(
+        args,
+        log,
+        spark,
+        f"profiles {args.task}",
+        lambda spark: {**RUNNERS[args.task](spark, json.loads(args.spec)), "task": args.task},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    with open_pipes() as pipes:
-        summary = run(args, pipes.log.info)
-        pipes.report_custom_message(summary)
-    print(json.dumps({k: summary[k] for k in ("task", "seconds")}), file=sys.stderr)
-    return 0
+    return pipes_main(parse_args, run, argv, brief=lambda s: {k: s[k] for k in ("task", "seconds")})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Dagster side of ``profiles.py`` (the Spark engine of demographics, affinity, campaign and
-aggregate insights): where the job reads and writes lake keys, its scratch side tables, one run.
+aggregate insights): its scratch side tables, one run (where the job reads and writes lake
+keys: ``near_assets.engine.SparkPlaces``, re-exported here).
 
 Runs in the orchestrator only (it imports Dagster); the job script itself does not.
 """
@@ -7,15 +8,15 @@ Runs in the orchestrator only (it imports Dagster); the job script itself does n
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from near_assets.engine import SparkPlaces as SparkPlaces  # importable from here, as before
+from near_assets.engine import spark_places as spark_places
 from near_assets.spark_jobs import PROFILES
 from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.tables import ENGINE_OUTPUT
@@ -23,61 +24,6 @@ from resources.lake import LakeResource
 from resources.spark import SparkResource
 
 PROFILES_JOB = PROFILES
-
-
-class SparkPlaces:
-    """Where a Spark job finds lake keys (``uri``); inputs to ``stage`` and outputs to upload
-    when the lake is on S3 but Spark runs locally (see ``spark_places``)."""
-
-    def __init__(self, lake: LakeResource, spark: SparkResource, tmp: str | None):
-        self.lake, self.spark, self.tmp = lake, spark, tmp
-        self.outputs: list[str] = []
-
-    def uri(self, key: str) -> str:
-        if self.tmp is None:
-            return self.spark.spark_uri(self.lake, key)
-        return str(Path(self.tmp, key))
-
-    def input(self, key: str) -> str:
-        """The URI of an input key (a file or a folder), staged first when needed."""
-        if self.tmp is not None:
-            for obj in self.lake.list(key):
-                path = Path(self.tmp, obj)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(self.lake.read_bytes(obj))
-        return self.uri(key)
-
-    def output(self, key: str) -> str:
-        """The URI of an output folder (uploaded to ``key`` after the job when staged)."""
-        self.outputs.append(key)
-        return self.uri(key)
-
-    def upload(self) -> None:
-        if self.tmp is None:
-            return
-        for key in self.outputs:
-            self.lake.delete(key)
-            root = Path(self.tmp, key)
-            for part in sorted(root.rglob("*.parquet")):
-                rel = part.relative_to(root).as_posix()
-                with self.lake.open_output(f"{key}/{rel}") as sink, part.open("rb") as src:
-                    while chunk := src.read(8 << 20):
-                        sink.write(chunk)
-
-
-@contextmanager
-def spark_places(lake: LakeResource, spark: SparkResource) -> Iterator[SparkPlaces]:
-    """Spark reads the lake directly (a local folder, or ``s3a://`` on EMR), except for an S3
-    lake with local Spark: inputs are copied to a temporary folder and outputs uploaded (replacing
-    the lake's) when the block exits cleanly."""
-    if lake.backend == "local" or spark.backend != "local":
-        places = SparkPlaces(lake, spark, None)
-        yield places
-        return
-    with tempfile.TemporaryDirectory(prefix="spark-stage-") as tmp:
-        places = SparkPlaces(lake, spark, tmp)
-        yield places
-        places.upload()
 
 
 def scratch_key(context: dg.AssetExecutionContext, name: str) -> str:

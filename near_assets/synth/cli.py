@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         help="group devices into people of 1-3 devices and households sharing a home "
         "(near_assets.synth.people; truth under truth/identity)",
     )
+    parser.add_argument(
+        "--footprints",
+        action="store_true",
+        help="give POIs true footprints that differ from the delivered polygons (offsets, "
+        "oversized boxes, neighbours sharing a building; near_assets.synth.footprints; truth "
+        "under truth/poi_footprints)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     lake = LakeResource.from_env()
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         hdp=args.hdp,
         people=args.people,
+        footprints=args.footprints,
     )
     rate = summary["pings"] / max(summary["seconds"], 1e-9)
     print(json.dumps({**summary, "pings_per_s": round(rate)}, indent=2))

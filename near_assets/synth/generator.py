@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from near_assets.science.cleaning import REASONS as CLEANING_PRECEDENCE
 from near_assets.synth import campaigns as camp
+from near_assets.synth import footprints as fps
 from near_assets.synth import hdp as hdps
 from near_assets.synth import people as ppl
 from near_assets.synth.city import REGION_M, City, Frame, build_city
@@ -100,6 +101,7 @@ class World:
     away: np.ndarray | None = None  # (devices, days + 3): night starting on local start-2+j away
     hdp: hdps.HdpPlan | None = None  # planted high-density points (option ``hdp``)
     people: ppl.PeoplePlan | None = None  # people with 1-3 devices, households (``people``)
+    footprints: fps.FootprintPlan | None = None  # true POI footprints (``footprints``)
 
     def dates(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
@@ -188,6 +190,7 @@ def build_world(
     audience: bool = True,
     hdp: bool = False,
     people: bool = False,
+    footprints: bool = False,
 ) -> World:
     """Everything that does not change from day to day: city, panel, observation, campaigns.
 
@@ -206,6 +209,9 @@ def build_world(
     plan = None
     if people:
         panel, plan = ppl.apply_people(seed, panel, CHUNK_DEVICES)
+    fp_plan = None
+    if footprints:  # after the panel: homes and work stay out of the original POI cells
+        city, fp_plan = fps.plan_footprints(seed, city)
     first = date.fromisoformat(start)
     brands = sorted({b for b in city.poi_brand if b is not None})
     plans = camp.plan_campaigns(seed, first, days, brands, devices, campaigns)
@@ -255,6 +261,7 @@ def build_world(
         away=away,
         hdp=hdps.plan_hdps(seed, city, devices) if hdp else None,
         people=plan,
+        footprints=fp_plan,
     )
 
 
@@ -375,6 +382,14 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
                 )
             )
         stays = stitch_local_days(pieces)
+        if world.footprints is not None:
+            fps.spread_stays(
+                np.random.default_rng([world.seed, 631, day.toordinal(), b0]),
+                stays.poi,
+                stays.x,
+                stays.y,
+                world.footprints,
+            )
         if world.people is not None:
             stays = ppl.share_stays(stays, world.people.primary[sl] - b0)
         pings = sample_pings(
@@ -382,7 +397,7 @@ def simulate_day(world: World, day_index: int, dirt_share: float) -> DayResult:
             stays,
             observed=observed[sl],
             rate=rate[sl],
-            poi_half=city.poi_half,
+            poi_half=city.poi_half if world.footprints is None else city.poi_half * fps.PING_WANDER,
             profile=world.profile,
             **sampling,
         )
@@ -652,6 +667,8 @@ def write_truth(world: World, lake: LakeResource, params: dict[str, Any]) -> Non
         lake.write_parquet(world.hdp.table, "truth/hdp")
     if world.people is not None:
         lake.write_parquet(world.people.table, "truth/identity")
+    if world.footprints is not None:
+        lake.write_parquet(world.footprints.table, "truth/poi_footprints")
 
 
 def _params(world: World, devices: int, dirt_share: float, summary: dict[str, Any]) -> dict:
@@ -725,6 +742,7 @@ def generate(
     progress: bool = True,
     hdp: bool = False,
     people: bool = False,
+    footprints: bool = False,
 ) -> dict[str, Any]:
     """Generate ``days`` days of pings for ``devices`` panel devices, references and truth.
 
@@ -734,7 +752,10 @@ def generate(
     kinds and rounds genuine coordinates per device SDK (``near_assets.synth.hdp``); off, the
     output is the same as without the option. ``people`` groups devices into people of 1-3
     devices and households sharing a home (``near_assets.synth.people``, truth under
-    ``truth/identity``); off, the output is unchanged.
+    ``truth/identity``); off, the output is unchanged. ``footprints`` gives the POIs true
+    footprints that differ from the delivered polygons (offsets, oversized and undersized boxes,
+    neighbours sharing a building) and keeps the visitors' pings inside the true footprints
+    (``near_assets.synth.footprints``, truth under ``truth/poi_footprints``); off, unchanged.
     Returns a summary: pings written, rows per day, seconds, campaigns.
     """
     from tqdm import tqdm
@@ -752,6 +773,7 @@ def generate(
         profile_timezone(profile, timezone),
         hdp=hdp,
         people=people,
+        footprints=footprints,
     )
     write_reference(world, lake)
     per_day: dict[str, int] = {}
