@@ -475,10 +475,13 @@ class CampaignInsightsConfig(EngineConfig):
         None, description="Compute as of this day (YYYY-MM-DD); default today, capped at the end."
     )
     use_history: bool = Field(
-        True,
+        False,
         description="Count the window's and pre-period's visits from visit_history snapshots "
         "(differences of lifetime totals) when published for the spans' ends and the days "
-        "before them and no visits day is missing; else read the daily visits (same panel).",
+        "before them and no visits day is missing; else read the daily visits (same panel). "
+        "Opt-in: a snapshot is not re-derived when an earlier day's visits are re-published, "
+        "and a history rebuilt from 90 days restarts lifetime totals, so use it only where "
+        "visits are not restated and the history runs unbroken.",
     )
 
 

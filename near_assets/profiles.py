@@ -93,10 +93,11 @@ class AffinityConfig(EngineConfig):
     """Score devices, or people (devices mapped to ``person_id`` by the latest
     ``identity_graph`` of D-6 .. D; per (person, POI) the visits of its device with the most;
     one row per person under its ``person_id``, the smallest device id of its devices)."""
-    use_history: bool = True
+    use_history: bool = False
     """Read ``visit_history`` of the day instead of the window of visits when it holds what the
     score needs (``dwell: mean`` and a window of 7, 30 or 90 days) and is published; else (or
-    without it) the window of daily visits. Same rows either way."""
+    without it) the window of daily visits. Same rows as long as the history is current: a
+    snapshot is not re-derived when an earlier day's visits are re-published (opt-in)."""
 
 
 HISTORY_WINDOWS = (7, 30, 90)

@@ -724,6 +724,13 @@ def _locked_publish(
             "overridden_audits": [a.name for a in overridden],
         }
         if isinstance(df, Staged):
+            if journal.fingerprint(lake, staging) != staged_fp:  # changed since its audit
+                _discard(targets, context.log)
+                raise dg.Failure(
+                    description=f"{table} {partition or ''}: the staged object changed after "
+                    f"its audit; nothing published, production holds {holds}",
+                    allow_retries=True,
+                )
             journal.restamp(lake, staging, {**(journal.read_stamp(lake, staging) or {}), **stamp})
         else:
             journal.write_versioned(lake, df, staging, stamp)

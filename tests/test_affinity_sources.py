@@ -214,7 +214,7 @@ def fallback_lake(lake: LakeResource, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.mark.parametrize(
     ("config", "sources"),
     [
-        ({"count": "people", **MEAN7}, ("history", "visits")),
+        ({"count": "people", "use_history": True, **MEAN7}, ("history", "visits")),
         ({"count": "people"}, ("visits", "visits")),
     ],
     ids=["mean-history-fallback", "median-window"],

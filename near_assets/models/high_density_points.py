@@ -310,7 +310,7 @@ def hdp_spark(
                 }
             )
         spec = {"params": params.as_dict(), "days": items}
-        summary = run_models_job(context, spark, "hdp", spec)
+        summary = run_models_job(context, lake, spark, places, "hdp", spec)
     reported = summary.get("days") or {}
     frames: dict[str, pd.DataFrame] = {}
     shares: dict[str, float] = {}

@@ -180,9 +180,10 @@ def _window(config: IdentityGraphConfig) -> int:
     return max(1, min(config.window_days, WINDOW_DAYS))
 
 
-def _skip(context: dg.AssetExecutionContext, day: str) -> None:
+def _skip(context: dg.AssetExecutionContext, day: str, empty: bool = False) -> None:
+    why = f"no stay point in the window ending {day}" if empty else f"no stay points for {day}"
     context.add_asset_metadata(
-        {"input": "missing", "skipped": f"no stay points for {day}: not published"},
+        {"input": "empty" if empty else "missing", "skipped": f"{why}: not published"},
         partition_key=day,
     )
 
@@ -200,6 +201,9 @@ def identity_pandas(
         stays, found = STAY_POINTS.read_many(lake, day_window(day, _window(config)), STAY_COLUMNS)
         if day not in found:
             _skip(context, day)
+            continue
+        if stays.empty:  # nothing to link (both engines skip the day)
+            _skip(context, day, empty=True)
             continue
         homes = None
         if config.use_home_location:
@@ -231,6 +235,9 @@ def identity_spark(
             if day not in found:
                 _skip(context, day)
                 continue
+            if not sum(STAY_POINTS.rows(lake, d) for d in found):  # footers only
+                _skip(context, day, empty=True)
+                continue
             homes = config.use_home_location and HOME_LOCATION.exists(lake, day)
             items.append(
                 {
@@ -261,7 +268,7 @@ def identity_spark(
             "days": items,
             "stage": stage.spec(places),
         }
-        summary = run_models_job(context, spark, "identity", spec)
+        summary = run_models_job(context, lake, spark, places, "identity", spec)
     reported = summary.get("days") or {}
     staged = stage.staged(reported)
     metadata = {}

@@ -19,9 +19,11 @@ from near_assets.spark_jobs import MODELS
 from near_assets.spark_jobs.apply_by_device import BASE_CONF
 from near_assets.spark_jobs.models import DAY
 from near_assets.spark_jobs.profiles_launch import SparkPlaces
+from near_assets.tables import ENGINE_OUTPUT
 from publishing import journal
 from publishing.tables import PART_FILE, LakeTable, run_staging_key
 from publishing.wap import AuditFn, Figures, Staged, audit_needs
+from resources.lake import LakeResource
 from resources.spark import SparkResource
 
 MODELS_JOB = MODELS
@@ -30,11 +32,23 @@ SPARK_KINDS = KINDS | {"spark"}
 
 
 def run_models_job(
-    context: dg.AssetExecutionContext, spark: SparkResource, task: str, spec: dict[str, Any]
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    spark: SparkResource,
+    places: SparkPlaces,
+    task: str,
+    spec: dict[str, Any],
 ) -> dict[str, Any]:
-    """One run of ``models.py --task <task>``; its summary (the job's figures)."""
-    args = ["--task", task, "--spec", json.dumps(spec, sort_keys=True)]
-    return spark.run_script(context, MODELS_JOB, args, job_conf=BASE_CONF)
+    """One run of ``models.py --task <task>``; its summary (the job's figures). The spec goes as
+    a lake object (``--spec @<uri>``, deleted after): a backfill's lists every input of every
+    day and would outgrow EMR's step-argument limit."""
+    key = f"{ENGINE_OUTPUT.key(f'{context.run_id}-models-{task}-spec')}/spec.json"
+    lake.write_bytes(key, json.dumps(spec, sort_keys=True).encode())
+    try:
+        args = ["--task", task, "--spec", f"@{places.input(key)}"]
+        return spark.run_script(context, MODELS_JOB, args, job_conf=BASE_CONF)
+    finally:
+        lake.delete(key)
 
 
 class StageSpec:

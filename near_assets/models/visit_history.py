@@ -263,7 +263,7 @@ def history_spark(
             "days": items,
             "stage": stage.spec(places),
         }
-        summary = run_models_job(context, spark, "history", spec)
+        summary = run_models_job(context, lake, spark, places, "history", spec)
     reported = summary.get("days") or {}
     staged = stage.staged(reported)
     metadata = {}

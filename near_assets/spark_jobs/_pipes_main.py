@@ -66,3 +66,12 @@ def pipes_main(
         pipes.report_custom_message(summary)
     print(json.dumps(brief(summary), default=str), file=sys.stderr)
     return 0
+
+
+def load_spec(spark: Any, arg: str) -> dict[str, Any]:
+    """A job spec: inline JSON, or ``@<uri>`` of a JSON object the orchestrator wrote (a
+    backfill's spec outgrows EMR's step-argument limit), read through Spark's file systems."""
+    if not arg.startswith("@"):
+        return json.loads(arg)
+    rows = spark.read.text(arg[1:], wholetext=True).collect()
+    return json.loads("".join(r["value"] for r in rows))

@@ -57,7 +57,7 @@ from near_assets.science.audience import (
     group_rates,
     kernel_sums,
 )
-from near_assets.spark_jobs._pipes_main import pipes_main
+from near_assets.spark_jobs._pipes_main import load_spec, pipes_main
 from near_assets.spark_jobs.apply_by_device import (
     BASE_CONF,
     bucket_count,
@@ -89,15 +89,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spark-conf", default="{}", help="JSON Spark settings for the session")
     args, _ = parser.parse_known_args(argv)  # the --dagster-pipes-* arguments are read by pipes
     return args
-
-
-def load_spec(spark: Any, arg: str) -> dict[str, Any]:
-    """The job spec: inline JSON, or ``@<uri>`` of a JSON object the orchestrator wrote (a month
-    backfill's spec outgrows EMR's step-argument limit), read through Spark's file systems."""
-    if not arg.startswith("@"):
-        return json.loads(arg)
-    rows = spark.read.text(arg[1:], wholetext=True).collect()
-    return json.loads("".join(r["value"] for r in rows))
 
 
 def _bucketed(df: Any, buckets: int) -> Any:

@@ -33,7 +33,6 @@ never ``dagster``: this one ships to EMR in the ``--py-files`` zip with the pack
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +42,7 @@ from typing import Any
 import pandas as pd
 
 from near_assets.science import hdp, history, identity
-from near_assets.spark_jobs._pipes_main import pipes_main
+from near_assets.spark_jobs._pipes_main import load_spec, pipes_main
 from near_assets.spark_jobs.apply_by_device import (
     arrow_dataset,
     run_in_session,
@@ -763,7 +762,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], spark: Any = None)
         log,
         spark,
         f"models {args.task}",
-        lambda spark: {**RUNNERS[args.task](spark, json.loads(args.spec)), "task": args.task},
+        lambda spark: {**RUNNERS[args.task](spark, load_spec(spark, args.spec)), "task": args.task},
     )
 
 
