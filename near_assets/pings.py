@@ -32,6 +32,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from near_assets.engine import EngineConfig, spark_places
@@ -197,13 +198,6 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _iso(ts: pd.Series) -> tuple[str | None, str | None]:
-    valid = ts.dropna()
-    if valid.empty:
-        return None, None
-    return valid.min().isoformat(), valid.max().isoformat()
-
-
 def _status(files: Sequence[Any], rows: int) -> str:
     if not files:
         return "missing"
@@ -213,24 +207,52 @@ def _status(files: Sequence[Any], rows: int) -> str:
 # ---- raw_pings --------------------------------------------------------------------------------
 
 
+RAW_SCAN_BATCH_ROWS = 250_000
+"""``raw_pings`` reads a raw file's ``device_id`` and ``ts`` this many rows at a time."""
+
+
+def _scan_raw_file(
+    parquet: pq.ParquetFile,
+) -> tuple[pd.Timestamp | None, pd.Timestamp | None, np.ndarray]:
+    """First and last valid timestamp of one raw file and a 64-bit hash of each distinct
+    non-empty device id, read in batches: memory holds one batch and the distinct devices
+    (8 bytes each), whatever the file's size."""
+    first = last = None
+    hashes: list[np.ndarray] = []
+    for batch in parquet.iter_batches(
+        batch_size=RAW_SCAN_BATCH_ROWS, columns=["device_id", "ts"], use_threads=False
+    ):
+        ts = cleaning.normalize_ts(batch.column("ts").to_pandas()).dropna()
+        if not ts.empty:
+            lo, hi = ts.min(), ts.max()
+            first = lo if first is None or lo < first else first
+            last = hi if last is None or hi > last else last
+        ids = pc.unique(batch.column("device_id").drop_null()).to_numpy(zero_copy_only=False)
+        ids = ids.astype(object)
+        ids = ids[ids != ""]
+        hashes.append(np.unique(pd.util.hash_array(ids)))
+    return first, last, (np.unique(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64))
+
+
 def observe_raw_day(lake: LakeResource, day: str) -> dict[str, Any]:
     """What upstream delivered for ``day``: files, bytes, rows, devices and time range."""
     folder = RAW_PINGS.key(day)
-    files, devices, ts_min, ts_max, entries = [], set(), [], [], []
+    files, ts_min, ts_max, entries = [], [], [], []
+    device_hashes: list[np.ndarray] = []
     for key in RAW_PINGS.files(lake, day):
         with _parquet_file(lake, key) as (parquet, size):
-            part = _read_table(parquet, ["device_id", "ts"])
-        ts = cleaning.normalize_ts(part["ts"])
-        devices.update(part["device_id"].dropna().unique().tolist())
-        first, last = _iso(ts)
+            first_ts, last_ts, hashes = _scan_raw_file(parquet)
+            rows_in_file = parquet.metadata.num_rows
+        device_hashes.append(hashes)
+        first = first_ts.isoformat() if first_ts is not None else None
         ts_min.append(first)
-        ts_max.append(last)
+        ts_max.append(last_ts.isoformat() if last_ts is not None else None)
         files.append(
-            {"file": key.rsplit("/", 1)[-1], "bytes": size, "rows": len(part), "ts_min": first}
+            {"file": key.rsplit("/", 1)[-1], "bytes": size, "rows": rows_in_file, "ts_min": first}
         )
         entries.append(f"{key}:{size}")
     rows = sum(f["rows"] for f in files)
-    devices.discard("")
+    devices = np.unique(np.concatenate(device_hashes)) if device_hashes else np.empty(0)
     return {
         "status": _status(files, rows),
         "files": len(files),
